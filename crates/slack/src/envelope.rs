@@ -1,0 +1,229 @@
+//! Just enough of a Slack request body to route it, and nothing that could refuse it.
+//!
+//! The edge must never reject a verified body for its content (SYSTEM.md, guarantee 1),
+//! so [`inspect`] is total: a body that is not JSON, or JSON of a shape we have never
+//! seen, still gets a routing key (`"unknown"` at worst) and goes to the archive and
+//! Kafka. Only the fields below are read; everything else is skipped without being
+//! built, which keeps the edge's hot path cheap.
+
+use std::borrow::Cow;
+
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+
+/// The routing key used when a body names neither a channel nor a team.
+pub const UNKNOWN_KEY: &str = "unknown";
+
+/// What kind of request a body is, as far as the edge cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvelopeKind {
+    /// `url_verification`: answered with its challenge, nothing else.
+    UrlVerification {
+        /// The value to echo back.
+        challenge: String,
+    },
+    /// `event_callback`: a real event.
+    EventCallback,
+    /// `app_rate_limited`: Slack dropped events for this workspace; alert on it.
+    AppRateLimited,
+    /// A JSON body with another (or no) top-level `type`; still archived and produced.
+    Other,
+    /// Not a JSON object at all; still archived and produced.
+    NotJson,
+}
+
+/// The routing facts of one body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvelopeInfo {
+    /// What the body is.
+    pub kind: EnvelopeKind,
+    /// `event_id`, Slack's delivery key, when present.
+    pub event_id: Option<String>,
+    /// The inner `event.type` (or the top-level `type` when there is no inner event).
+    pub event_type: Option<String>,
+    /// The Kafka key: the channel id, else the team id, else [`UNKNOWN_KEY`].
+    pub routing_key: String,
+    /// Whether [`EnvelopeInfo::routing_key`] is a channel id.
+    pub keyed_by_channel: bool,
+}
+
+#[derive(Deserialize)]
+struct RawEnvelope<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    challenge: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    team_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    context_team_id: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Option<RawEvent<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    channel: Option<ChannelRef<'a>>,
+    #[serde(borrow)]
+    channel_id: Option<ChannelRef<'a>>,
+    #[serde(borrow)]
+    item: Option<RawItem<'a>>,
+    #[serde(borrow)]
+    team: Option<ChannelRef<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RawItem<'a> {
+    #[serde(borrow)]
+    channel: Option<ChannelRef<'a>>,
+}
+
+/// A channel appears as an id string (`"C123"`) or as an object with an `id`
+/// (`channel_created`, `channel_rename`, ...). Anything else is ignored.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ChannelRef<'a> {
+    Id(#[serde(borrow)] Cow<'a, str>),
+    Object {
+        #[serde(borrow)]
+        id: Cow<'a, str>,
+    },
+    Other(IgnoredAny),
+}
+
+impl<'a> ChannelRef<'a> {
+    fn id(&self) -> Option<&str> {
+        let id = match self {
+            ChannelRef::Id(id) | ChannelRef::Object { id } => id.as_ref(),
+            ChannelRef::Other(_) => return None,
+        };
+        valid_key(id).then_some(id)
+    }
+}
+
+/// A key must be short and printable to be useful as a Kafka key and a log field.
+fn valid_key(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// Inspects a body for routing. Never fails.
+pub fn inspect(body: &[u8]) -> EnvelopeInfo {
+    let Ok(raw) = serde_json::from_slice::<RawEnvelope<'_>>(body) else {
+        return EnvelopeInfo {
+            kind: EnvelopeKind::NotJson,
+            event_id: None,
+            event_type: None,
+            routing_key: UNKNOWN_KEY.to_owned(),
+            keyed_by_channel: false,
+        };
+    };
+    let kind = match raw.kind.as_deref() {
+        Some("url_verification") => EnvelopeKind::UrlVerification {
+            challenge: raw.challenge.as_deref().unwrap_or_default().to_owned(),
+        },
+        Some("event_callback") => EnvelopeKind::EventCallback,
+        Some("app_rate_limited") => EnvelopeKind::AppRateLimited,
+        _ => EnvelopeKind::Other,
+    };
+    let event = raw.event.as_ref();
+    let channel = event.and_then(|e| {
+        e.channel
+            .as_ref()
+            .and_then(ChannelRef::id)
+            .or_else(|| e.channel_id.as_ref().and_then(ChannelRef::id))
+            .or_else(|| e.item.as_ref()?.channel.as_ref()?.id())
+    });
+    let team = || {
+        [raw.team_id.as_deref(), raw.context_team_id.as_deref()]
+            .into_iter()
+            .flatten()
+            .find(|t| valid_key(t))
+            .or_else(|| event?.team.as_ref()?.id())
+    };
+    let (routing_key, keyed_by_channel) = match channel {
+        Some(c) => (c.to_owned(), true),
+        None => (team().unwrap_or(UNKNOWN_KEY).to_owned(), false),
+    };
+    let event_type = event
+        .and_then(|e| e.kind.as_deref())
+        .or(raw.kind.as_deref())
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    EnvelopeInfo {
+        kind,
+        event_id: raw.event_id.as_deref().filter(|id| valid_key(id)).map(str::to_owned),
+        event_type,
+        routing_key,
+        keyed_by_channel,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_event_is_keyed_by_its_channel() {
+        let info = inspect(
+            br#"{"type":"event_callback","team_id":"T1","event_id":"Ev1",
+                "event":{"type":"message","channel":"C42","ts":"1.2"}}"#,
+        );
+        assert_eq!(info.kind, EnvelopeKind::EventCallback);
+        assert_eq!(info.event_id.as_deref(), Some("Ev1"));
+        assert_eq!(info.event_type.as_deref(), Some("message"));
+        assert_eq!(info.routing_key, "C42");
+        assert!(info.keyed_by_channel);
+    }
+
+    #[test]
+    fn channel_is_found_in_object_item_and_channel_id_forms() {
+        for (body, want) in [
+            (r#"{"event":{"type":"channel_created","channel":{"id":"C7","name":"x"}}}"#, "C7"),
+            (r#"{"event":{"type":"reaction_added","item":{"type":"message","channel":"C8"}}}"#, "C8"),
+            (r#"{"event":{"type":"file_shared","channel_id":"C9"}}"#, "C9"),
+            (r#"{"event":{"type":"x","channel":{"weird":1},"item":{"channel":"C10"}}}"#, "C10"),
+        ] {
+            let info = inspect(body.as_bytes());
+            assert_eq!(info.routing_key, want, "{body}");
+            assert!(info.keyed_by_channel);
+        }
+    }
+
+    #[test]
+    fn no_channel_falls_back_to_team_then_unknown() {
+        let info = inspect(br#"{"type":"event_callback","team_id":"T9","event":{"type":"app_home_opened"}}"#);
+        assert_eq!((info.routing_key.as_str(), info.keyed_by_channel), ("T9", false));
+        let info = inspect(br#"{"type":"app_rate_limited","team_id":"T3","minute_rate_limited":1}"#);
+        assert_eq!(info.kind, EnvelopeKind::AppRateLimited);
+        assert_eq!(info.routing_key, "T3");
+        assert_eq!(inspect(br#"{"type":"event_callback"}"#).routing_key, UNKNOWN_KEY);
+    }
+
+    #[test]
+    fn url_verification_carries_its_challenge() {
+        let info = inspect(br#"{"token":"t","challenge":"abc\u0041","type":"url_verification"}"#);
+        assert_eq!(info.kind, EnvelopeKind::UrlVerification { challenge: "abcA".into() });
+    }
+
+    #[test]
+    fn anything_else_is_still_routable() {
+        for body in [&b""[..], b"not json", b"[1,2]", b"null", b"{\"type\":5}", b"\xff\xfe", b"{\"event\":\"str\"}"] {
+            let info = inspect(body);
+            assert_eq!(info.routing_key, UNKNOWN_KEY, "{body:?}");
+            assert!(!info.keyed_by_channel);
+        }
+        let info = inspect(br#"{"event":{"channel":""}, "team_id":"T\n1"}"#);
+        assert_eq!(info.routing_key, UNKNOWN_KEY, "blank channel and unprintable team are not keys");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let info = inspect(br#"{"event":{"type":"message","channel":"C\u0031"}}"#);
+        assert_eq!(info.routing_key, "C1");
+    }
+}
