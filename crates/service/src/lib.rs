@@ -1,0 +1,17 @@
+//! The chassis every slackline service runs in.
+//!
+//! A service's `main` reads its config with [`env::Env`], calls
+//! [`telemetry::init_telemetry`], and hands a [`shutdown::Shutdown`] to its testable
+//! `run(config, shutdown)`. While running it serves `/metrics`, `/healthz` and
+//! `/readyz` on a separate admin port ([`admin`]) so that probes and scrapes never
+//! queue behind Slack traffic.
+
+pub mod admin;
+pub mod env;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use admin::{serve_admin, Readiness};
+pub use env::{ConfigError, Env};
+pub use shutdown::Shutdown;
+pub use telemetry::{init_telemetry, LogFormat};

@@ -1,0 +1,211 @@
+//! The edge: the only slackline service Slack talks to.
+//!
+//! `POST /slack/events` verifies Slack's signature over the raw bytes, answers
+//! `url_verification`, and for every other verified body writes it to the archive and
+//! produces it unchanged to `slack.events.raw`, keyed by channel, before answering
+//! 200 (guarantee 1). Anything that fails or takes too long answers 503 so that Slack
+//! retries; a verified body is never refused for its content. Metrics and probes are
+//! on a separate admin port.
+
+pub mod config;
+mod handler;
+pub mod metrics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::post;
+use axum::Router;
+use prometheus::Registry;
+use rdkafka::producer::Producer;
+use slackline_archive::Archive;
+use slackline_service::{serve_admin, Readiness, Shutdown};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::EdgeConfig;
+use handler::EdgeState;
+pub use metrics::EdgeMetrics;
+
+/// Why the edge could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// Opening the archive failed.
+    #[error(transparent)]
+    Archive(#[from] slackline_archive::ArchiveError),
+    /// Creating the producer failed.
+    #[error(transparent)]
+    Kafka(#[from] slackline_kafka::KafkaError),
+    /// Binding or serving a port failed.
+    #[error("{what} {addr}: {source}")]
+    Io {
+        /// Which port.
+        what: &'static str,
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Registering metrics failed (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// A server task panicked.
+    #[error("edge task failed: {0}")]
+    Task(String),
+}
+
+/// A running edge.
+pub struct Edge {
+    /// Where Slack's requests are served (the bound address, also for port 0).
+    pub addr: SocketAddr,
+    /// Where the admin endpoints are served.
+    pub admin_addr: SocketAddr,
+    /// The metrics registry (tests read counters from it).
+    pub registry: Registry,
+    task: JoinHandle<Result<(), EdgeError>>,
+}
+
+impl Edge {
+    /// Opens the archive and the producer, binds both ports and starts serving. The
+    /// edge stops when `shutdown` fires: it stops accepting connections, lets
+    /// in-flight requests finish (each within its deadline), then flushes the producer.
+    pub async fn start(config: EdgeConfig, shutdown: Shutdown) -> Result<Edge, EdgeError> {
+        let archive = Archive::open(&config.archive_url, &config.s3).await?;
+        let producer = config.kafka.producer("slackline-edge", config.deadline)?;
+        let registry = Registry::new();
+        let metrics = EdgeMetrics::new(&registry)?;
+        let bind = |what: &'static str, addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| EdgeError::Io {
+                    what,
+                    addr: addr.to_string(),
+                    source,
+                })
+        };
+        let listener = bind("binding EDGE_ADDR", config.edge_addr).await?;
+        let admin_listener = bind("binding ADMIN_ADDR", config.admin_addr).await?;
+        let local = |l: &TcpListener, what| {
+            l.local_addr().map_err(|source| EdgeError::Io {
+                what,
+                addr: String::new(),
+                source,
+            })
+        };
+        let addr = local(&listener, "reading EDGE_ADDR")?;
+        let admin_addr = local(&admin_listener, "reading ADMIN_ADDR")?;
+
+        let readiness = readiness(archive.clone(), producer.clone(), config.raw_topic.clone());
+        let admin = serve_admin(
+            admin_listener,
+            registry.clone(),
+            readiness,
+            shutdown.clone(),
+        );
+        let state = Arc::new(EdgeState {
+            secrets: config.secrets,
+            archive,
+            producer: producer.clone(),
+            raw_topic: config.raw_topic,
+            deadline: config.deadline,
+            metrics,
+        });
+        let app = router(state, config.max_body_bytes);
+        tracing::info!(%addr, %admin_addr, "edge listening");
+        let grace = config.shutdown_grace;
+        let task = tokio::spawn(async move {
+            let drain_signal = shutdown.clone();
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { drain_signal.wait().await });
+            let served = serve_until_drained(server, &shutdown, grace).await;
+            // Every 200 already waited for its delivery; this flushes what requests
+            // that timed out left in the queue, so nothing is dropped on exit.
+            let flushed =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+            if let Ok(Err(e)) = flushed {
+                tracing::warn!(error = %e, "producer flush on shutdown incomplete");
+            }
+            let _ = admin.await;
+            tracing::info!("edge stopped");
+            served
+        });
+        Ok(Edge {
+            addr,
+            admin_addr,
+            registry,
+            task,
+        })
+    }
+
+    /// Waits for the edge to stop.
+    pub async fn wait(self) -> Result<(), EdgeError> {
+        self.task
+            .await
+            .map_err(|e| EdgeError::Task(e.to_string()))?
+    }
+}
+
+/// Runs the server; once shutdown fires, gives in-flight requests `grace` to finish.
+async fn serve_until_drained<F>(
+    server: F,
+    shutdown: &Shutdown,
+    grace: Duration,
+) -> Result<(), EdgeError>
+where
+    F: std::future::IntoFuture<Output = std::io::Result<()>>,
+{
+    let server = server.into_future();
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r,
+        () = async { shutdown.wait().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "in-flight requests did not finish within the grace period");
+            Ok(())
+        }
+    };
+    result.map_err(|source| EdgeError::Io {
+        what: "serving",
+        addr: String::new(),
+        source,
+    })
+}
+
+fn router(state: Arc<EdgeState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/slack/events", post(handler::slack_events))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handler::count_responses,
+        ))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+fn readiness(
+    archive: Archive,
+    producer: rdkafka::producer::FutureProducer,
+    topic: String,
+) -> Readiness {
+    Readiness::new(move || {
+        let archive = archive.clone();
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            archive.check().await.map_err(|e| format!("archive: {e}"))?;
+            tokio::task::spawn_blocking(move || {
+                slackline_kafka::check_topic(producer.client(), &topic, Duration::from_millis(1500))
+            })
+            .await
+            .map_err(|e| format!("kafka check: {e}"))?
+            .map_err(|e| format!("kafka: {e}"))
+        }
+    })
+}
+
+/// Runs the edge until `shutdown` fires.
+pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), EdgeError> {
+    Edge::start(config, shutdown).await?.wait().await
+}

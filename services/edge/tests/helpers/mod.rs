@@ -1,0 +1,204 @@
+//! Shared set-up for the edge's integration tests: a mock Kafka cluster (real wire
+//! protocol over TCP), an archive, an edge on port 0, and a way to read back what
+//! reached Kafka.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use slackline_archive::S3Settings;
+use slackline_edge::{Edge, EdgeConfig};
+use slackline_kafka::KafkaSettings;
+use slackline_service::{LogFormat, Shutdown};
+use slackline_slack::{sign, SigningSecrets};
+
+pub const SECRET: &str = "test-signing-secret";
+pub const PARTITIONS: i32 = 4;
+
+/// One record as read back from Kafka.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub payload: Vec<u8>,
+}
+
+pub fn mock_cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
+    let mock = MockCluster::new(3).expect("mock cluster");
+    mock.create_topic(topic, PARTITIONS, 3)
+        .expect("create topic");
+    mock
+}
+
+pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -> EdgeConfig {
+    EdgeConfig {
+        kafka: KafkaSettings::new(bootstrap),
+        secrets: SigningSecrets::new(["old-secret", SECRET]).unwrap(),
+        archive_url: archive_url.to_owned(),
+        s3,
+        edge_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        raw_topic: topic.to_owned(),
+        deadline: Duration::from_millis(2000),
+        max_body_bytes: 1024 * 1024,
+        shutdown_grace: Duration::from_secs(10),
+        log_format: LogFormat::Text,
+    }
+}
+
+pub fn s3_settings(garage: &slackline_testkit::Garage) -> S3Settings {
+    S3Settings {
+        endpoint: Some(garage.endpoint.clone()),
+        region: garage.region.clone(),
+        credentials: Some((
+            garage.access_key_id.clone(),
+            garage.secret_access_key.clone(),
+        )),
+        force_path_style: true,
+        attempt_timeout: Some(Duration::from_millis(500)),
+    }
+}
+
+pub async fn start_edge(config: EdgeConfig) -> (Edge, Shutdown) {
+    let shutdown = Shutdown::new();
+    let edge = Edge::start(config, shutdown.clone())
+        .await
+        .expect("edge starts");
+    (edge, shutdown)
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Posts a body signed with `secret` at time `ts`.
+pub async fn post_signed(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    body: &[u8],
+    secret: &str,
+    ts: i64,
+    extra: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = http
+        .post(format!("http://{addr}/slack/events"))
+        .header("content-type", "application/json")
+        .header("X-Slack-Request-Timestamp", ts.to_string())
+        .header("X-Slack-Signature", sign(secret, ts, body))
+        .body(body.to_vec());
+    for (k, v) in extra {
+        request = request.header(*k, *v);
+    }
+    request.send().await.expect("request sent")
+}
+
+pub async fn post(http: &reqwest::Client, addr: SocketAddr, body: &[u8]) -> u16 {
+    post_signed(http, addr, body, SECRET, now(), &[])
+        .await
+        .status()
+        .as_u16()
+}
+
+/// A message event of `channel` with a unique event id.
+pub fn message_event(channel: &str, event_id: &str, text: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "token": "x",
+        "team_id": "T0CUSTOMER",
+        "api_app_id": "A0APP",
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": 1_700_000_000,
+        "authorizations": [{"team_id": "T0HOME", "user_id": "U0BOT", "is_bot": true}],
+        "event": {
+            "type": "message",
+            "channel": channel,
+            "user": "U0CUST",
+            "text": text,
+            "ts": "1700000000.000100",
+            "channel_type": "channel"
+        }
+    }))
+    .unwrap()
+}
+
+/// Reads every record of `topic` until `want` have arrived or `timeout` passes.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", slackline_testkit::unique_name("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < want && std::time::Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+                continue;
+            };
+            let m = message.expect("consume");
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers,
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// The value of a counter (with its labels) from the edge's registry.
+pub fn counter(edge: &Edge, name: &str, label: Option<(&str, &str)>) -> u64 {
+    edge.registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .filter(|m| {
+            label.is_none_or(|(k, v)| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == k && l.value() == v)
+            })
+        })
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
