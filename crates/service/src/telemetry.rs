@@ -1,6 +1,7 @@
 //! Logs for every service: JSON lines by default (one object per event, with the
 //! fields of the spans it happened in: event id, channel, offset), or text for a
-//! terminal. Panics are logged before the default hook runs.
+//! terminal. Panics are logged before the default hook runs. Logs go to stderr, so
+//! that a command's stdout (`slackline tail`) carries only data.
 
 use std::str::FromStr;
 
@@ -39,13 +40,16 @@ pub fn init_telemetry(service: &'static str, format: LogFormat) {
         LogFormat::Json => registry
             .with(
                 tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
                     .json()
                     .with_current_span(true)
                     .with_span_list(false)
                     .with_target(true),
             )
             .try_init(),
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
     };
     if installed.is_ok() {
         let default_hook = std::panic::take_hook();

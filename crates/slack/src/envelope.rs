@@ -156,11 +156,64 @@ pub fn inspect(body: &[u8]) -> EnvelopeInfo {
         .map(str::to_owned);
     EnvelopeInfo {
         kind,
-        event_id: raw.event_id.as_deref().filter(|id| valid_key(id)).map(str::to_owned),
+        event_id: raw
+            .event_id
+            .as_deref()
+            .filter(|id| valid_key(id))
+            .map(str::to_owned),
         event_type,
         routing_key,
         keyed_by_channel,
     }
+}
+
+/// Top-level `type`s that are already a whole request body.
+const ENVELOPE_TYPES: [&str; 3] = ["event_callback", "url_verification", "app_rate_limited"];
+
+/// Whether a JSON body is a bare inner event (`{"type":"message",...}`) rather than a
+/// request body Slack would post: it has a `type` that is not an envelope type and
+/// no `event` field. Test fixtures and SDK samples are often bare.
+pub fn is_bare_event(body: &serde_json::Value) -> bool {
+    let Some(object) = body.as_object() else {
+        return false;
+    };
+    let kind = object.get("type").and_then(|t| t.as_str());
+    !object.contains_key("event")
+        && !object.contains_key("challenge")
+        && kind.is_some_and(|t| !t.is_empty() && !ENVELOPE_TYPES.contains(&t))
+}
+
+/// Wraps a bare inner event in an `event_callback` envelope as Slack would send it,
+/// with the given event id and installing team.
+pub fn wrap_bare_event(
+    event: serde_json::Value,
+    event_id: &str,
+    team_id: &str,
+) -> serde_json::Value {
+    let event_time = event
+        .get("event_ts")
+        .and_then(|t| t.as_str())
+        .and_then(|t| t.split('.').next())
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or(0);
+    serde_json::json!({
+        "token": "slackline-test",
+        "team_id": team_id,
+        "api_app_id": "A0SLACKLINE",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id,
+        "event_time": event_time,
+        "authorizations": [{
+            "enterprise_id": null,
+            "team_id": team_id,
+            "user_id": "U0SLACKLINE",
+            "is_bot": true,
+            "is_enterprise_install": false
+        }],
+        "is_ext_shared_channel": false,
+        "context_team_id": team_id
+    })
 }
 
 #[cfg(test)]
@@ -183,10 +236,22 @@ mod tests {
     #[test]
     fn channel_is_found_in_object_item_and_channel_id_forms() {
         for (body, want) in [
-            (r#"{"event":{"type":"channel_created","channel":{"id":"C7","name":"x"}}}"#, "C7"),
-            (r#"{"event":{"type":"reaction_added","item":{"type":"message","channel":"C8"}}}"#, "C8"),
-            (r#"{"event":{"type":"file_shared","channel_id":"C9"}}"#, "C9"),
-            (r#"{"event":{"type":"x","channel":{"weird":1},"item":{"channel":"C10"}}}"#, "C10"),
+            (
+                r#"{"event":{"type":"channel_created","channel":{"id":"C7","name":"x"}}}"#,
+                "C7",
+            ),
+            (
+                r#"{"event":{"type":"reaction_added","item":{"type":"message","channel":"C8"}}}"#,
+                "C8",
+            ),
+            (
+                r#"{"event":{"type":"file_shared","channel_id":"C9"}}"#,
+                "C9",
+            ),
+            (
+                r#"{"event":{"type":"x","channel":{"weird":1},"item":{"channel":"C10"}}}"#,
+                "C10",
+            ),
         ] {
             let info = inspect(body.as_bytes());
             assert_eq!(info.routing_key, want, "{body}");
@@ -196,29 +261,75 @@ mod tests {
 
     #[test]
     fn no_channel_falls_back_to_team_then_unknown() {
-        let info = inspect(br#"{"type":"event_callback","team_id":"T9","event":{"type":"app_home_opened"}}"#);
-        assert_eq!((info.routing_key.as_str(), info.keyed_by_channel), ("T9", false));
-        let info = inspect(br#"{"type":"app_rate_limited","team_id":"T3","minute_rate_limited":1}"#);
+        let info = inspect(
+            br#"{"type":"event_callback","team_id":"T9","event":{"type":"app_home_opened"}}"#,
+        );
+        assert_eq!(
+            (info.routing_key.as_str(), info.keyed_by_channel),
+            ("T9", false)
+        );
+        let info =
+            inspect(br#"{"type":"app_rate_limited","team_id":"T3","minute_rate_limited":1}"#);
         assert_eq!(info.kind, EnvelopeKind::AppRateLimited);
         assert_eq!(info.routing_key, "T3");
-        assert_eq!(inspect(br#"{"type":"event_callback"}"#).routing_key, UNKNOWN_KEY);
+        assert_eq!(
+            inspect(br#"{"type":"event_callback"}"#).routing_key,
+            UNKNOWN_KEY
+        );
     }
 
     #[test]
     fn url_verification_carries_its_challenge() {
         let info = inspect(br#"{"token":"t","challenge":"abc\u0041","type":"url_verification"}"#);
-        assert_eq!(info.kind, EnvelopeKind::UrlVerification { challenge: "abcA".into() });
+        assert_eq!(
+            info.kind,
+            EnvelopeKind::UrlVerification {
+                challenge: "abcA".into()
+            }
+        );
     }
 
     #[test]
     fn anything_else_is_still_routable() {
-        for body in [&b""[..], b"not json", b"[1,2]", b"null", b"{\"type\":5}", b"\xff\xfe", b"{\"event\":\"str\"}"] {
+        for body in [
+            &b""[..],
+            b"not json",
+            b"[1,2]",
+            b"null",
+            b"{\"type\":5}",
+            b"\xff\xfe",
+            b"{\"event\":\"str\"}",
+        ] {
             let info = inspect(body);
             assert_eq!(info.routing_key, UNKNOWN_KEY, "{body:?}");
             assert!(!info.keyed_by_channel);
         }
         let info = inspect(br#"{"event":{"channel":""}, "team_id":"T\n1"}"#);
-        assert_eq!(info.routing_key, UNKNOWN_KEY, "blank channel and unprintable team are not keys");
+        assert_eq!(
+            info.routing_key, UNKNOWN_KEY,
+            "blank channel and unprintable team are not keys"
+        );
+    }
+
+    #[test]
+    fn bare_events_are_recognised_and_wrapped() {
+        let bare = serde_json::json!({"type": "message", "channel": "C5", "ts": "1.2", "event_ts": "1700000000.1"});
+        assert!(is_bare_event(&bare));
+        let wrapped = wrap_bare_event(bare, "EvW1", "T1");
+        assert!(!is_bare_event(&wrapped));
+        let info = inspect(&serde_json::to_vec(&wrapped).unwrap());
+        assert_eq!(info.kind, EnvelopeKind::EventCallback);
+        assert_eq!(info.routing_key, "C5");
+        assert_eq!(info.event_id.as_deref(), Some("EvW1"));
+        assert_eq!(wrapped["event_time"], 1_700_000_000);
+        for body in [
+            serde_json::json!({"type": "url_verification", "challenge": "x"}),
+            serde_json::json!({"type": "", "event": {}}),
+            serde_json::json!({"event": {"type": "message"}}),
+            serde_json::json!([1]),
+        ] {
+            assert!(!is_bare_event(&body), "{body}");
+        }
     }
 
     #[test]

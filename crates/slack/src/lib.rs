@@ -11,5 +11,5 @@
 pub mod envelope;
 pub mod signature;
 
-pub use envelope::{inspect, EnvelopeInfo, EnvelopeKind};
+pub use envelope::{inspect, is_bare_event, wrap_bare_event, EnvelopeInfo, EnvelopeKind};
 pub use signature::{sign, SignatureError, SigningSecrets};

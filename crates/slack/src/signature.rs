@@ -194,7 +194,10 @@ pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
         Err(_) => unreachable!("HMAC-SHA256 accepts keys of any length"),
     };
     feed(&mut mac, ts.as_bytes(), body);
-    format!("{VERSION_PREFIX}{}", hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "{VERSION_PREFIX}{}",
+        hex::encode(mac.finalize().into_bytes())
+    )
 }
 
 #[cfg(test)]
@@ -204,7 +207,12 @@ mod tests {
     const NOW: i64 = 1_700_000_000;
     const BODY: &[u8] = br#"{"type":"event_callback","event_id":"Ev1"}"#;
 
-    fn check(secrets: &SigningSecrets, ts: i64, sig: &str, body: &[u8]) -> Result<(), SignatureError> {
+    fn check(
+        secrets: &SigningSecrets,
+        ts: i64,
+        sig: &str,
+        body: &[u8],
+    ) -> Result<(), SignatureError> {
         let ts = ts.to_string();
         secrets.verify(Some(ts.as_bytes()), Some(sig.as_bytes()), body, NOW)
     }
@@ -216,7 +224,12 @@ mod tests {
         let body = b"token=xyzz0WbapA4vBCDEFasx0q6G&team_id=T1DC2JH3J&team_domain=testteamnow&channel_id=G8PSS9T3V&channel_name=foobar&user_id=U2CERLKJA&user_name=roadrunner&command=%2Fwebhook-collect&text=&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2FT1DC2JH3J%2F397700885554%2F96rGlfmibIGlgcZRskXaIFfN&trigger_id=398738663015.47445629121.803a0bc887a14d10d2c447fce8b6703c";
         let sig = "v0=a2114d57b48eac39b9ad189dd8316235a7b4a8d21a10bd27519666489c69b503";
         secrets
-            .verify(Some(b"1531420618"), Some(sig.as_bytes()), body, 1531420618 + 10)
+            .verify(
+                Some(b"1531420618"),
+                Some(sig.as_bytes()),
+                body,
+                1531420618 + 10,
+            )
             .unwrap();
     }
 
@@ -256,7 +269,11 @@ mod tests {
             (MAX_CLOCK_SKEW_SECS + 1, Err(SignatureError::Future)),
         ] {
             let ts = NOW + offset;
-            assert_eq!(check(&secrets, ts, &sign("s", ts, BODY), BODY), want, "offset {offset}");
+            assert_eq!(
+                check(&secrets, ts, &sign("s", ts, BODY), BODY),
+                want,
+                "offset {offset}"
+            );
         }
     }
 
@@ -286,8 +303,19 @@ mod tests {
                 "{ts:?}"
             );
         }
-        for bad in ["", "v0=", "v1=00", &sig[3..], &format!("v0={}", &sig[4..]), "v0=zz"] {
-            assert_eq!(check(&secrets, NOW, bad, BODY), Err(SignatureError::MalformedSignature), "{bad:?}");
+        for bad in [
+            "",
+            "v0=",
+            "v1=00",
+            &sig[3..],
+            &format!("v0={}", &sig[4..]),
+            "v0=zz",
+        ] {
+            assert_eq!(
+                check(&secrets, NOW, bad, BODY),
+                Err(SignatureError::MalformedSignature),
+                "{bad:?}"
+            );
         }
     }
 
@@ -298,11 +326,18 @@ mod tests {
         for i in 0..BODY.len() {
             let mut altered = BODY.to_vec();
             altered[i] ^= 0x01;
-            assert_eq!(check(&secrets, NOW, &sig, &altered), Err(SignatureError::Mismatch), "byte {i}");
+            assert_eq!(
+                check(&secrets, NOW, &sig, &altered),
+                Err(SignatureError::Mismatch),
+                "byte {i}"
+            );
         }
         let mut longer = BODY.to_vec();
         longer.push(b' ');
-        assert_eq!(check(&secrets, NOW, &sig, &longer), Err(SignatureError::Mismatch));
+        assert_eq!(
+            check(&secrets, NOW, &sig, &longer),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]

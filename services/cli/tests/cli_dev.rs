@@ -1,0 +1,117 @@
+//! `slackline dev` wiring end to end: start the local stack, send the testdata
+//! conversation with `send`, read it back with `tail`.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+
+use slackline::{dev, send, tail};
+use slackline_kafka::KafkaSettings;
+use slackline_service::Shutdown;
+use slackline_slack::SigningSecrets;
+
+fn testdata() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/events")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let stack = dev::start(
+        dev::DevOptions {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            admin_port: 0,
+            dir: dir.path().to_path_buf(),
+            partitions: 3,
+            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let files = send::collect_files(&[testdata()]).unwrap();
+    assert!(files.len() >= 10, "{files:?}");
+    let options = send::SendOptions {
+        url: stack.webhook_url(),
+        secret: dev::DEV_SECRET.to_owned(),
+        retry_num: None,
+        raw: false,
+    };
+    let results = send::send_files(&files, &options).await.unwrap();
+    assert!(
+        results.iter().all(|r| r.status == Some(200)),
+        "{}",
+        send::summary(&results)
+    );
+
+    // A wrong secret is refused for every file.
+    let wrong = send::SendOptions {
+        secret: "not-the-secret".into(),
+        ..options.clone()
+    };
+    let refused = send::send_files(&files[..2], &wrong).await.unwrap();
+    assert!(refused.iter().all(|r| r.status == Some(401)));
+
+    let settings = KafkaSettings::new(&stack.bootstrap);
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        let n = tail::tail(
+            &settings,
+            "slack.events.raw",
+            true,
+            &AtomicBool::new(false),
+            &mut out,
+        )
+        .unwrap();
+        (n, String::from_utf8(out).unwrap())
+    })
+    .await
+    .unwrap();
+    let (printed, text) = lines;
+    assert_eq!(printed as usize, files.len());
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), files.len());
+    let question = records
+        .iter()
+        .find(|r| r["headers"]["slack-event-id"] == "Ev0TD01")
+        .expect("the first message is on the topic");
+    assert_eq!(question["key"], "C0SHARED01");
+    assert_eq!(
+        question["value"]["event"]["user"], "U0CUSTA",
+        "JSON values are printed as JSON"
+    );
+    assert!(question["headers"]["archive-key"]
+        .as_str()
+        .unwrap()
+        .starts_with("raw/"));
+    // Archive objects exist for every record.
+    let archive_root = dir.path().join("archive");
+    for r in &records {
+        let key = r["headers"]["archive-key"].as_str().unwrap();
+        assert!(archive_root.join(key).is_file(), "{key}");
+    }
+
+    // tail on a topic that does not exist says so.
+    let settings = KafkaSettings::new(&stack.bootstrap);
+    let missing = tokio::task::spawn_blocking(move || {
+        tail::tail(
+            &settings,
+            "no.such.topic",
+            true,
+            &AtomicBool::new(false),
+            &mut Vec::new(),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(missing.is_err());
+
+    shutdown.trigger();
+    stack.wait().await.unwrap();
+}
