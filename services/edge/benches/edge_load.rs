@@ -1,0 +1,845 @@
+//! Load benchmark of the edge: how much a durable accept (archive + Kafka before the
+//! 200) costs compared with only verifying Slack's signature.
+//!
+//! Two servers are measured in the same run and in the same way:
+//!
+//! * **verify-only**: an axum handler that checks the Slack signature
+//!   (`SigningSecrets::verify`), parses the body into a `serde_json::Value` and
+//!   answers 200. It is the floor: what any Slack endpoint must do.
+//! * **edge (file+mock)**: the real edge (`Edge::start`) with a `file://` archive in a
+//!   temporary directory (durable: the file archive group-commits with `syncfs`) and
+//!   an rdkafka `MockCluster` of 3 brokers, the topic having 6 partitions with
+//!   replication 3; deadline 2500 ms.
+//!
+//! Like in production the servers run in their own processes: this binary starts
+//! copies of itself with `--serve-verify`, `--serve-edge` or `--serve-kafka` (the mock
+//! cluster, so that the brokers' memory and CPU are not charged to the edge), and the
+//! parent process is only the load generator. 64 client tasks each keep one
+//! keep-alive HTTP/1.1 connection over loopback (reqwest) and post distinct, ~1.5 KB
+//! `event_callback` message events over ~20 channels, all signed before the clock
+//! starts. After a 2 s warm-up each server is measured for `BENCH_SECS` seconds
+//! (default 10): requests per second, client-observed latency (p50, p99, max), non-200
+//! answers, the server's peak RSS (`VmHWM` of its own process) and the CPU each
+//! process used. The edge run then checks that the topic holds exactly one record and
+//! the archive exactly one object per 200, so that the edge cannot win by dropping
+//! work; the binary exits non-zero if not, or if any request failed.
+//!
+//! Run with:
+//!
+//! ```text
+//! cargo bench -p slackline-edge --bench edge_load
+//! BENCH_SECS=30 cargo bench -p slackline-edge --bench edge_load
+//! ```
+//!
+//! `BENCH_EVENTS` sets how many distinct events are signed per server (default
+//! 250000; the pool is reused round-robin if a run needs more). The archive goes to
+//! a temporary directory under `TMPDIR`, so that variable picks the disk.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::ClientConfig;
+use slackline_archive::{Archive, S3Settings, RAW_PREFIX};
+use slackline_edge::config::DEFAULT_MAX_BODY_BYTES;
+use slackline_edge::{Edge, EdgeConfig};
+use slackline_kafka::KafkaSettings;
+use slackline_service::{init_telemetry, LogFormat, Shutdown};
+use slackline_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use slackline_slack::{sign, SigningSecrets};
+
+const SECRET: &str = "edge-load-signing-secret";
+const CONCURRENCY: usize = 64;
+const WARM_UP: Duration = Duration::from_secs(2);
+const DEFAULT_SECS: u64 = 10;
+const DEFAULT_EVENTS: usize = 250_000;
+const TARGET_BODY_BYTES: usize = 1500;
+const CHANNELS: usize = 20;
+const TOPIC: &str = "slack.events.raw";
+const PARTITIONS: i32 = 6;
+const DEADLINE: Duration = Duration::from_millis(2500);
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ, which is 100 on Linux.
+const CLOCK_TICKS_PER_SEC: f64 = 100.0;
+/// What a child prints on stdout, followed by its address, once it serves.
+const READY: &str = "READY ";
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("edge_load: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Dispatches on the role. cargo passes `--bench` (and maybe a filter): anything
+/// that is not a role flag is ignored.
+fn run() -> anyhow::Result<ExitCode> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let after = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .map(|i| args[i + 1..].to_vec())
+    };
+    if let Some(rest) = after("--serve-edge") {
+        let [bootstrap, archive_dir, ..] = rest.as_slice() else {
+            bail!("usage: --serve-edge BOOTSTRAP ARCHIVE_DIR");
+        };
+        serve_edge(bootstrap, archive_dir)?;
+    } else if after("--serve-verify").is_some() {
+        serve_verify()?;
+    } else if after("--serve-kafka").is_some() {
+        serve_kafka()?;
+    } else {
+        return bench();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+// ---------------------------------------------------------------------------------
+// The servers (child processes). Each prints `READY <addr>` and serves until its
+// stdin closes, which also happens when the parent dies.
+
+/// Announces the address and returns a signal that fires when stdin closes.
+fn announce(addr: &str) -> anyhow::Result<Shutdown> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY}{addr}").context("writing the address")?;
+    out.flush().context("writing the address")?;
+    let shutdown = Shutdown::new();
+    let trigger = shutdown.clone();
+    std::thread::Builder::new()
+        .name("stdin-watch".into())
+        .spawn(move || {
+            // Any outcome (EOF or error) means the parent is done with us.
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            trigger.trigger();
+        })
+        .context("starting the stdin watcher")?;
+    Ok(shutdown)
+}
+
+fn server_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // What `#[tokio::main]` in the edge's main.rs builds.
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")
+}
+
+fn serve_edge(bootstrap: &str, archive_dir: &str) -> anyhow::Result<()> {
+    init_telemetry("slackline-edge", LogFormat::Text);
+    let localhost = SocketAddr::from(([127, 0, 0, 1], 0));
+    let config = EdgeConfig {
+        kafka: KafkaSettings::new(bootstrap),
+        secrets: SigningSecrets::new([SECRET])?,
+        archive_url: format!("file://{archive_dir}"),
+        s3: S3Settings::default(),
+        edge_addr: localhost,
+        admin_addr: localhost,
+        raw_topic: TOPIC.to_owned(),
+        deadline: DEADLINE,
+        max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+        shutdown_grace: Duration::from_secs(10),
+        log_format: LogFormat::Text,
+    };
+    server_runtime()?.block_on(async {
+        let shutdown = Shutdown::new();
+        let edge = Edge::start(config, shutdown.clone())
+            .await
+            .context("starting the edge")?;
+        let stop = announce(&edge.addr.to_string())?;
+        tokio::spawn(async move {
+            stop.wait().await;
+            shutdown.trigger();
+        });
+        // Returns once the producer is flushed.
+        edge.wait().await.context("running the edge")
+    })
+}
+
+async fn verify_only(
+    State(secrets): State<Arc<SigningSecrets>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |name: &str| headers.get(name).map(|v| v.as_bytes());
+    let now = chrono::Utc::now().timestamp();
+    if secrets
+        .verify(
+            header(TIMESTAMP_HEADER),
+            header(SIGNATURE_HEADER),
+            &body,
+            now,
+        )
+        .is_err()
+    {
+        return StatusCode::UNAUTHORIZED;
+    }
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(value) => {
+            std::hint::black_box(value);
+            StatusCode::OK
+        }
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+fn serve_verify() -> anyhow::Result<()> {
+    let secrets = Arc::new(SigningSecrets::new([SECRET])?);
+    server_runtime()?.block_on(async {
+        let app = Router::new()
+            .route("/slack/events", post(verify_only))
+            .layer(DefaultBodyLimit::max(DEFAULT_MAX_BODY_BYTES))
+            .with_state(secrets);
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .context("binding")?;
+        let addr = listener.local_addr().context("reading the address")?;
+        let stop = announce(&addr.to_string())?;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await
+            .context("serving")
+    })
+}
+
+fn serve_kafka() -> anyhow::Result<()> {
+    let mock: MockCluster<'static, DefaultProducerContext> =
+        MockCluster::new(3).context("creating the mock cluster")?;
+    mock.create_topic(TOPIC, PARTITIONS, 3)
+        .context("creating the topic")?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{READY}{}", mock.bootstrap_servers()).context("writing the address")?;
+    out.flush().context("writing the address")?;
+    drop(out);
+    // Serve (the brokers run on librdkafka's threads) until the parent closes stdin.
+    let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+    drop(mock);
+    Ok(())
+}
+
+/// A child process playing one role.
+struct Server {
+    name: &'static str,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// What it printed after `READY `.
+    addr: String,
+}
+
+impl Server {
+    fn spawn(name: &'static str, args: &[&str]) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let mut command = Command::new(exe);
+        command
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if std::env::var_os("RUST_LOG").is_none() {
+            // Errors and warnings (a 503's reason) still show.
+            command.env("RUST_LOG", "warn");
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting the {name} process"))?;
+        let stdin = child.stdin.take();
+        let mut server = Server {
+            name,
+            child,
+            stdin,
+            addr: String::new(),
+        };
+        let stdout = server
+            .child
+            .stdout
+            .take()
+            .context("the child has no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .with_context(|| format!("reading the {name} process's address"))?;
+        let Some(addr) = line.trim_end().strip_prefix(READY) else {
+            bail!("the {name} process did not start (printed {line:?})");
+        };
+        server.addr = addr.to_owned();
+        Ok(server)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Closes its stdin and waits for it to exit cleanly.
+    fn stop(mut self) -> anyhow::Result<()> {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for a child")? {
+                ensure!(
+                    status.success(),
+                    "the {} process exited with {status}",
+                    self.name
+                );
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the {} process did not stop within 30 s", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // After a clean stop the child is reaped already; otherwise (an error) make
+        // sure it does not outlive us.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// /proc readings.
+
+/// `VmHWM` (peak) and `VmRSS` (current) of a process, in MiB.
+fn rss_mib(pid: &str) -> anyhow::Result<(f64, f64)> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> anyhow::Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} missing from {path}"))?;
+        let kib: f64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unreadable {line:?} in {path}"))?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// User + system CPU seconds a process has used so far.
+fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name may hold spaces; the fields after it are fixed.
+    let after_name = stat
+        .rsplit_once(')')
+        .with_context(|| format!("unreadable {path}"))?
+        .1;
+    let mut fields = after_name.split_whitespace().skip(11);
+    let mut tick = || -> anyhow::Result<f64> {
+        fields
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("unreadable {path}"))
+    };
+    let (user, system) = (tick()?, tick()?);
+    Ok((user + system) / CLOCK_TICKS_PER_SEC)
+}
+
+// ---------------------------------------------------------------------------------
+// The events.
+
+/// A signed request, ready to send.
+struct Event {
+    body: Bytes,
+    timestamp: HeaderValue,
+    signature: HeaderValue,
+}
+
+const WORDS: [&str; 24] = [
+    "deploy",
+    "the",
+    "billing",
+    "service",
+    "after",
+    "lunch",
+    "please",
+    "review",
+    "my",
+    "pull",
+    "request",
+    "for",
+    "incident",
+    "4711",
+    "customers",
+    "report",
+    "slow",
+    "pages",
+    "since",
+    "yesterday",
+    "can",
+    "someone",
+    "check",
+    "dashboards",
+];
+
+/// A message event as Slack sends it, with `text` both plain and in its blocks.
+fn message_event(run: &str, i: usize, now: i64, text: &str) -> serde_json::Value {
+    let channel = format!("C0{:08}", (i * 7) % CHANNELS);
+    let ts = format!("{now}.{:06}", i % 1_000_000);
+    serde_json::json!({
+        "token": "ZZZZZZWSxiZZZ2yIvs3peJ",
+        "team_id": "T0CUSTOMER",
+        "context_team_id": "T0CUSTOMER",
+        "context_enterprise_id": null,
+        "api_app_id": "A0APP00001",
+        "event": {
+            "type": "message",
+            "user": format!("U0{:08}", i % 997),
+            "client_msg_id": format!("6f1c2a8e-{run}-4c1b-9d2e-{i:012}"),
+            "text": text,
+            "team": "T0CUSTOMER",
+            "blocks": [{
+                "type": "rich_text",
+                "block_id": format!("b{:05}", i % 100_000),
+                "elements": [{
+                    "type": "rich_text_section",
+                    "elements": [{"type": "text", "text": text}]
+                }]
+            }],
+            "channel": channel,
+            "event_ts": ts,
+            "ts": ts,
+            "channel_type": "channel"
+        },
+        "type": "event_callback",
+        "event_id": format!("Ev{run}{i:010}"),
+        "event_time": now,
+        "authorizations": [{
+            "enterprise_id": null,
+            "team_id": "T0HOME",
+            "user_id": "U0BOT",
+            "is_bot": true,
+            "is_enterprise_install": false
+        }],
+        "is_ext_shared_channel": false,
+        "event_context": "4-eyJldCI6Im1lc3NhZ2UiLCJ0aWQiOiJUMENVU1RPTUVSIiwiYWlkIjoiQTBBUFAwMDAwMSIsImNpZCI6IkMwMDAwMDAwMDEifQ"
+    })
+}
+
+/// `count` distinct events (event ids `Ev<run>…`), signed now, all of one size.
+fn make_events(run: &str, count: usize) -> anyhow::Result<Vec<Event>> {
+    let now = chrono::Utc::now().timestamp();
+    let timestamp = HeaderValue::from_str(&now.to_string())?;
+    // The text appears twice; size it so that the whole body is about the target.
+    let bare = serde_json::to_vec(&message_event(run, 0, now, ""))?.len();
+    let text_len = TARGET_BODY_BYTES.saturating_sub(bare) / 2;
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut text = String::with_capacity(text_len + 16);
+    (0..count)
+        .map(|i| {
+            text.clear();
+            while text.len() < text_len {
+                // xorshift: cheap, varied word order.
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                text.push_str(WORDS[(seed % WORDS.len() as u64) as usize]);
+                text.push(' ');
+            }
+            text.truncate(text_len);
+            let body = serde_json::to_vec(&message_event(run, i, now, &text))?;
+            let signature = HeaderValue::from_str(&sign(SECRET, now, &body))?;
+            Ok(Event {
+                body: Bytes::from(body),
+                timestamp: timestamp.clone(),
+                signature,
+            })
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------
+// The load.
+
+/// What one server did under load.
+struct Outcome {
+    /// Requests completed in the measured window.
+    measured: usize,
+    window: Duration,
+    /// Latencies of the measured requests, sorted.
+    latencies: Vec<Duration>,
+    /// 200s over the whole run, warm-up included.
+    ok_total: usize,
+    /// Requests sent over the whole run.
+    sent_total: usize,
+    /// Non-200 answers and transport errors over the whole run, by kind.
+    errors: BTreeMap<String, usize>,
+    /// CPU cores used during the measured window: the load generator, then `pids`.
+    cores: Vec<f64>,
+    /// Peak and current RSS of the server (MiB) after the run.
+    rss: (f64, f64),
+}
+
+impl Outcome {
+    fn errors(&self) -> usize {
+        self.errors.values().sum()
+    }
+
+    fn percentile_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        // Nearest rank.
+        let rank = ((q * self.latencies.len() as f64).ceil() as usize).max(1);
+        self.latencies[rank - 1].as_secs_f64() * 1e3
+    }
+
+    fn rate(&self) -> f64 {
+        self.measured as f64 / self.window.as_secs_f64()
+    }
+}
+
+/// What `load` saw.
+struct Run {
+    /// Events taken from the pool.
+    used: usize,
+    /// All client tasks together; the measured latencies sorted.
+    tally: Tally,
+    /// CPU cores used during the measured window: the load generator, then `pids`.
+    cores: Vec<f64>,
+}
+
+/// One client task's tally.
+#[derive(Default)]
+struct Tally {
+    measured_latencies: Vec<Duration>,
+    ok: usize,
+    sent: usize,
+    errors: BTreeMap<String, usize>,
+}
+
+async fn client_loop(
+    client: reqwest::Client,
+    url: reqwest::Url,
+    events: Arc<Vec<Event>>,
+    next: Arc<AtomicUsize>,
+    measure_from: Instant,
+    until: Instant,
+) -> Tally {
+    let content_type = HeaderValue::from_static("application/json");
+    let mut tally = Tally::default();
+    loop {
+        let started = Instant::now();
+        if started >= until {
+            break;
+        }
+        let event = &events[next.fetch_add(1, Ordering::Relaxed) % events.len()];
+        let sent = client
+            .post(url.clone())
+            .header(reqwest::header::CONTENT_TYPE, content_type.clone())
+            .header(TIMESTAMP_HEADER, event.timestamp.clone())
+            .header(SIGNATURE_HEADER, event.signature.clone())
+            .body(event.body.clone())
+            .send()
+            .await;
+        let outcome = match sent {
+            Ok(response) => {
+                let status = response.status();
+                // Read the (empty) body so that the connection goes back to the pool.
+                match response.bytes().await {
+                    Ok(_) if status == StatusCode::OK => Ok(()),
+                    Ok(body) => Err(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(80)])
+                    )),
+                    Err(e) => Err(format!("reading the answer: {}", e.without_url())),
+                }
+            }
+            Err(e) => Err(format!("transport: {}", e.without_url())),
+        };
+        let finished = Instant::now();
+        tally.sent += 1;
+        match outcome {
+            Ok(()) => tally.ok += 1,
+            Err(kind) => *tally.errors.entry(kind).or_default() += 1,
+        }
+        if finished >= measure_from && finished < until {
+            tally.measured_latencies.push(finished - started);
+        }
+    }
+    tally
+}
+
+/// Drives `CONCURRENCY` keep-alive clients at `addr` for the warm-up plus `measure`,
+/// and reads the CPU time of this process and `pids` over the measured window.
+async fn load(
+    addr: &str,
+    events: Vec<Event>,
+    measure: Duration,
+    pids: &[u32],
+) -> anyhow::Result<Run> {
+    let url = reqwest::Url::parse(&format!("http://{addr}/slack/events"))?;
+    let mut default_headers = reqwest::header::HeaderMap::new();
+    default_headers.insert(
+        reqwest::header::USER_AGENT,
+        HeaderValue::from_static("Slackbot 1.0 (+https://api.slack.com/robots)"),
+    );
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(CONCURRENCY)
+        .tcp_nodelay(true)
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .default_headers(default_headers)
+        .build()
+        .context("building the HTTP client")?;
+    let events = Arc::new(events);
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let measure_from = start + WARM_UP;
+    let until = measure_from + measure;
+    let tasks: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            tokio::spawn(client_loop(
+                client.clone(),
+                url.clone(),
+                events.clone(),
+                next.clone(),
+                measure_from,
+                until,
+            ))
+        })
+        .collect();
+
+    let mut who: Vec<String> = vec!["self".into()];
+    who.extend(pids.iter().map(u32::to_string));
+    let cpu_all = || {
+        who.iter()
+            .map(|p| cpu_secs(p))
+            .collect::<anyhow::Result<Vec<_>>>()
+    };
+    tokio::time::sleep_until(measure_from.into()).await;
+    let cpu_before = cpu_all()?;
+    let wall_before = Instant::now();
+    tokio::time::sleep_until(until.into()).await;
+    let cpu_after = cpu_all()?;
+    let wall = wall_before.elapsed().as_secs_f64();
+    let cores = cpu_before
+        .iter()
+        .zip(&cpu_after)
+        .map(|(b, a)| (a - b) / wall)
+        .collect();
+
+    let mut total = Tally::default();
+    for task in tasks {
+        let tally = task.await.context("a client task panicked")?;
+        total.measured_latencies.extend(tally.measured_latencies);
+        total.ok += tally.ok;
+        total.sent += tally.sent;
+        for (kind, n) in tally.errors {
+            *total.errors.entry(kind).or_default() += n;
+        }
+    }
+    total.measured_latencies.sort_unstable();
+    Ok(Run {
+        used: next.load(Ordering::Relaxed),
+        tally: total,
+        cores,
+    })
+}
+
+/// Runs the load against `server` and reads its RSS before it stops.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    server: &Server,
+    run: &str,
+    secs: u64,
+    pool: usize,
+    other_pids: &[u32],
+) -> anyhow::Result<(Outcome, usize)> {
+    eprintln!("edge_load: signing {pool} events for {}", server.name);
+    let events = make_events(run, pool)?;
+    let body_bytes = events.first().map_or(0, |e| e.body.len());
+    eprintln!(
+        "edge_load: {}: {}s warm-up, {secs}s measured",
+        server.name,
+        WARM_UP.as_secs()
+    );
+    let mut pids = vec![server.pid()];
+    pids.extend_from_slice(other_pids);
+    let window = Duration::from_secs(secs);
+    let Run { used, tally, cores } = rt.block_on(load(&server.addr, events, window, &pids))?;
+    if used > pool {
+        eprintln!(
+            "edge_load: {}: {used} requests reused the {pool} events round-robin (raise BENCH_EVENTS for all-distinct ids)",
+            server.name
+        );
+    }
+    let rss = rss_mib(&server.pid().to_string())?;
+    Ok((
+        Outcome {
+            measured: tally.measured_latencies.len(),
+            window,
+            latencies: tally.measured_latencies,
+            ok_total: tally.ok,
+            sent_total: tally.sent,
+            errors: tally.errors,
+            cores,
+            rss,
+        },
+        body_bytes,
+    ))
+}
+
+fn env_number<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+    match std::env::var(name) {
+        Ok(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name}={raw:?} is not a positive number")),
+        Err(_) => Ok(default),
+    }
+}
+
+/// Counts the records on the topic from the partitions' watermarks.
+fn topic_records(bootstrap: &str) -> anyhow::Result<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "edge-load-watermarks")
+        .create()
+        .context("creating the watermark reader")?;
+    let mut records = 0;
+    for partition in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(TOPIC, partition, Duration::from_secs(10))
+            .with_context(|| format!("reading the watermarks of partition {partition}"))?;
+        records += high - low;
+    }
+    Ok(records)
+}
+
+fn archive_objects(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<usize> {
+    rt.block_on(async {
+        let archive = Archive::open(&format!("file://{}", dir.display()), &S3Settings::default())
+            .await
+            .context("opening the archive")?;
+        let keys = archive
+            .list(RAW_PREFIX)
+            .await
+            .context("listing the archive")?;
+        Ok(keys.len())
+    })
+}
+
+fn bench() -> anyhow::Result<ExitCode> {
+    let secs: u64 = env_number("BENCH_SECS", DEFAULT_SECS)?;
+    let pool: usize = env_number("BENCH_EVENTS", DEFAULT_EVENTS)?;
+    ensure!(
+        secs > 0 && pool > 0,
+        "BENCH_SECS and BENCH_EVENTS must be positive"
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the client runtime")?;
+    let exe_pid = std::process::id().to_string();
+
+    // 1. verify-only.
+    let verify = Server::spawn("verify-only", &["--serve-verify"])?;
+    let (baseline, body_bytes) = measure(&rt, &verify, "V", secs, pool, &[])?;
+    verify.stop()?;
+
+    // 2. the edge, with the mock cluster in a process of its own.
+    let kafka = Server::spawn("mock-kafka", &["--serve-kafka"])?;
+    let archive_dir = tempfile::tempdir().context("creating the archive directory")?;
+    let dir_arg = archive_dir
+        .path()
+        .to_str()
+        .context("the temporary directory's path is not UTF-8")?;
+    let edge = Server::spawn("edge", &["--serve-edge", &kafka.addr, dir_arg])?;
+    let (edged, _) = measure(&rt, &edge, "E", secs, pool, &[kafka.pid()])?;
+    let kafka_rss = rss_mib(&kafka.pid().to_string())?;
+    // Stopping flushes the producer: anything a 503 left queued is counted too.
+    edge.stop()?;
+    let records = topic_records(&kafka.addr)?;
+    let objects = archive_objects(&rt, archive_dir.path())?;
+    kafka.stop()?;
+    let client_rss = rss_mib(&exe_pid)?;
+
+    // The report.
+    println!();
+    println!("edge_load: concurrency {CONCURRENCY}, {secs} s each, body {body_bytes} B");
+    println!(
+        "{:<18}{:>9}{:>11}{:>9}{:>9}{:>9}{:>14}",
+        "", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "peak RSS MB"
+    );
+    for (name, o) in [("verify-only", &baseline), ("edge (file+mock)", &edged)] {
+        println!(
+            "{:<18}{:>9.0}{:>11.2}{:>9.2}{:>9.2}{:>9}{:>14.1}",
+            name,
+            o.rate(),
+            o.percentile_ms(0.50),
+            o.percentile_ms(0.99),
+            o.percentile_ms(1.0),
+            o.errors(),
+            o.rss.0
+        );
+    }
+    println!(
+        "ratio edge/verify-only: {:.2}",
+        edged.rate() / baseline.rate()
+    );
+    println!();
+    println!(
+        "server RSS after its run (MB): verify-only {:.1}, edge {:.1}; mock Kafka peak {:.1}, now {:.1}; load generator peak {:.1}",
+        baseline.rss.1, edged.rss.1, kafka_rss.0, kafka_rss.1, client_rss.0
+    );
+    println!(
+        "CPU cores used while measured: verify-only run: client {:.2}, server {:.2}; edge run: client {:.2}, edge {:.2}, mock Kafka {:.2} (of {})",
+        baseline.cores.first().copied().unwrap_or(f64::NAN),
+        baseline.cores.get(1).copied().unwrap_or(f64::NAN),
+        edged.cores.first().copied().unwrap_or(f64::NAN),
+        edged.cores.get(1).copied().unwrap_or(f64::NAN),
+        edged.cores.get(2).copied().unwrap_or(f64::NAN),
+        std::thread::available_parallelism().map_or(0, usize::from),
+    );
+
+    let mut failed = false;
+    for (name, o) in [("verify-only", &baseline), ("edge", &edged)] {
+        for (kind, n) in &o.errors {
+            println!("ERROR {name}: {n} x {kind}");
+            failed = true;
+        }
+    }
+    let accepted = edged.ok_total;
+    println!(
+        "edge check: {} requests sent, {accepted} answered 200, {records} Kafka records, {objects} archive objects",
+        edged.sent_total
+    );
+    if i64::try_from(accepted).ok() != Some(records) {
+        println!("ERROR edge: {records} records on {TOPIC}, but {accepted} requests answered 200");
+        failed = true;
+    }
+    if objects != accepted {
+        println!("ERROR edge: {objects} archive objects, but {accepted} requests answered 200");
+        failed = true;
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,310 @@
+//! Guarantee 1 against a real S3 server (Garage) and the mock Kafka cluster: the edge
+//! answers 200 only when the request is both in the archive and acknowledged by
+//! Kafka, and 503 whenever either is failing, so that Slack retries.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod helpers;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use helpers::*;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use slackline_archive::{Archive, ArchiveRecord};
+use slackline_testkit::Garage;
+
+struct Fixture {
+    mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    bootstrap: String,
+    topic: String,
+    garage: Garage,
+    archive: Archive,
+    edge: slackline_edge::Edge,
+    _shutdown: slackline_service::Shutdown,
+    http: reqwest::Client,
+}
+
+async fn fixture(deadline: Duration) -> Fixture {
+    let garage = tokio::task::spawn_blocking(Garage::start)
+        .await
+        .unwrap()
+        .expect("garage starts");
+    let topic = slackline_testkit::unique_name("raw");
+    let mock = mock_cluster(&topic);
+    let bootstrap = mock.bootstrap_servers();
+    let url = garage.archive_url("slack");
+    let s3 = s3_settings(&garage);
+    let archive = Archive::open(&url, &s3).await.unwrap();
+    let mut config = config(&bootstrap, &topic, &url, s3);
+    config.deadline = deadline;
+    let (edge, shutdown) = start_edge(config).await;
+    Fixture {
+        mock,
+        bootstrap,
+        topic,
+        garage,
+        archive,
+        edge,
+        _shutdown: shutdown,
+        http: reqwest::Client::new(),
+    }
+}
+
+/// Sends `n` events (ids `{prefix}{i}`) over three channels; returns id -> (status, body).
+async fn send_batch(f: &Fixture, prefix: &str, n: usize) -> BTreeMap<String, (u16, Vec<u8>)> {
+    let sends = (0..n).map(|i| {
+        let http = f.http.clone();
+        let addr = f.edge.addr;
+        let id = format!("{prefix}{i:03}");
+        async move {
+            let body = message_event(&format!("C0CH{}", i % 3), &id, &format!("message {i}"));
+            let status = post(&http, addr, &body).await;
+            (id, (status, body))
+        }
+    });
+    futures::future::join_all(sends).await.into_iter().collect()
+}
+
+/// Every 200 in `sent` has its Kafka record (key, headers, identical body) and its
+/// archive object (identical body, the request's headers).
+async fn assert_every_200_is_archived_and_produced(
+    f: &Fixture,
+    sent: &BTreeMap<String, (u16, Vec<u8>)>,
+) {
+    let accepted: Vec<_> = sent
+        .iter()
+        .filter(|(_, (status, _))| *status == 200)
+        .collect();
+    // Read everything there is; 503s may have left records too (Slack retries them
+    // anyway; duplicates are the normalizer's to drop).
+    let records = read_topic(&f.bootstrap, &f.topic, usize::MAX, Duration::from_secs(3)).await;
+    let by_id: BTreeMap<_, _> = records
+        .iter()
+        .map(|r| (r.headers["slack-event-id"].clone(), r))
+        .collect();
+    for (id, (_, body)) in accepted {
+        let record = by_id
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} answered 200 but has no Kafka record"));
+        assert_eq!(
+            &record.payload, body,
+            "{id}: Kafka value differs from the request body"
+        );
+        let channel = serde_json::from_slice::<serde_json::Value>(body).unwrap()["event"]
+            ["channel"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(record.key.as_deref(), Some(channel.as_str()), "{id}: key");
+        assert_eq!(record.headers["slack-event-type"], "message");
+        assert!(record.headers.contains_key("received-at"));
+        let key = &record.headers["archive-key"];
+        assert!(
+            key.starts_with("raw/") && key.contains(id.as_str()),
+            "{key}"
+        );
+        let object = f
+            .archive
+            .get(key)
+            .await
+            .unwrap_or_else(|e| panic!("{id}: archive object {key}: {e}"));
+        let archived = ArchiveRecord::from_json(&object).unwrap();
+        assert_eq!(&archived.body[..], &body[..], "{id}: archived body differs");
+        assert!(archived.header("x-slack-request-timestamp").is_some());
+        assert!(archived.header("x-slack-signature").is_some());
+    }
+}
+
+/// Posts fresh events until one gets 200, or panics after `within`.
+async fn wait_for_recovery(f: &Fixture, prefix: &str, within: Duration) {
+    let start = Instant::now();
+    let mut i = 0;
+    loop {
+        let status = post(
+            &f.http,
+            f.edge.addr,
+            &message_event("C0CH0", &format!("{prefix}{i:03}"), "probe"),
+        )
+        .await;
+        if status == 200 {
+            return;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            start.elapsed() < within,
+            "edge did not recover within {within:?}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_200_has_its_archive_object_and_its_kafka_record() {
+    let f = fixture(Duration::from_secs(2)).await;
+    let sent = send_batch(&f, "EvOk", 60).await;
+    assert!(
+        sent.values().all(|(status, _)| *status == 200),
+        "healthy stack: all 200"
+    );
+    assert_every_200_is_archived_and_produced(&f, &sent).await;
+    // A Slack retry is a new delivery with its own archive object: nothing is overwritten.
+    let body = message_event("C0CH0", "EvOk000", "message 0");
+    let retried = post_signed(
+        &f.http,
+        f.edge.addr,
+        &body,
+        SECRET,
+        now(),
+        &[
+            ("X-Slack-Retry-Num", "1"),
+            ("X-Slack-Retry-Reason", "http_timeout"),
+        ],
+    )
+    .await;
+    assert_eq!(retried.status(), 200);
+    let keys = f.archive.list("raw/").await.unwrap();
+    assert_eq!(
+        keys.iter().filter(|k| k.contains("EvOk000")).count(),
+        2,
+        "{keys:?}"
+    );
+    let records = read_topic(&f.bootstrap, &f.topic, 61, Duration::from_secs(10)).await;
+    let retry = records
+        .iter()
+        .find(|r| r.headers.get("slack-retry-num").map(String::as_str) == Some("1"))
+        .unwrap();
+    assert_eq!(retry.headers["slack-retry-reason"], "http_timeout");
+    assert!(retry.headers["archive-key"].ends_with("-EvOk000-r1.json"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn produce_errors_answer_503_and_never_200() {
+    let f = fixture(Duration::from_millis(1000)).await;
+    // Connections and the producer id are established first.
+    assert_eq!(
+        post(
+            &f.http,
+            f.edge.addr,
+            &message_event("C0CH0", "EvWarm", "warm")
+        )
+        .await,
+        200
+    );
+
+    // Retriable errors that outlast the deadline: librdkafka keeps retrying, the edge
+    // gives up at its deadline.
+    f.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 400],
+    );
+    let during = send_batch(&f, "EvRetriable", 6).await;
+    assert!(
+        during.values().all(|(status, _)| *status == 503),
+        "{:?}",
+        during.values().map(|v| v.0).collect::<Vec<_>>()
+    );
+    f.mock.clear_request_errors(RDKafkaApiKey::Produce);
+
+    // A permanent error fails at once.
+    f.mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 50],
+    );
+    let permanent = send_batch(&f, "EvDenied", 6).await;
+    assert!(permanent.values().all(|(status, _)| *status == 503));
+    f.mock.clear_request_errors(RDKafkaApiKey::Produce);
+    assert!(
+        counter(&f.edge, "slackline_edge_kafka_failures_total", None)
+            + counter(&f.edge, "slackline_edge_deadline_exceeded_total", None)
+            >= 12
+    );
+
+    wait_for_recovery(&f, "EvProbe", Duration::from_secs(20)).await;
+    let after = send_batch(&f, "EvAfter", 12).await;
+    assert!(after.values().all(|(status, _)| *status == 200));
+    let mut all = during;
+    all.extend(permanent);
+    all.extend(after);
+    assert_every_200_is_archived_and_produced(&f, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn brokers_down_answer_503_and_recovery_answers_200() {
+    let f = fixture(Duration::from_millis(1000)).await;
+    assert_eq!(
+        post(
+            &f.http,
+            f.edge.addr,
+            &message_event("C0CH0", "EvWarm", "warm")
+        )
+        .await,
+        200
+    );
+    for broker in 1..=3 {
+        f.mock.broker_down(broker).unwrap();
+    }
+    let during = send_batch(&f, "EvDown", 6).await;
+    assert!(
+        during.values().all(|(status, _)| *status == 503),
+        "{:?}",
+        during.values().map(|v| v.0).collect::<Vec<_>>()
+    );
+    for broker in 1..=3 {
+        f.mock.broker_up(broker).unwrap();
+    }
+    wait_for_recovery(&f, "EvProbe", Duration::from_secs(30)).await;
+    let after = send_batch(&f, "EvUp", 12).await;
+    assert!(after.values().all(|(status, _)| *status == 200));
+    let mut all = during;
+    all.extend(after);
+    assert_every_200_is_archived_and_produced(&f, &all).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn archive_down_answers_503_and_produces_nothing_then_recovers() {
+    let mut f = fixture(Duration::from_millis(1500)).await;
+    assert_eq!(
+        post(
+            &f.http,
+            f.edge.addr,
+            &message_event("C0CH0", "EvWarm", "warm")
+        )
+        .await,
+        200
+    );
+    tokio::task::block_in_place(|| f.garage.stop()).unwrap();
+    let during = send_batch(&f, "EvS3Down", 6).await;
+    assert!(during.values().all(|(status, _)| *status == 503));
+    assert!(
+        counter(&f.edge, "slackline_edge_archive_failures_total", None)
+            + counter(&f.edge, "slackline_edge_deadline_exceeded_total", None)
+            >= 6
+    );
+    let records = read_topic(&f.bootstrap, &f.topic, usize::MAX, Duration::from_secs(2)).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "nothing is produced without its archive object"
+    );
+    let ready = f
+        .http
+        .get(format!("http://{}/readyz", f.edge.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "not ready while the archive is down");
+
+    tokio::task::block_in_place(|| f.garage.restart()).unwrap();
+    wait_for_recovery(&f, "EvProbe", Duration::from_secs(20)).await;
+    let after = send_batch(&f, "EvS3Up", 12).await;
+    assert!(after.values().all(|(status, _)| *status == 200));
+    assert_every_200_is_archived_and_produced(&f, &after).await;
+    let ready = f
+        .http
+        .get(format!("http://{}/readyz", f.edge.admin_addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+}
