@@ -50,9 +50,8 @@ impl EdgeConfig {
             SigningSecrets::parse_list(raw).map_err(|e| e.to_string())
         });
         let archive_url = env.required("ARCHIVE_URL");
-        if !archive_url.is_empty()
-            && !(archive_url.starts_with("s3://") || archive_url.starts_with("file:///"))
-        {
+        let known_scheme = archive_url.starts_with("s3://") || archive_url.starts_with("file:///");
+        if !archive_url.is_empty() && !known_scheme {
             env.problem(
                 "ARCHIVE_URL",
                 "expected s3://bucket/prefix or file:///absolute/path",
