@@ -21,9 +21,13 @@ pub const MESSAGES: &str = "slack.messages.v1";
 pub const THREAD_EVENTS: &str = "support.thread-events";
 /// Agents' replies to send to Slack.
 pub const REPLIES: &str = "support.replies";
+/// Raw events the normalizer could not even degrade (JSON records with the error).
+pub const RAW_DLQ: &str = "slack.events.raw.dlq";
+/// The normalizer's consumer group (no retry topic: its only effect is producing to
+/// Kafka, so it waits for Kafka instead of parking events).
+pub const NORMALIZER_GROUP: &str = "normalizer";
 /// Consumer groups that each own a retry and a DLQ topic.
-pub const GROUPS: [&str; 5] = [
-    "normalizer",
+pub const GROUPS: [&str; 4] = [
     "thread-state",
     "timeline-writer",
     "notifier",
@@ -53,20 +57,22 @@ pub fn all_topics(partitions: i32) -> Vec<TopicSpec> {
         partitions,
         configs: vec![("retention.ms", (retention_days * DAY_MS).to_string())],
     };
+    // Dead letters wait for a human: keep them long, few partitions suffice.
+    let dlq = |name: String| TopicSpec {
+        name,
+        partitions: 1.max(partitions / 4),
+        configs: vec![("retention.ms", (90 * DAY_MS).to_string())],
+    };
     let mut topics = vec![
         flow(RAW_EVENTS, 7),
         flow(MESSAGES, 14),
         flow(THREAD_EVENTS, 14),
         flow(REPLIES, 7),
+        dlq(RAW_DLQ.to_owned()),
     ];
     for group in GROUPS {
         topics.push(flow(&format!("{group}.retry"), 14));
-        // Dead letters wait for a human: keep them long, few partitions suffice.
-        topics.push(TopicSpec {
-            name: format!("{group}.dlq"),
-            partitions: 1.max(partitions / 4),
-            configs: vec![("retention.ms", (90 * DAY_MS).to_string())],
-        });
+        topics.push(dlq(format!("{group}.dlq")));
     }
     topics
 }

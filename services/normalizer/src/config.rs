@@ -1,0 +1,118 @@
+//! The normalizer's configuration, from environment variables (see the README's table).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+
+use slackline_kafka::{topics, KafkaSettings};
+use slackline_service::{ConfigError, Env, LogFormat};
+use slackline_slack_api::BotTokens;
+
+use crate::normalize::Rules;
+
+/// Default for `SLACK_API_BASE_URL`.
+pub const DEFAULT_SLACK_API: &str = "https://slack.com/api";
+
+/// Everything the normalizer needs to run.
+#[derive(Debug, Clone)]
+pub struct NormalizerConfig {
+    /// `KAFKA_BOOTSTRAP_SERVERS`, `KAFKA_PROPERTIES`.
+    pub kafka: KafkaSettings,
+    /// `RAW_TOPIC`.
+    pub raw_topic: String,
+    /// `MESSAGES_TOPIC`.
+    pub messages_topic: String,
+    /// `RAW_DLQ_TOPIC`.
+    pub dlq_topic: String,
+    /// `NORMALIZER_GROUP_ID`.
+    pub group_id: String,
+    /// `ADMIN_ADDR`.
+    pub admin_addr: SocketAddr,
+    /// `SLACK_API_BASE_URL`.
+    pub slack_api_base_url: String,
+    /// `SLACK_BOT_TOKENS`: installing team → bot token, for `users.info`.
+    pub bot_tokens: BotTokens,
+    /// `ENABLED_TEAMS`, `ENABLED_CHANNELS`, `SELF_BOT_IDS`, `SELF_APP_IDS`.
+    pub rules: Rules,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+}
+
+fn id_set(env: &Env, name: &str) -> HashSet<String> {
+    env.get(name)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl NormalizerConfig {
+    /// Reads the configuration, reporting every problem at once.
+    pub fn from_env(mut env: Env) -> Result<NormalizerConfig, ConfigError> {
+        let kafka = KafkaSettings::from_env(&mut env);
+        let bot_tokens = match env.get("SLACK_BOT_TOKENS") {
+            None => BotTokens::default(),
+            Some(raw) => match BotTokens::parse(raw) {
+                Ok(tokens) => tokens,
+                Err(e) => {
+                    env.problem("SLACK_BOT_TOKENS", e);
+                    BotTokens::default()
+                }
+            },
+        };
+        let config = NormalizerConfig {
+            kafka,
+            raw_topic: env.string_or("RAW_TOPIC", topics::RAW_EVENTS),
+            messages_topic: env.string_or("MESSAGES_TOPIC", topics::MESSAGES),
+            dlq_topic: env.string_or("RAW_DLQ_TOPIC", topics::RAW_DLQ),
+            group_id: env.string_or("NORMALIZER_GROUP_ID", topics::NORMALIZER_GROUP),
+            admin_addr: env.parse_or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9000))),
+            slack_api_base_url: env.string_or("SLACK_API_BASE_URL", DEFAULT_SLACK_API),
+            bot_tokens,
+            rules: Rules {
+                enabled_teams: id_set(&env, "ENABLED_TEAMS"),
+                enabled_channels: id_set(&env, "ENABLED_CHANNELS"),
+                self_bot_ids: id_set(&env, "SELF_BOT_IDS"),
+                self_app_ids: id_set(&env, "SELF_APP_IDS"),
+            },
+            log_format: env.parse_or("LOG_FORMAT", LogFormat::Json),
+        };
+        env.finish()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_lists() {
+        let config = NormalizerConfig::from_env(Env::from_pairs([
+            ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+            ("ENABLED_CHANNELS", "C1, C2,,"),
+            ("SELF_BOT_IDS", "B1"),
+        ]))
+        .unwrap();
+        assert_eq!(config.messages_topic, "slack.messages.v1");
+        assert_eq!(config.dlq_topic, "slack.events.raw.dlq");
+        assert_eq!(config.slack_api_base_url, DEFAULT_SLACK_API);
+        assert_eq!(config.rules.enabled_channels.len(), 2);
+        assert!(config.rules.enabled_teams.is_empty(), "empty means all");
+        assert!(config.rules.self_bot_ids.contains("B1"));
+    }
+
+    #[test]
+    fn bad_variables_are_named() {
+        let err = NormalizerConfig::from_env(Env::from_pairs([
+            ("SLACK_BOT_TOKENS", "garbage"),
+            ("ADMIN_ADDR", "x"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        for name in ["KAFKA_BOOTSTRAP_SERVERS", "SLACK_BOT_TOKENS", "ADMIN_ADDR"] {
+            assert!(err.contains(name), "{err}");
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! Dead letters of the normalizer: a raw event whose outcome could not be produced
+//! goes to `slack.events.raw.dlq` as a JSON record readable in Kafka UI, with the
+//! error, the original coordinates and the payload.
+
+use std::time::Duration;
+
+use base64::Engine;
+use rdkafka::message::{BorrowedMessage, Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+/// What the DLQ record needs from the raw message (copied, since the message is
+/// borrowed from the consumer).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RawCopy {
+    partition: i32,
+    offset: i64,
+    timestamp_ms: Option<i64>,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, String)>,
+    payload: Vec<u8>,
+}
+
+impl RawCopy {
+    pub(crate) fn of(message: &BorrowedMessage<'_>) -> RawCopy {
+        RawCopy {
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp_ms: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers: message
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            payload: message.payload().unwrap_or_default().to_vec(),
+        }
+    }
+}
+
+/// Builds the DLQ record's JSON value.
+pub(crate) fn record(
+    raw: &RawCopy,
+    source_topic: &str,
+    group: &str,
+    error: &str,
+) -> serde_json::Value {
+    let key = raw.key.as_deref().map(String::from_utf8_lossy);
+    serde_json::json!({
+        "group": group,
+        "error": error,
+        "retryable": false,
+        "attempts": 1,
+        "original": {
+            "topic": source_topic,
+            "partition": raw.partition,
+            "offset": raw.offset,
+            "timestamp_ms": raw.timestamp_ms,
+            "key": key,
+        },
+        "headers": raw
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+            .collect::<serde_json::Map<_, _>>(),
+        "payload_json": serde_json::from_slice::<serde_json::Value>(&raw.payload).ok(),
+        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&raw.payload),
+        "dead_lettered_at": chrono::Utc::now().to_rfc3339(),
+    })
+}
+
+/// Produces the DLQ record and waits for Kafka's acknowledgement.
+pub(crate) async fn send(
+    producer: &FutureProducer,
+    dlq_topic: &str,
+    source_topic: &str,
+    group: &str,
+    raw: &RawCopy,
+    error: &str,
+) -> Result<(), String> {
+    let mut value = record(raw, source_topic, group, error);
+    let mut bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    // A payload too large for the source topic is too large here too: keep the
+    // coordinates and the error (the archive key header finds the body).
+    if bytes.len() > 900_000 {
+        value["payload_json"] = serde_json::Value::Null;
+        value["payload_base64"] = serde_json::Value::Null;
+        value["payload_truncated"] = true.into();
+        bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    }
+    let key = raw.key.clone().unwrap_or_default();
+    producer
+        .send(
+            FutureRecord::to(dlq_topic).key(&key).payload(&bytes),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string())
+}

@@ -1,0 +1,466 @@
+//! The normalizer: raw Slack events in, typed Avro message events out.
+//!
+//! It consumes `slack.events.raw` in its own consumer group and turns every raw event
+//! into exactly one outcome (guarantee 5): a full event, a degraded event, ignored
+//! with a named reason, or a DLQ record on `slack.events.raw.dlq` when even the
+//! degraded event cannot be produced. Events are produced to `slack.messages.v1` with
+//! the channel as key, so per-channel order carries through (guarantee 3).
+//!
+//! Offsets are stored only after the outcome is durable: for events, when Kafka has
+//! acknowledged the produced record; for ignored events, after every earlier record's
+//! outcome. Outcomes are acknowledged in consumption order, so a stored offset never
+//! passes an unfinished record. A crash between producing and storing redelivers the
+//! raw event; downstream effects are idempotent on the message key (guarantee 2).
+
+pub mod config;
+mod dedup;
+mod dlq;
+pub mod metrics;
+pub mod normalize;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use prometheus::Registry;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use slackline_events::{encode_message, AuthorKind, Kind, MessageEvent, Mode};
+use slackline_kafka::headers;
+use slackline_service::{serve_admin, Readiness, Shutdown};
+use slackline_slack_api::{ApiOptions, SlackApi, SlackApiError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+pub use config::NormalizerConfig;
+use dedup::RecentIds;
+pub use metrics::NormalizerMetrics;
+use normalize::{normalize, IgnoreReason, Outcome, RawMeta};
+
+/// Most raw events whose outcome is in flight at once.
+const MAX_IN_FLIGHT: usize = 1024;
+/// Event ids remembered to drop Slack's retries.
+const RECENT_IDS: usize = 100_000;
+/// Longest an author lookup may hold up the partition.
+const LOOKUP_BUDGET: Duration = Duration::from_millis(1500);
+
+/// Why the normalizer could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NormalizerError {
+    /// Kafka failed in a way that needs a restart.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Creating a client failed.
+    #[error(transparent)]
+    Settings(#[from] slackline_kafka::KafkaError),
+    /// A raw event could neither be produced nor dead-lettered; its offset was not
+    /// stored, so it is redelivered after the restart.
+    #[error("raw event {partition}/{offset} could not be produced or dead-lettered: {reason}")]
+    Stuck {
+        /// Partition of the raw event.
+        partition: i32,
+        /// Offset of the raw event.
+        offset: i64,
+        /// Why.
+        reason: String,
+    },
+    /// The Slack API client could not be built.
+    #[error("slack api client: {0}")]
+    SlackApi(#[from] SlackApiError),
+    /// Binding the admin port failed.
+    #[error("binding ADMIN_ADDR {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Registering metrics failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The task panicked.
+    #[error("normalizer task failed: {0}")]
+    Task(String),
+}
+
+/// A running normalizer.
+pub struct Normalizer {
+    /// The admin address (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_addr: std::net::SocketAddr,
+    /// The metrics registry.
+    pub registry: Registry,
+    task: JoinHandle<Result<(), NormalizerError>>,
+}
+
+impl Normalizer {
+    /// Subscribes to the raw topic and starts the loop; stops when `shutdown` fires.
+    pub async fn start(
+        config: NormalizerConfig,
+        shutdown: Shutdown,
+    ) -> Result<Normalizer, NormalizerError> {
+        let consumer: StreamConsumer = config
+            .kafka
+            .consumer_config("slackline-normalizer", &config.group_id)
+            .create()?;
+        consumer.subscribe(&[&config.raw_topic])?;
+        // The producer waits for Kafka rather than giving up quickly: the raw event's
+        // offset is only stored after its outcome is acknowledged.
+        let producer = config
+            .kafka
+            .producer("slackline-normalizer", Duration::from_secs(300))?;
+        let api = if config.bot_tokens.is_empty() {
+            None
+        } else {
+            Some(SlackApi::new(
+                &config.slack_api_base_url,
+                config.bot_tokens.clone(),
+                ApiOptions::default(),
+            )?)
+        };
+        let registry = Registry::new();
+        let metrics = NormalizerMetrics::new(&registry)?;
+        let listener = TcpListener::bind(config.admin_addr)
+            .await
+            .map_err(|source| NormalizerError::Bind {
+                addr: config.admin_addr.to_string(),
+                source,
+            })?;
+        let admin_addr = listener
+            .local_addr()
+            .map_err(|source| NormalizerError::Bind {
+                addr: config.admin_addr.to_string(),
+                source,
+            })?;
+        let readiness = {
+            let producer = producer.clone();
+            let topic = config.messages_topic.clone();
+            Readiness::new(move || {
+                let producer = producer.clone();
+                let topic = topic.clone();
+                async move {
+                    tokio::task::spawn_blocking(move || {
+                        slackline_kafka::check_topic(
+                            rdkafka::producer::Producer::client(&producer),
+                            &topic,
+                            Duration::from_millis(1500),
+                        )
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())
+                }
+            })
+        };
+        let admin = serve_admin(listener, registry.clone(), readiness, shutdown.clone());
+        let worker = Worker {
+            producer,
+            api,
+            metrics,
+            recent: RecentIds::new(RECENT_IDS),
+            config: Arc::new(config),
+        };
+        let task = tokio::spawn(async move {
+            let result = worker.run(consumer, shutdown.clone()).await;
+            if result.is_err() {
+                // One failing task stops the rest: the process exits non-zero.
+                shutdown.trigger();
+            }
+            let _ = admin.await;
+            result
+        });
+        Ok(Normalizer {
+            admin_addr,
+            registry,
+            task,
+        })
+    }
+
+    /// Waits for the normalizer to stop.
+    pub async fn wait(self) -> Result<(), NormalizerError> {
+        self.task
+            .await
+            .map_err(|e| NormalizerError::Task(e.to_string()))?
+    }
+}
+
+/// Runs the normalizer until `shutdown` fires.
+pub async fn run(config: NormalizerConfig, shutdown: Shutdown) -> Result<(), NormalizerError> {
+    Normalizer::start(config, shutdown).await?.wait().await
+}
+
+type Pending = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// A raw event whose outcome has resolved.
+struct Finished {
+    partition: i32,
+    offset: i64,
+    /// `Err` when the produced event was not acknowledged: it then goes to the DLQ.
+    result: Result<(), String>,
+    /// Kept for the DLQ path only.
+    raw: Option<dlq::RawCopy>,
+    event_type: &'static str,
+}
+
+struct Worker {
+    producer: FutureProducer,
+    api: Option<SlackApi>,
+    metrics: NormalizerMetrics,
+    recent: RecentIds,
+    config: Arc<NormalizerConfig>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        consumer: StreamConsumer,
+        shutdown: Shutdown,
+    ) -> Result<(), NormalizerError> {
+        let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.wait() => break,
+                Some(done) = pending.next(), if !pending.is_empty() => self.finish(&consumer, done).await?,
+                received = consumer.recv(), if pending.len() < MAX_IN_FLIGHT => {
+                    match received {
+                        Ok(message) => {
+                            let span = tracing::debug_span!(
+                                "raw_event",
+                                partition = message.partition(),
+                                offset = message.offset(),
+                                channel = message.key().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
+                            );
+                            let item = self.handle(&message).instrument(span).await;
+                            pending.push_back(item);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "consume error"),
+                    }
+                }
+            }
+        }
+        // Drain: every started outcome is finished before the final commit.
+        while let Some(done) = pending.next().await {
+            self.finish(&consumer, done).await?;
+        }
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(error = %e, "final commit failed");
+        }
+        tracing::info!("normalizer stopped");
+        Ok(())
+    }
+
+    /// Normalises one raw event and starts producing its outcome.
+    async fn handle(&mut self, message: &BorrowedMessage<'_>) -> Pending {
+        self.metrics.consumed();
+        let partition = message.partition();
+        let offset = message.offset();
+        let header = |name: &str| header_value(message, name);
+        let archive_key = header(headers::ARCHIVE_KEY).unwrap_or_default();
+        let record_key = message.key().and_then(|k| std::str::from_utf8(k).ok());
+        let event_id = header(headers::EVENT_ID);
+        let payload = message.payload().unwrap_or_default();
+        let meta = RawMeta {
+            archive_key: &archive_key,
+            record_key,
+            event_id: event_id.as_deref(),
+        };
+        let outcome = normalize(payload, meta, &self.config.rules);
+        let ready = |event_type| -> Pending {
+            Box::pin(std::future::ready(Finished {
+                partition,
+                offset,
+                result: Ok(()),
+                raw: None,
+                event_type,
+            }))
+        };
+        let mut event = match outcome {
+            Outcome::Ignored {
+                reason, event_type, ..
+            } => {
+                let label = metrics::event_type_label(event_type.as_deref());
+                self.metrics.ignored(reason, label);
+                tracing::debug!(reason = reason.label(), "ignored");
+                return ready(label);
+            }
+            Outcome::Event(event) => event,
+        };
+        let label = metrics::event_type_label(event_type_of(&event));
+        if event.mode == Mode::Full && self.recent.contains(&event.event_id) {
+            self.metrics.ignored(IgnoreReason::Duplicate, label);
+            return ready(label);
+        }
+        if let Some(api) = &self.api {
+            enrich(api, &mut event, &self.metrics).await;
+        }
+        let raw = dlq::RawCopy::of(message);
+        let bytes = match encode_message(&event) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                return Box::pin(std::future::ready(Finished {
+                    partition,
+                    offset,
+                    result: Err(format!("encoding the event: {e}")),
+                    raw: Some(raw),
+                    event_type: label,
+                }));
+            }
+        };
+        match event.mode {
+            Mode::Full => self.metrics.produced_full(label),
+            Mode::Degraded => {
+                let reason = event.degraded_reason.as_deref().unwrap_or_default();
+                tracing::info!(reason, archive_key, "degraded event");
+                self.metrics.produced_degraded(reason, label)
+            }
+        }
+        self.recent.insert(event.event_id.clone());
+        let key = event
+            .channel_id
+            .clone()
+            .or_else(|| record_key.map(str::to_owned))
+            .unwrap_or_else(|| "unknown".into());
+        let mut out_headers = OwnedHeaders::new()
+            .insert(Header {
+                key: headers::ARCHIVE_KEY,
+                value: Some(archive_key.as_str()),
+            })
+            .insert(Header {
+                key: headers::EVENT_ID,
+                value: Some(event.event_id.as_str()),
+            });
+        if let Some(received) = header(headers::RECEIVED_AT) {
+            out_headers = out_headers.insert(Header {
+                key: headers::RECEIVED_AT,
+                value: Some(received.as_str()),
+            });
+        }
+        let record = FutureRecord::to(&self.config.messages_topic)
+            .key(key.as_str())
+            .payload(&bytes)
+            .headers(out_headers);
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(e, _)| e.to_string());
+        Box::pin(async move {
+            let result = match delivery {
+                Err(e) => Err(e),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("delivery cancelled".to_owned()),
+                },
+            };
+            Finished {
+                partition,
+                offset,
+                raw: result.is_err().then_some(raw),
+                result,
+                event_type: label,
+            }
+        })
+    }
+
+    /// Stores the offset of a finished outcome (after a DLQ record when it failed).
+    async fn finish(
+        &mut self,
+        consumer: &StreamConsumer,
+        done: Finished,
+    ) -> Result<(), NormalizerError> {
+        if let Err(reason) = done.result {
+            let raw = done.raw.unwrap_or_default();
+            tracing::error!(
+                partition = done.partition,
+                offset = done.offset,
+                reason,
+                "dead-lettering raw event"
+            );
+            dlq::send(
+                &self.producer,
+                &self.config.dlq_topic,
+                &self.config.raw_topic,
+                &self.config.group_id,
+                &raw,
+                &reason,
+            )
+            .await
+            .map_err(|e| NormalizerError::Stuck {
+                partition: done.partition,
+                offset: done.offset,
+                reason: format!("{reason}; then the DLQ failed too: {e}"),
+            })?;
+            self.metrics.dead_lettered(done.event_type);
+        }
+        consumer.store_offset(&self.config.raw_topic, done.partition, done.offset + 1)?;
+        Ok(())
+    }
+}
+
+fn header_value(message: &BorrowedMessage<'_>, name: &str) -> Option<String> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
+}
+
+fn event_type_of(event: &MessageEvent) -> Option<&str> {
+    Some(match &event.kind {
+        Kind::Posted(_) | Kind::Edited(_) | Kind::Deleted(_) => "message",
+        Kind::ReactionAdded(_) => "reaction_added",
+        Kind::ReactionRemoved(_) => "reaction_removed",
+        Kind::MemberJoined(_) => "member_joined_channel",
+        Kind::MemberLeft(_) => "member_left_channel",
+        Kind::Degraded(d) => return d.event_type.as_deref(),
+    })
+}
+
+/// Fills the author's name, email and team from `users.info`. A failure degrades
+/// the author (left as the event had it), never the message.
+async fn enrich(api: &SlackApi, event: &mut MessageEvent, metrics: &NormalizerMetrics) {
+    let Some(author) = event.author.as_mut() else {
+        return;
+    };
+    let Some(user_id) = author.user_id.clone() else {
+        return;
+    };
+    if author.kind == AuthorKind::Bot || !(user_id.starts_with('U') || user_id.starts_with('W')) {
+        return;
+    }
+    match tokio::time::timeout(LOOKUP_BUDGET, api.users_info(&event.team_id, &user_id)).await {
+        Ok(Ok(user)) => {
+            metrics.author_lookup("ok");
+            if author.display_name.is_none() {
+                author.display_name = user.display_name;
+            }
+            author.email = user.email;
+            if author.team_id.is_none() {
+                author.team_id = user.team_id;
+            }
+            if user.is_bot {
+                author.kind = AuthorKind::Bot;
+            } else if author.kind == AuthorKind::Unknown {
+                author.kind = normalize::author_kind(author.team_id.as_deref(), &event.team_id);
+            }
+        }
+        Ok(Err(e)) => {
+            metrics.author_lookup(e.kind());
+            tracing::debug!(error = %e, user_id, "author lookup failed; keeping what the event says");
+        }
+        Err(_) => {
+            metrics.author_lookup("timeout");
+            tracing::debug!(
+                user_id,
+                "author lookup over budget; keeping what the event says"
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! `slackline-normalizer`: config, telemetry, run until SIGTERM.
+
+use anyhow::Context;
+use slackline_service::{init_telemetry, Env, Shutdown};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = match slackline_normalizer::NormalizerConfig::from_env(Env::from_process()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("slackline-normalizer: {e}");
+            std::process::exit(2);
+        }
+    };
+    init_telemetry("slackline-normalizer", config.log_format);
+    let shutdown = Shutdown::on_signals();
+    slackline_normalizer::run(config, shutdown)
+        .await
+        .context("slackline-normalizer failed")
+}

@@ -1,0 +1,128 @@
+//! The normalizer's counters. Every consumed raw event ends in exactly one outcome
+//! (guarantee 5), so `slackline_normalizer_consumed_total` equals the sum of
+//! `slackline_normalizer_outcomes_total` over all labels.
+
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+
+use crate::normalize::IgnoreReason;
+
+/// Event types kept as label values; any other becomes `other`.
+const EVENT_TYPES: [&str; 6] = [
+    "message",
+    "reaction_added",
+    "reaction_removed",
+    "member_joined_channel",
+    "member_left_channel",
+    "other",
+];
+
+/// Bounded label for an event type.
+pub fn event_type_label(event_type: Option<&str>) -> &'static str {
+    let t = event_type.unwrap_or("other");
+    EVENT_TYPES
+        .iter()
+        .find(|known| **known == t)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Bounded label for a degraded reason (the full reason is in the event).
+pub fn degraded_reason_label(reason: &str) -> &'static str {
+    if reason.starts_with("body is") {
+        "not_json"
+    } else if reason.starts_with("unknown message subtype") {
+        "unknown_subtype"
+    } else if reason.starts_with("reaction on") {
+        "reaction_not_on_message"
+    } else if reason.contains("without") || reason.starts_with("no ") || reason.contains(" no ") {
+        "missing_field"
+    } else {
+        "unexpected_shape"
+    }
+}
+
+/// The normalizer's metrics.
+#[derive(Clone)]
+pub struct NormalizerMetrics {
+    consumed: IntCounter,
+    outcomes: IntCounterVec,
+    enrichment: IntCounterVec,
+}
+
+impl NormalizerMetrics {
+    /// Creates and registers the metrics, with the common series at zero.
+    pub fn new(registry: &Registry) -> Result<NormalizerMetrics, prometheus::Error> {
+        let consumed = IntCounter::new(
+            "slackline_normalizer_consumed_total",
+            "Raw events consumed from slack.events.raw",
+        )?;
+        let outcomes = IntCounterVec::new(
+            Opts::new(
+                "slackline_normalizer_outcomes_total",
+                "Raw events by outcome (full, degraded, ignored, dlq), reason and event type; sums to consumed",
+            ),
+            &["outcome", "reason", "event_type"],
+        )?;
+        let enrichment = IntCounterVec::new(
+            Opts::new(
+                "slackline_normalizer_author_lookups_total",
+                "users.info lookups by result (a failure degrades the author, not the message)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(consumed.clone()))?;
+        registry.register(Box::new(outcomes.clone()))?;
+        registry.register(Box::new(enrichment.clone()))?;
+        for t in EVENT_TYPES {
+            outcomes.with_label_values(&["full", "-", t]);
+            outcomes.with_label_values(&["degraded", "missing_field", t]);
+        }
+        for reason in IgnoreReason::ALL {
+            outcomes.with_label_values(&["ignored", reason.label(), "other"]);
+        }
+        outcomes.with_label_values(&["dlq", "-", "other"]);
+        Ok(NormalizerMetrics {
+            consumed,
+            outcomes,
+            enrichment,
+        })
+    }
+
+    /// A raw event was read.
+    pub fn consumed(&self) {
+        self.consumed.inc();
+    }
+
+    /// A full event was produced.
+    pub fn produced_full(&self, event_type: &str) {
+        self.outcomes
+            .with_label_values(&["full", "-", event_type])
+            .inc();
+    }
+
+    /// A degraded event was produced.
+    pub fn produced_degraded(&self, reason: &str, event_type: &str) {
+        self.outcomes
+            .with_label_values(&["degraded", degraded_reason_label(reason), event_type])
+            .inc();
+    }
+
+    /// The raw event was ignored.
+    pub fn ignored(&self, reason: IgnoreReason, event_type: &str) {
+        self.outcomes
+            .with_label_values(&["ignored", reason.label(), event_type])
+            .inc();
+    }
+
+    /// The raw event went to the DLQ.
+    pub fn dead_lettered(&self, event_type: &str) {
+        self.outcomes
+            .with_label_values(&["dlq", "-", event_type])
+            .inc();
+    }
+
+    /// An author lookup ended with `result`.
+    pub fn author_lookup(&self, result: &str) {
+        self.enrichment.with_label_values(&[result]).inc();
+    }
+}

@@ -1,0 +1,333 @@
+//! End to end on the mock cluster: signed requests into the edge come out of the
+//! normalizer as Avro events on `slack.messages.v1`, keyed and ordered by channel,
+//! enriched through a local Slack Web API, and the outcome counters add up to the
+//! raw events consumed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Json;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::json;
+use slackline_archive::S3Settings;
+use slackline_edge::{Edge, EdgeConfig};
+use slackline_events::{decode_message, AuthorKind, Kind, MessageEvent, Mode};
+use slackline_kafka::KafkaSettings;
+use slackline_normalizer::{Normalizer, NormalizerConfig};
+use slackline_service::{LogFormat, Shutdown};
+use slackline_slack::{sign, SigningSecrets};
+use slackline_slack_api::BotTokens;
+
+const SECRET: &str = "e2e-secret";
+const PARTITIONS: i32 = 4;
+const HOME: &str = "T0HOME";
+
+struct Stack {
+    bootstrap: String,
+    messages_topic: String,
+    edge: Edge,
+    normalizer: Normalizer,
+    _dir: tempfile::TempDir,
+    shutdown: Shutdown,
+    // Last: the clients above must close before the cluster goes away.
+    mock: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl Stack {
+    /// Stops the services cleanly (a consumer closing against a vanished cluster
+    /// would wait for its session to time out).
+    async fn stop(self) {
+        self.shutdown.trigger();
+        self.normalizer.wait().await.unwrap();
+        self.edge.wait().await.unwrap();
+        drop(self.mock);
+    }
+}
+
+/// A loopback server answering `users.info` like Slack: U0CUST* are customers of
+/// T0CUST with no visible email, U0AG* agents with email, U0HIDDEN not visible.
+async fn fake_slack() -> String {
+    let app = axum::Router::new().route(
+        "/users.info",
+        get(|Query(q): Query<BTreeMap<String, String>>| async move {
+            let user = q.get("user").cloned().unwrap_or_default();
+            Json(if user.starts_with("U0HIDDEN") {
+                json!({"ok": false, "error": "user_not_visible"})
+            } else if user.starts_with("U0AG") {
+                json!({"ok": true, "user": {"id": user, "team_id": HOME, "name": "agent", "profile": {"display_name": "Ada Agent", "email": "ada@home.test"}}})
+            } else {
+                json!({"ok": true, "user": {"id": user, "team_id": "T0CUST", "name": "cust", "profile": {"display_name": "Carl Customer"}}})
+            })
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn stack() -> Stack {
+    let raw = slackline_testkit::unique_name("raw");
+    let messages = slackline_testkit::unique_name("messages");
+    let dlq = slackline_testkit::unique_name("rawdlq");
+    let mock = MockCluster::new(3).unwrap();
+    for t in [&raw, &messages] {
+        mock.create_topic(t, PARTITIONS, 3).unwrap();
+    }
+    mock.create_topic(&dlq, 1, 3).unwrap();
+    let bootstrap = mock.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let shutdown = Shutdown::new();
+    let edge = Edge::start(
+        EdgeConfig {
+            kafka: KafkaSettings::new(&bootstrap),
+            secrets: SigningSecrets::new([SECRET]).unwrap(),
+            archive_url: format!("file://{}", dir.path().display()),
+            s3: S3Settings::default(),
+            edge_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            raw_topic: raw.clone(),
+            deadline: Duration::from_secs(2),
+            max_body_bytes: 1 << 20,
+            shutdown_grace: Duration::from_secs(5),
+            log_format: LogFormat::Text,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let mut tokens = BotTokens::default();
+    tokens.insert(HOME, "xoxb-test");
+    let normalizer = Normalizer::start(
+        NormalizerConfig {
+            kafka: KafkaSettings::new(&bootstrap),
+            raw_topic: raw,
+            messages_topic: messages.clone(),
+            dlq_topic: dlq,
+            group_id: slackline_testkit::unique_name("normalizer"),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            slack_api_base_url: fake_slack().await,
+            bot_tokens: tokens,
+            rules: Default::default(),
+            log_format: LogFormat::Text,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    Stack {
+        bootstrap,
+        messages_topic: messages,
+        edge,
+        normalizer,
+        _dir: dir,
+        shutdown,
+        mock,
+    }
+}
+
+fn envelope(event_id: &str, event: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "type": "event_callback", "team_id": "T0CUST", "event_id": event_id, "event_time": 1_764_000_000,
+        "authorizations": [{"team_id": HOME, "user_id": "U0BOT", "is_bot": true}], "event": event,
+    }))
+    .unwrap()
+}
+
+async fn post(http: &reqwest::Client, edge: &Edge, body: &[u8]) {
+    let ts = chrono::Utc::now().timestamp();
+    let status = http
+        .post(format!("http://{}/slack/events", edge.addr))
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sign(SECRET, ts, body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+async fn read_events(
+    bootstrap: &str,
+    topic: &str,
+    want: usize,
+) -> Vec<(String, i32, i64, MessageEvent)> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", slackline_testkit::unique_name("reader"))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..PARTITIONS {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut out = Vec::new();
+        while out.len() < want && std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                let event = decode_message(m.payload().unwrap()).expect("Avro single-object event");
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                out.push((key, m.partition(), m.offset(), event));
+            }
+        }
+        out
+    })
+    .await
+    .unwrap()
+}
+
+fn metric(normalizer: &Normalizer, name: &str) -> u64 {
+    normalizer
+        .registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value() as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_events_come_out_typed_in_channel_order_and_counters_add_up() {
+    let s = stack().await;
+    let http = reqwest::Client::new();
+    let channels = ["C0ALPHA", "C0BRAVO", "C0CHARLIE"];
+    let per_channel = 15;
+    // Channels concurrently, each channel's events in order.
+    futures::future::join_all(channels.iter().map(|channel| {
+        let http = http.clone();
+        let edge = &s.edge;
+        async move {
+            for seq in 0..per_channel {
+                let user = if seq % 3 == 2 { "U0AGENT" } else { "U0CUSTX" };
+                let body = envelope(
+                    &format!("Ev{channel}{seq:03}"),
+                    json!({"type": "message", "channel": channel, "user": user, "text": format!("seq {seq}"), "ts": format!("1764000{seq:03}.000100")}),
+                );
+                post(&http, edge, &body).await;
+            }
+        }
+    }))
+    .await;
+    // Plus: a Slack retry (duplicate id), an irrelevant event, a degraded one, a hidden user.
+    post(&http, &s.edge, &envelope("EvC0ALPHA000", json!({"type": "message", "channel": "C0ALPHA", "user": "U0CUSTX", "text": "seq 0", "ts": "1764000000.000100"}))).await;
+    post(
+        &http,
+        &s.edge,
+        &envelope(
+            "EvHome",
+            json!({"type": "app_home_opened", "user": "U0AG1", "channel": "D0X"}),
+        ),
+    )
+    .await;
+    post(&http, &s.edge, b"definitely not json").await;
+    post(&http, &s.edge, &envelope("EvHidden", json!({"type": "message", "channel": "C0DELTA", "user": "U0HIDDEN1", "text": "hi", "ts": "1764001000.000100"}))).await;
+
+    let want = channels.len() * per_channel + 2;
+    let events = read_events(&s.bootstrap, &s.messages_topic, want).await;
+    assert_eq!(events.len(), want, "45 messages + degraded + hidden-author");
+    for channel in channels {
+        let mut mine: Vec<_> = events.iter().filter(|(k, ..)| k == channel).collect();
+        assert!(
+            mine.iter().all(|(_, p, ..)| *p == mine[0].1),
+            "one partition per channel"
+        );
+        mine.sort_by_key(|(_, _, offset, _)| *offset);
+        let texts: Vec<_> = mine.iter().map(|(.., e)| e.text.clone().unwrap()).collect();
+        let expected: Vec<_> = (0..per_channel).map(|seq| format!("seq {seq}")).collect();
+        assert_eq!(
+            texts, expected,
+            "{channel}: per-channel order, each once (the retry was dropped)"
+        );
+        for (.., e) in &mine {
+            assert_eq!(e.mode, Mode::Full);
+            assert!(matches!(e.kind, Kind::Posted(_)));
+            assert!(e.archive_key.starts_with("raw/"));
+            let author = e.author.as_ref().unwrap();
+            if author.user_id.as_deref() == Some("U0AGENT") {
+                assert_eq!(author.kind, AuthorKind::Agent);
+                assert_eq!(
+                    author.email.as_deref(),
+                    Some("ada@home.test"),
+                    "enriched through users.info"
+                );
+            } else {
+                assert_eq!(
+                    author.kind,
+                    AuthorKind::Customer,
+                    "team learnt from users.info"
+                );
+                assert_eq!(author.display_name.as_deref(), Some("Carl Customer"));
+                assert!(author.email.is_none());
+            }
+        }
+    }
+    let degraded = events
+        .iter()
+        .find(|(.., e)| e.mode == Mode::Degraded)
+        .expect("degraded event");
+    assert!(degraded
+        .3
+        .degraded_reason
+        .as_deref()
+        .unwrap()
+        .contains("not JSON"));
+    let hidden = events
+        .iter()
+        .find(|(k, ..)| k == "C0DELTA")
+        .expect("hidden-author message");
+    let author = hidden.3.author.as_ref().unwrap();
+    assert_eq!(
+        (author.kind, author.display_name.as_deref()),
+        (AuthorKind::Unknown, None),
+        "user_not_visible degrades the author only"
+    );
+    assert_eq!(hidden.3.mode, Mode::Full);
+
+    // Every raw event has exactly one outcome, and the counters say so.
+    let raw_count = (channels.len() * per_channel + 4) as u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&s.normalizer, "slackline_normalizer_consumed_total") < raw_count
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        metric(&s.normalizer, "slackline_normalizer_consumed_total"),
+        raw_count
+    );
+    assert_eq!(
+        metric(&s.normalizer, "slackline_normalizer_outcomes_total"),
+        raw_count,
+        "outcomes add up to the input"
+    );
+    let text = reqwest::get(format!("http://{}/metrics", s.normalizer.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"slackline_normalizer_outcomes_total{event_type="message",outcome="full",reason="-"} 46"#,
+        r#"slackline_normalizer_outcomes_total{event_type="message",outcome="ignored",reason="duplicate"} 1"#,
+        r#"slackline_normalizer_outcomes_total{event_type="other",outcome="ignored",reason="irrelevant_type"} 1"#,
+        r#"slackline_normalizer_outcomes_total{event_type="other",outcome="degraded",reason="not_json"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    s.stop().await;
+}
