@@ -2,8 +2,9 @@
 //!
 //! Kafka is librdkafka's mock cluster (three brokers in this process, speaking the
 //! real Kafka protocol over TCP, so any Kafka client can connect to the bootstrap
-//! address printed), the archive is a directory under `./.slackline/`, and the edge
-//! listens on the given port. Later services join the same wiring.
+//! address printed), the archive is a directory under `./.slackline/`, the edge
+//! listens on the given port and the normalizer turns raw events into Avro message
+//! events. Later services join the same wiring.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -15,8 +16,11 @@ use slackline_archive::S3Settings;
 use slackline_edge::{Edge, EdgeConfig};
 use slackline_kafka::topics::all_topics;
 use slackline_kafka::KafkaSettings;
+use slackline_normalizer::normalize::Rules;
+use slackline_normalizer::{Normalizer, NormalizerConfig};
 use slackline_service::{LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
+use slackline_slack_api::BotTokens;
 
 /// The signing secret `dev` uses when `SLACK_SIGNING_SECRETS` is not set.
 pub const DEV_SECRET: &str = "slackline-dev-signing-secret";
@@ -36,6 +40,12 @@ pub struct DevOptions {
     pub partitions: i32,
     /// Signing secrets the edge accepts.
     pub secrets: SigningSecrets,
+    /// Bot tokens for author lookups (`SLACK_BOT_TOKENS`; empty: no lookups).
+    pub bot_tokens: BotTokens,
+    /// Slack Web API base URL (`SLACK_API_BASE_URL`).
+    pub slack_api_base_url: String,
+    /// Enablement and echo rules for the normalizer.
+    pub rules: Rules,
 }
 
 /// Errors starting the local stack.
@@ -56,6 +66,9 @@ pub enum DevError {
     /// The edge failed.
     #[error(transparent)]
     Edge(#[from] slackline_edge::EdgeError),
+    /// The normalizer failed.
+    #[error(transparent)]
+    Normalizer(#[from] slackline_normalizer::NormalizerError),
 }
 
 /// The running local stack. Keep it alive: dropping it stops the mock cluster.
@@ -66,6 +79,8 @@ pub struct DevStack {
     pub bootstrap: String,
     /// The edge.
     pub edge: Edge,
+    /// The normalizer.
+    pub normalizer: Normalizer,
     /// The archive's URL.
     pub archive_url: String,
 }
@@ -81,11 +96,25 @@ impl DevStack {
         format!("http://{}", self.edge.admin_addr)
     }
 
-    /// Waits until the stack has stopped (after the shutdown signal).
+    /// The normalizer's admin URL.
+    pub fn normalizer_admin_url(&self) -> String {
+        format!("http://{}", self.normalizer.admin_addr)
+    }
+
+    /// Waits until the stack has stopped (after the shutdown signal). The mock
+    /// cluster goes last, so that every client closes against a live cluster.
     pub async fn wait(self) -> Result<(), DevError> {
-        let DevStack { mock, edge, .. } = self;
-        edge.wait().await?;
+        let DevStack {
+            mock,
+            edge,
+            normalizer,
+            ..
+        } = self;
+        let edge = edge.wait().await;
+        let normalizer = normalizer.wait().await;
         drop(mock);
+        edge?;
+        normalizer?;
         Ok(())
     }
 }
@@ -121,6 +150,27 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
             shutdown_grace: Duration::from_secs(5),
             log_format: LogFormat::Text,
         },
+        shutdown.clone(),
+    )
+    .await?;
+    let normalizer_admin_port = if options.admin_port == 0 {
+        0
+    } else {
+        options.admin_port.saturating_add(1)
+    };
+    let normalizer = Normalizer::start(
+        NormalizerConfig {
+            kafka: KafkaSettings::new(&bootstrap),
+            raw_topic: slackline_kafka::topics::RAW_EVENTS.to_owned(),
+            messages_topic: slackline_kafka::topics::MESSAGES.to_owned(),
+            dlq_topic: slackline_kafka::topics::RAW_DLQ.to_owned(),
+            group_id: slackline_kafka::topics::NORMALIZER_GROUP.to_owned(),
+            admin_addr: SocketAddr::new(options.bind, normalizer_admin_port),
+            slack_api_base_url: options.slack_api_base_url,
+            bot_tokens: options.bot_tokens,
+            rules: options.rules,
+            log_format: LogFormat::Text,
+        },
         shutdown,
     )
     .await?;
@@ -128,6 +178,7 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
         mock,
         bootstrap,
         edge,
+        normalizer,
         archive_url,
     })
 }

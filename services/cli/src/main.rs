@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline locally: mock Kafka cluster, file archive, edge.
+    /// Run the pipeline locally: mock Kafka cluster, file archive, edge, normalizer.
     Dev {
         /// Edge port (Slack's requests).
         #[arg(long, default_value_t = 3000)]
@@ -123,6 +123,23 @@ async fn main() -> anyhow::Result<()> {
             let secrets = SigningSecrets::parse_list(&secrets)
                 .context("--secrets / SLACK_SIGNING_SECRETS")?;
             let shutdown = Shutdown::on_signals();
+            // The normalizer's optional settings, read as the service reads them.
+            let env = slackline_service::Env::from_process();
+            let bot_tokens = match env.get("SLACK_BOT_TOKENS") {
+                Some(raw) => slackline_slack_api::BotTokens::parse(raw)
+                    .map_err(anyhow::Error::msg)
+                    .context("SLACK_BOT_TOKENS")?,
+                None => slackline_slack_api::BotTokens::default(),
+            };
+            let ids = |name: &str| -> std::collections::HashSet<String> {
+                env.get(name)
+                    .unwrap_or_default()
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            };
             let options = dev::DevOptions {
                 bind: [127, 0, 0, 1].into(),
                 port,
@@ -130,6 +147,17 @@ async fn main() -> anyhow::Result<()> {
                 dir,
                 partitions,
                 secrets,
+                bot_tokens,
+                slack_api_base_url: env.string_or(
+                    "SLACK_API_BASE_URL",
+                    slackline_normalizer::config::DEFAULT_SLACK_API,
+                ),
+                rules: slackline_normalizer::normalize::Rules {
+                    enabled_teams: ids("ENABLED_TEAMS"),
+                    enabled_channels: ids("ENABLED_CHANNELS"),
+                    self_bot_ids: ids("SELF_BOT_IDS"),
+                    self_app_ids: ids("SELF_APP_IDS"),
+                },
             };
             let stack = dev::start(options, shutdown).await?;
             println!("slackline dev is running (ctrl-c to stop)");
@@ -149,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
                 stack.webhook_url()
             );
             println!(
-                "  cargo run -q -p slackline -- tail slack.events.raw --bootstrap {} --exit-at-end",
+                "  cargo run -q -p slackline -- tail slack.messages.v1 --bootstrap {} --exit-at-end",
                 stack.bootstrap
             );
             stack.wait().await?;

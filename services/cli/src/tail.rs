@@ -1,8 +1,10 @@
 //! `slackline tail <topic>`: a topic's records from the beginning as JSON lines
 //! (partition, offset, timestamp, key, headers, value), following new ones.
 //!
-//! A value that is JSON is printed as JSON; anything else as `value_base64`. Later
-//! issues teach it Avro and DLQ records.
+//! A value in Avro single-object encoding whose schema slackline knows (the message
+//! events) is decoded and printed as JSON with `value_format: "avro"`; a JSON value
+//! (raw Slack bodies, DLQ records) is printed as JSON; anything else as
+//! `value_base64`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -136,14 +138,17 @@ pub fn record_json(message: &BorrowedMessage<'_>) -> serde_json::Value {
         None => {
             obj.insert("value".into(), serde_json::Value::Null);
         }
-        Some(bytes) => match serde_json::from_slice::<serde_json::Value>(bytes) {
-            Ok(json) => {
+        Some(bytes) => {
+            if let Some(json) = slackline_events::decode_any_to_json(bytes) {
+                obj.insert("value_format".into(), "avro".into());
                 obj.insert("value".into(), json);
-            }
-            Err(_) => {
+            } else if let Ok(json) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                obj.insert("value_format".into(), "json".into());
+                obj.insert("value".into(), json);
+            } else {
                 obj.insert("value_base64".into(), b64(bytes).into());
             }
-        },
+        }
     }
     serde_json::Value::Object(obj)
 }

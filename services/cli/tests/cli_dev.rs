@@ -26,6 +26,9 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
             dir: dir.path().to_path_buf(),
             partitions: 3,
             secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
+            bot_tokens: Default::default(),
+            slack_api_base_url: "http://127.0.0.1:9".into(),
+            rules: Default::default(),
         },
         shutdown.clone(),
     )
@@ -96,6 +99,49 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
         let key = r["headers"]["archive-key"].as_str().unwrap();
         assert!(archive_root.join(key).is_file(), "{key}");
     }
+
+    // The normalizer turned the conversation into Avro events; tail decodes them.
+    let settings = KafkaSettings::new(&stack.bootstrap);
+    let messages = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let mut out = Vec::new();
+            tail::tail(
+                &settings,
+                "slack.messages.v1",
+                true,
+                &AtomicBool::new(false),
+                &mut out,
+            )
+            .unwrap();
+            let text = String::from_utf8(out).unwrap();
+            // 11 files: app_home_opened and app_rate_limited are ignored, 9 are events.
+            if text.lines().count() >= 9 || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    })
+    .await
+    .unwrap();
+    let events: Vec<serde_json::Value> = messages
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 9, "{messages}");
+    assert!(events.iter().all(|e| e["value_format"] == "avro"));
+    let question = events
+        .iter()
+        .find(|e| e["value"]["event_id"] == "Ev0TD01")
+        .expect("the question");
+    assert_eq!(question["value"]["mode"], "full");
+    assert_eq!(question["value"]["author"]["kind"], "customer");
+    assert_eq!(question["key"], "C0SHARED01");
+    let edit = events
+        .iter()
+        .find(|e| e["value"]["event_id"] == "Ev0TD03")
+        .expect("the edit");
+    assert_eq!(edit["value"]["kind"]["type"], "edited");
 
     // tail on a topic that does not exist says so.
     let settings = KafkaSettings::new(&stack.bootstrap);

@@ -31,9 +31,10 @@
 //! BENCH_SECS=30 cargo bench -p slackline-edge --bench edge_load
 //! ```
 //!
-//! `BENCH_EVENTS` sets how many distinct events are signed per server (default
-//! 250000; the pool is reused round-robin if a run needs more). The archive goes to
-//! a temporary directory under `TMPDIR`, so that variable picks the disk.
+//! `BENCH_EVENTS` sets how many distinct events are signed per server (default 32000
+//! per second of run, about 2.3 KB of client memory each; the pool is reused
+//! round-robin, with a note, if a run needs more). The archive goes to a temporary
+//! directory under `TMPDIR`, so that variable picks the disk.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -66,7 +67,9 @@ const SECRET: &str = "edge-load-signing-secret";
 const CONCURRENCY: usize = 64;
 const WARM_UP: Duration = Duration::from_secs(2);
 const DEFAULT_SECS: u64 = 10;
-const DEFAULT_EVENTS: usize = 250_000;
+/// Events signed per second of run (warm-up included) unless `BENCH_EVENTS` says:
+/// above what verify-only reaches on 2 cores, so that ids do not repeat.
+const EVENTS_PER_SEC: u64 = 32_000;
 const TARGET_BODY_BYTES: usize = 1500;
 const CHANNELS: usize = 20;
 const TOPIC: &str = "slack.events.raw";
@@ -74,7 +77,8 @@ const PARTITIONS: i32 = 6;
 const DEADLINE: Duration = Duration::from_millis(2500);
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ, which is 100 on Linux.
 const CLOCK_TICKS_PER_SEC: f64 = 100.0;
-/// What a child prints on stdout, followed by its address, once it serves.
+/// What a child prints on stdout, followed by its address (and the edge its admin
+/// address), once it serves.
 const READY: &str = "READY ";
 
 fn main() -> ExitCode {
@@ -162,7 +166,7 @@ fn serve_edge(bootstrap: &str, archive_dir: &str) -> anyhow::Result<()> {
         let edge = Edge::start(config, shutdown.clone())
             .await
             .context("starting the edge")?;
-        let stop = announce(&edge.addr.to_string())?;
+        let stop = announce(&format!("{} {}", edge.addr, edge.admin_addr))?;
         tokio::spawn(async move {
             stop.wait().await;
             shutdown.trigger();
@@ -238,8 +242,9 @@ struct Server {
     name: &'static str,
     child: Child,
     stdin: Option<ChildStdin>,
-    /// What it printed after `READY `.
+    /// What it printed after `READY `: its address, then any other.
     addr: String,
+    admin_addr: Option<String>,
 }
 
 impl Server {
@@ -264,6 +269,7 @@ impl Server {
             child,
             stdin,
             addr: String::new(),
+            admin_addr: None,
         };
         let stdout = server
             .child
@@ -277,7 +283,9 @@ impl Server {
         let Some(addr) = line.trim_end().strip_prefix(READY) else {
             bail!("the {name} process did not start (printed {line:?})");
         };
-        server.addr = addr.to_owned();
+        let mut addrs = addr.split_whitespace().map(str::to_owned);
+        server.addr = addrs.next().unwrap_or_default();
+        server.admin_addr = addrs.next();
         Ok(server)
     }
 
@@ -341,13 +349,37 @@ fn rss_mib(pid: &str) -> anyhow::Result<(f64, f64)> {
 
 /// User + system CPU seconds a process has used so far.
 fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    Ok(stat_cpu(&format!("/proc/{pid}/stat"))?.1)
+}
+
+/// CPU seconds per thread of a process, summed by thread name without digits
+/// (`tokio-runtime-w`, `archive-writer`, `rdk:broker`, …).
+fn thread_cpu_secs(pid: u32) -> anyhow::Result<BTreeMap<String, f64>> {
+    let dir = format!("/proc/{pid}/task");
+    let mut by_name = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let path = entry
+            .with_context(|| format!("listing {dir}"))?
+            .path()
+            .join("stat");
+        // A thread may end between listing and reading.
+        let Ok((name, secs)) = stat_cpu(&path.to_string_lossy()) else {
+            continue;
+        };
+        let name: String = name.chars().filter(|c| !c.is_ascii_digit()).collect();
+        *by_name.entry(name).or_default() += secs;
+    }
+    Ok(by_name)
+}
+
+/// The name and the user + system CPU seconds in a `/proc/…/stat` file.
+fn stat_cpu(path: &str) -> anyhow::Result<(String, f64)> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name may hold spaces; the fields after it are fixed.
-    let after_name = stat
+    let (before, after_name) = stat
         .rsplit_once(')')
-        .with_context(|| format!("unreadable {path}"))?
-        .1;
+        .with_context(|| format!("unreadable {path}"))?;
+    let name = before.split_once('(').map_or("", |(_, n)| n).to_owned();
     let mut fields = after_name.split_whitespace().skip(11);
     let mut tick = || -> anyhow::Result<f64> {
         fields
@@ -356,7 +388,7 @@ fn cpu_secs(pid: &str) -> anyhow::Result<f64> {
             .with_context(|| format!("unreadable {path}"))
     };
     let (user, system) = (tick()?, tick()?);
-    Ok((user + system) / CLOCK_TICKS_PER_SEC)
+    Ok((name, (user + system) / CLOCK_TICKS_PER_SEC))
 }
 
 // ---------------------------------------------------------------------------------
@@ -492,6 +524,8 @@ struct Outcome {
     cores: Vec<f64>,
     /// Peak and current RSS of the server (MiB) after the run.
     rss: (f64, f64),
+    /// CPU cores used by the server's threads, by name, busiest first.
+    server_threads: Vec<(String, f64)>,
 }
 
 impl Outcome {
@@ -521,6 +555,8 @@ struct Run {
     tally: Tally,
     /// CPU cores used during the measured window: the load generator, then `pids`.
     cores: Vec<f64>,
+    /// CPU cores used by the threads of the server (`pids[0]`), busiest first.
+    server_threads: Vec<(String, f64)>,
 }
 
 /// One client task's tally.
@@ -631,17 +667,31 @@ async fn load(
             .map(|p| cpu_secs(p))
             .collect::<anyhow::Result<Vec<_>>>()
     };
+    let server_threads = || {
+        pids.first()
+            .map_or(Ok(BTreeMap::new()), |p| thread_cpu_secs(*p))
+    };
     tokio::time::sleep_until(measure_from.into()).await;
     let cpu_before = cpu_all()?;
+    let threads_before = server_threads()?;
     let wall_before = Instant::now();
     tokio::time::sleep_until(until.into()).await;
     let cpu_after = cpu_all()?;
+    let threads_after = server_threads()?;
     let wall = wall_before.elapsed().as_secs_f64();
     let cores = cpu_before
         .iter()
         .zip(&cpu_after)
         .map(|(b, a)| (a - b) / wall)
         .collect();
+    let mut server_threads: Vec<(String, f64)> = threads_after
+        .into_iter()
+        .map(|(name, after)| {
+            let before = threads_before.get(&name).copied().unwrap_or(0.0);
+            (name, (after - before) / wall)
+        })
+        .collect();
+    server_threads.sort_by(|a, b| b.1.total_cmp(&a.1));
 
     let mut total = Tally::default();
     for task in tasks {
@@ -658,6 +708,7 @@ async fn load(
         used: next.load(Ordering::Relaxed),
         tally: total,
         cores,
+        server_threads,
     })
 }
 
@@ -681,7 +732,12 @@ fn measure(
     let mut pids = vec![server.pid()];
     pids.extend_from_slice(other_pids);
     let window = Duration::from_secs(secs);
-    let Run { used, tally, cores } = rt.block_on(load(&server.addr, events, window, &pids))?;
+    let Run {
+        used,
+        tally,
+        cores,
+        server_threads,
+    } = rt.block_on(load(&server.addr, events, window, &pids))?;
     if used > pool {
         eprintln!(
             "edge_load: {}: {used} requests reused the {pool} events round-robin (raise BENCH_EVENTS for all-distinct ids)",
@@ -699,6 +755,7 @@ fn measure(
             errors: tally.errors,
             cores,
             rss,
+            server_threads,
         },
         body_bytes,
     ))
@@ -731,6 +788,36 @@ fn topic_records(bootstrap: &str) -> anyhow::Result<i64> {
     Ok(records)
 }
 
+/// The edge's own view from its `/metrics`: mean time per archive write, Kafka
+/// delivery and request over the whole run (warm-up included).
+fn edge_internals(rt: &tokio::runtime::Runtime, admin_addr: &str) -> anyhow::Result<String> {
+    let text = rt.block_on(async {
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        client
+            .get(format!("http://{admin_addr}/metrics"))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let mean_ms = |histogram: &str| {
+        let prefix = format!("slackline_edge_{histogram}_duration_seconds");
+        1e3 * value(&format!("{prefix}_sum ")) / value(&format!("{prefix}_count "))
+    };
+    Ok(format!(
+        "edge internals (means over the run): archive write {:.2} ms, Kafka delivery {:.2} ms, whole request {:.2} ms",
+        mean_ms("archive_write"),
+        mean_ms("kafka_delivery"),
+        mean_ms("request")
+    ))
+}
+
 fn archive_objects(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<usize> {
     rt.block_on(async {
         let archive = Archive::open(&format!("file://{}", dir.display()), &S3Settings::default())
@@ -746,7 +833,8 @@ fn archive_objects(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result<u
 
 fn bench() -> anyhow::Result<ExitCode> {
     let secs: u64 = env_number("BENCH_SECS", DEFAULT_SECS)?;
-    let pool: usize = env_number("BENCH_EVENTS", DEFAULT_EVENTS)?;
+    let default_pool = usize::try_from((secs + WARM_UP.as_secs()) * EVENTS_PER_SEC)?;
+    let pool: usize = env_number("BENCH_EVENTS", default_pool)?;
     ensure!(
         secs > 0 && pool > 0,
         "BENCH_SECS and BENCH_EVENTS must be positive"
@@ -772,6 +860,10 @@ fn bench() -> anyhow::Result<ExitCode> {
     let edge = Server::spawn("edge", &["--serve-edge", &kafka.addr, dir_arg])?;
     let (edged, _) = measure(&rt, &edge, "E", secs, pool, &[kafka.pid()])?;
     let kafka_rss = rss_mib(&kafka.pid().to_string())?;
+    let internals = match &edge.admin_addr {
+        Some(admin) => edge_internals(&rt, admin)?,
+        None => "edge internals: no admin address".to_owned(),
+    };
     // Stopping flushes the producer: anything a 503 left queued is counted too.
     edge.stop()?;
     let records = topic_records(&kafka.addr)?;
@@ -816,6 +908,17 @@ fn bench() -> anyhow::Result<ExitCode> {
         edged.cores.get(2).copied().unwrap_or(f64::NAN),
         std::thread::available_parallelism().map_or(0, usize::from),
     );
+
+    for (name, o) in [("verify-only", &baseline), ("edge", &edged)] {
+        let busiest: Vec<String> = o
+            .server_threads
+            .iter()
+            .take(5)
+            .map(|(thread, cores)| format!("{thread} {cores:.2}"))
+            .collect();
+        println!("{name} threads (cores): {}", busiest.join(", "));
+    }
+    println!("{internals}");
 
     let mut failed = false;
     for (name, o) in [("verify-only", &baseline), ("edge", &edged)] {

@@ -32,6 +32,7 @@ const HOME: &str = "T0HOME";
 struct Stack {
     bootstrap: String,
     messages_topic: String,
+    dlq_topic: String,
     edge: Edge,
     normalizer: Normalizer,
     _dir: tempfile::TempDir,
@@ -110,7 +111,7 @@ async fn stack() -> Stack {
             kafka: KafkaSettings::new(&bootstrap),
             raw_topic: raw,
             messages_topic: messages.clone(),
-            dlq_topic: dlq,
+            dlq_topic: dlq.clone(),
             group_id: slackline_testkit::unique_name("normalizer"),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             slack_api_base_url: fake_slack().await,
@@ -125,6 +126,7 @@ async fn stack() -> Stack {
     Stack {
         bootstrap,
         messages_topic: messages,
+        dlq_topic: dlq.clone(),
         edge,
         normalizer,
         _dir: dir,
@@ -329,5 +331,88 @@ async fn signed_events_come_out_typed_in_channel_order_and_counters_add_up() {
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_that_cannot_be_produced_goes_to_the_dlq_with_its_coordinates() {
+    let s = stack().await;
+    // The messages topic refuses writes (a permanent error): the normalizer cannot
+    // produce even a degraded event, so the raw event is dead-lettered.
+    s.mock
+        .topic_error(
+            &s.messages_topic,
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let http = reqwest::Client::new();
+    let body = envelope(
+        "EvPoison",
+        json!({"type": "message", "channel": "C0ECHO", "user": "U0CUSTX", "text": "help", "ts": "1764002000.000100"}),
+    );
+    post(&http, &s.edge, &body).await;
+
+    let bootstrap = s.bootstrap.clone();
+    let dlq_topic = s.dlq_topic.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", slackline_testkit::unique_name("dlqreader"))
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&dlq_topic, 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&tpl).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                let m = m.unwrap();
+                return Some(
+                    serde_json::from_slice::<serde_json::Value>(m.payload().unwrap()).unwrap(),
+                );
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+    .expect("a DLQ record");
+    assert_eq!(record["original"]["key"], "C0ECHO");
+    assert!(record["original"]["offset"].is_i64());
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("authoriz"),
+        "{record}"
+    );
+    assert_eq!(
+        record["payload_json"]["event_id"], "EvPoison",
+        "the raw payload, readable"
+    );
+    assert!(record["headers"]["archive-key"]
+        .as_str()
+        .unwrap()
+        .starts_with("raw/"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = reqwest::get(format!("http://{}/metrics", s.normalizer.admin_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(r#"outcome="dlq",reason="-"} 1"#) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.contains(r#"slackline_normalizer_outcomes_total{event_type="message",outcome="dlq",reason="-"} 1"#), "{text}");
+    assert_eq!(
+        metric(&s.normalizer, "slackline_normalizer_consumed_total"),
+        1
+    );
     s.stop().await;
 }
