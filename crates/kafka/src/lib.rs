@@ -118,7 +118,12 @@ impl KafkaSettings {
     /// A consumer config for a group: offsets stored by the application only after
     /// the effect is durable, never committed automatically ahead of it.
     pub fn consumer_config(&self, client_id: &str, group_id: &str) -> ClientConfig {
-        let defaults = [("auto.offset.reset", "earliest".to_owned())];
+        let defaults = [
+            ("auto.offset.reset", "earliest".to_owned()),
+            // Bounded read-ahead (librdkafka's default is 64 MiB per consumer), so a
+            // service catching up a backlog stays inside its memory limit.
+            ("queued.max.messages.kbytes", "16384".to_owned()),
+        ];
         let mut config = self.config_with_defaults(client_id, &defaults);
         config
             .set("group.id", group_id)
