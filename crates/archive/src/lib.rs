@@ -9,12 +9,14 @@
 //!
 //! Two backends sit behind [`Archive`]: S3 through aws-sdk-s3 (`s3://bucket/prefix`)
 //! and a local directory (`file:///path`) whose writes are group-committed: one
-//! `syncfs` makes a whole batch durable before any of its writers is told "done".
+//! `fdatasync` of a write-ahead log makes a whole batch durable before any of its
+//! writers is told "done".
 
 mod file;
 mod key;
 mod record;
 mod s3;
+mod wal;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};

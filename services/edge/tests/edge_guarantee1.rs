@@ -115,27 +115,26 @@ async fn assert_every_200_is_archived_and_produced(
     }
 }
 
-/// Posts fresh events until one gets 200, or panics after `within`.
+/// Posts fresh events on each of the three channels (whose partitions may have
+/// different leaders) until each gets 200, or panics after `within`.
 async fn wait_for_recovery(f: &Fixture, prefix: &str, within: Duration) {
     let start = Instant::now();
     let mut i = 0;
-    loop {
-        let status = post(
-            &f.http,
-            f.edge.addr,
-            &message_event("C0CH0", &format!("{prefix}{i:03}"), "probe"),
-        )
-        .await;
-        if status == 200 {
-            return;
+    for channel in ["C0CH0", "C0CH1", "C0CH2"] {
+        loop {
+            let body = message_event(channel, &format!("{prefix}{i:03}"), "probe");
+            i += 1;
+            let status = post(&f.http, f.edge.addr, &body).await;
+            if status == 200 {
+                break;
+            }
+            assert_eq!(status, 503);
+            assert!(
+                start.elapsed() < within,
+                "edge did not recover within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert_eq!(status, 503);
-        assert!(
-            start.elapsed() < within,
-            "edge did not recover within {within:?}"
-        );
-        i += 1;
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
