@@ -68,10 +68,24 @@ impl FileArchive {
             tracing::warn!(restored, root = %root.display(), "archive recovered objects from its write-ahead log");
         }
         let (writer, requests) = mpsc::unbounded_channel();
+        let (retire_tx, retired) = std::sync::mpsc::channel::<PathBuf>();
+        let thread_root = root.clone();
+        // Checkpoints flush the whole file system, which can take long on a busy
+        // machine: they run beside the writer so that writes never wait for them.
+        std::thread::Builder::new()
+            .name("archive-checkpoint".into())
+            .spawn(move || {
+                for segment in retired {
+                    if let Err(e) = wal::retire(&thread_root, &segment, flush) {
+                        tracing::warn!(error = %e, segment = %segment.display(), "archive checkpoint failed; the segment is kept for recovery");
+                    }
+                }
+            })
+            .map_err(io_error(&root))?;
         let thread_root = root.clone();
         std::thread::Builder::new()
             .name("archive-writer".into())
-            .spawn(move || write_loop(&thread_root, wal, requests))
+            .spawn(move || write_loop(&thread_root, wal, requests, retire_tx))
             .map_err(io_error(&root))?;
         Ok(FileArchive {
             root: Arc::new(root),
@@ -186,7 +200,12 @@ fn is_temporary(path: &Path) -> bool {
 /// The writer thread: batch, write, rename, one log append and `fdatasync`, answer;
 /// checkpoint the log now and then. Ends (with a checkpoint) when every handle to
 /// the archive is gone.
-fn write_loop(root: &Path, mut wal: Wal, mut requests: mpsc::UnboundedReceiver<WriteRequest>) {
+fn write_loop(
+    root: &Path,
+    mut wal: Wal,
+    mut requests: mpsc::UnboundedReceiver<WriteRequest>,
+    retire: std::sync::mpsc::Sender<PathBuf>,
+) {
     let mut known_dirs: HashSet<PathBuf> = HashSet::new();
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
     let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(MAX_BATCH);
@@ -227,16 +246,21 @@ fn write_loop(root: &Path, mut wal: Wal, mut requests: mpsc::UnboundedReceiver<W
             let _ = w.done.send(r);
         }
         if wal.due() {
-            checkpoint(root, &mut wal);
+            rotate(root, &mut wal, &retire);
         }
     }
-    checkpoint(root, &mut wal);
+    rotate(root, &mut wal, &retire);
 }
 
-fn checkpoint(root: &Path, wal: &mut Wal) {
-    // A failed checkpoint loses nothing: the log still holds every object.
-    if let Err(e) = wal.checkpoint(root, flush) {
-        tracing::warn!(error = %e, "archive checkpoint failed; the write-ahead log keeps growing");
+fn rotate(root: &Path, wal: &mut Wal, retire: &std::sync::mpsc::Sender<PathBuf>) {
+    // A failed rotation loses nothing: the current segment keeps every object.
+    match wal.rotate() {
+        Ok(old) => {
+            let _ = retire.send(old);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, root = %root.display(), "archive log rotation failed; the segment keeps growing")
+        }
     }
 }
 

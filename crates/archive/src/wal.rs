@@ -167,21 +167,29 @@ impl Wal {
         self.size >= CHECKPOINT_BYTES || (self.size > 0 && self.started.elapsed() >= CHECKPOINT_AGE)
     }
 
-    /// Flushes every object written so far (`flush`), then replaces the segment.
-    pub(crate) fn checkpoint(
-        &mut self,
-        root: &Path,
-        flush: fn(&Path) -> io::Result<()>,
-    ) -> io::Result<()> {
-        flush(root)?;
+    /// Starts a new segment and returns the old one's path. The old segment may be
+    /// deleted once every object written so far has been flushed (see
+    /// [`retire`]); until then it still guards them.
+    pub(crate) fn rotate(&mut self) -> io::Result<PathBuf> {
         let (file, path) = Self::create_segment(&self.dir, self.seq + 1)?;
         let old = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.seq += 1;
         self.size = 0;
         self.started = Instant::now();
-        fs::remove_file(old)
+        Ok(old)
     }
+}
+
+/// Flushes every object under `root`, then deletes the retired segment. On failure the
+/// segment stays, and the next [`Wal::open`] restores its objects again.
+pub(crate) fn retire(
+    root: &Path,
+    segment: &Path,
+    flush: fn(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    flush(root)?;
+    fs::remove_file(segment)
 }
 
 #[cfg(test)]
