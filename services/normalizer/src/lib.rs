@@ -47,6 +47,9 @@ const MAX_IN_FLIGHT: usize = 1024;
 const RECENT_IDS: usize = 100_000;
 /// Longest an author lookup may hold up the partition.
 const LOOKUP_BUDGET: Duration = Duration::from_millis(1500);
+/// After a lookup times out or fails in a retryable way, lookups pause this long, so
+/// a slow or failing Slack API costs one budget per pause, not one per event.
+const LOOKUP_PAUSE: Duration = Duration::from_secs(30);
 
 /// Why the normalizer could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -163,6 +166,7 @@ impl Normalizer {
             metrics,
             recent: RecentIds::new(RECENT_IDS),
             config: Arc::new(config),
+            lookups_paused_until: None,
         };
         let task = tokio::spawn(async move {
             let result = worker.run(consumer, shutdown.clone()).await;
@@ -212,6 +216,8 @@ struct Worker {
     metrics: NormalizerMetrics,
     recent: RecentIds,
     config: Arc<NormalizerConfig>,
+    /// Lookups are skipped until then (see [`LOOKUP_PAUSE`]).
+    lookups_paused_until: Option<tokio::time::Instant>,
 }
 
 impl Worker {
@@ -296,7 +302,16 @@ impl Worker {
             return ready(label);
         }
         if let Some(api) = &self.api {
-            enrich(api, &mut event, &self.metrics).await;
+            let now = tokio::time::Instant::now();
+            if self.lookups_paused_until.is_some_and(|until| now < until) {
+                self.metrics.author_lookup("paused");
+            } else if enrich(api, &mut event, &self.metrics).await == Lookup::Unhealthy {
+                tracing::warn!(
+                    pause_s = LOOKUP_PAUSE.as_secs(),
+                    "Slack API slow or failing: pausing author lookups"
+                );
+                self.lookups_paused_until = Some(now + LOOKUP_PAUSE);
+            }
         }
         let raw = dlq::RawCopy::of(message);
         let bytes = match encode_message(&event) {
@@ -423,17 +438,26 @@ fn event_type_of(event: &MessageEvent) -> Option<&str> {
     })
 }
 
+/// How a lookup went, for the pause logic.
+#[derive(Debug, PartialEq, Eq)]
+enum Lookup {
+    /// Answered (or nothing to look up, or a permanent answer such as not visible).
+    Healthy,
+    /// Timed out or failed in a retryable way.
+    Unhealthy,
+}
+
 /// Fills the author's name, email and team from `users.info`. A failure degrades
 /// the author (left as the event had it), never the message.
-async fn enrich(api: &SlackApi, event: &mut MessageEvent, metrics: &NormalizerMetrics) {
+async fn enrich(api: &SlackApi, event: &mut MessageEvent, metrics: &NormalizerMetrics) -> Lookup {
     let Some(author) = event.author.as_mut() else {
-        return;
+        return Lookup::Healthy;
     };
     let Some(user_id) = author.user_id.clone() else {
-        return;
+        return Lookup::Healthy;
     };
     if author.kind == AuthorKind::Bot || !(user_id.starts_with('U') || user_id.starts_with('W')) {
-        return;
+        return Lookup::Healthy;
     }
     match tokio::time::timeout(LOOKUP_BUDGET, api.users_info(&event.team_id, &user_id)).await {
         Ok(Ok(user)) => {
@@ -450,10 +474,16 @@ async fn enrich(api: &SlackApi, event: &mut MessageEvent, metrics: &NormalizerMe
             } else if author.kind == AuthorKind::Unknown {
                 author.kind = normalize::author_kind(author.team_id.as_deref(), &event.team_id);
             }
+            Lookup::Healthy
         }
         Ok(Err(e)) => {
             metrics.author_lookup(e.kind());
             tracing::debug!(error = %e, user_id, "author lookup failed; keeping what the event says");
+            if e.is_retryable() {
+                Lookup::Unhealthy
+            } else {
+                Lookup::Healthy
+            }
         }
         Err(_) => {
             metrics.author_lookup("timeout");
@@ -461,6 +491,7 @@ async fn enrich(api: &SlackApi, event: &mut MessageEvent, metrics: &NormalizerMe
                 user_id,
                 "author lookup over budget; keeping what the event says"
             );
+            Lookup::Unhealthy
         }
     }
 }

@@ -75,6 +75,25 @@ async fn fake_slack() -> String {
 }
 
 async fn stack() -> Stack {
+    stack_with_slack(fake_slack().await).await
+}
+
+/// A Slack API that answers nothing in time.
+async fn slow_slack() -> String {
+    let app = axum::Router::new().route(
+        "/users.info",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Json(json!({"ok": false, "error": "too_late"}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn stack_with_slack(slack_api_base_url: String) -> Stack {
     let raw = slackline_testkit::unique_name("raw");
     let messages = slackline_testkit::unique_name("messages");
     let dlq = slackline_testkit::unique_name("rawdlq");
@@ -114,7 +133,7 @@ async fn stack() -> Stack {
             dlq_topic: dlq.clone(),
             group_id: slackline_testkit::unique_name("normalizer"),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
-            slack_api_base_url: fake_slack().await,
+            slack_api_base_url,
             bot_tokens: tokens,
             rules: Default::default(),
             log_format: LogFormat::Text,
@@ -413,6 +432,39 @@ async fn an_event_that_cannot_be_produced_goes_to_the_dlq_with_its_coordinates()
     assert_eq!(
         metric(&s.normalizer, "slackline_normalizer_consumed_total"),
         1
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_slack_api_costs_one_lookup_budget_then_lookups_pause() {
+    let s = stack_with_slack(slow_slack().await).await;
+    let http = reqwest::Client::new();
+    for i in 0..6 {
+        let body = envelope(
+            &format!("EvSlow{i}"),
+            json!({"type": "message", "channel": "C0SLOW", "user": format!("U0CUST{i}"), "text": format!("m{i}"), "ts": format!("1764003{i:03}.000100")}),
+        );
+        post(&http, &s.edge, &body).await;
+    }
+    let events = read_events(&s.bootstrap, &s.messages_topic, 6).await;
+    assert_eq!(events.len(), 6, "every message still comes out");
+    assert!(events
+        .iter()
+        .all(|(.., e)| e.mode == Mode::Full && e.author.as_ref().unwrap().display_name.is_none()));
+    let text = reqwest::get(format!("http://{}/metrics", s.normalizer.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"slackline_normalizer_author_lookups_total{result="timeout"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"slackline_normalizer_author_lookups_total{result="paused"} 5"#),
+        "{text}"
     );
     s.stop().await;
 }
