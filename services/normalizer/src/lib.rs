@@ -208,6 +208,17 @@ struct Finished {
     /// Kept for the DLQ path only.
     raw: Option<dlq::RawCopy>,
     event_type: &'static str,
+    /// What was produced, counted once Kafka has acknowledged it (`None`: ignored,
+    /// already counted).
+    produced: Option<Produced>,
+}
+
+/// An event whose outcome is counted when its delivery is acknowledged.
+struct Produced {
+    mode: Mode,
+    degraded_reason: Option<String>,
+    /// The delivery key to remember against Slack's retries (`None` for fallback ids).
+    event_id: Option<String>,
 }
 
 struct Worker {
@@ -256,6 +267,9 @@ impl Worker {
         if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
             tracing::warn!(error = %e, "final commit failed");
         }
+        // Leave the group now, so the partitions move to another member at once
+        // instead of after the session timeout.
+        consumer.unsubscribe();
         tracing::info!("normalizer stopped");
         Ok(())
     }
@@ -283,6 +297,7 @@ impl Worker {
                 result: Ok(()),
                 raw: None,
                 event_type,
+                produced: None,
             }))
         };
         let mut event = match outcome {
@@ -297,7 +312,10 @@ impl Worker {
             Outcome::Event(event) => event,
         };
         let label = metrics::event_type_label(event_type_of(&event));
-        if event.mode == Mode::Full && self.recent.contains(&event.event_id) {
+        if event.mode == Mode::Full
+            && !event.event_id.starts_with("archive:")
+            && self.recent.contains(&event.event_id)
+        {
             self.metrics.ignored(IgnoreReason::Duplicate, label);
             return ready(label);
         }
@@ -323,18 +341,20 @@ impl Worker {
                     result: Err(format!("encoding the event: {e}")),
                     raw: Some(raw),
                     event_type: label,
+                    produced: None,
                 }));
             }
         };
-        match event.mode {
-            Mode::Full => self.metrics.produced_full(label),
-            Mode::Degraded => {
-                let reason = event.degraded_reason.as_deref().unwrap_or_default();
-                tracing::info!(reason, archive_key, "degraded event");
-                self.metrics.produced_degraded(reason, label)
-            }
+        if event.mode == Mode::Degraded {
+            let reason = event.degraded_reason.as_deref().unwrap_or_default();
+            tracing::info!(reason, archive_key, "degraded event");
         }
-        self.recent.insert(event.event_id.clone());
+        let produced = Produced {
+            mode: event.mode,
+            degraded_reason: event.degraded_reason.clone(),
+            // Fallback ids (`archive:…`) are not Slack's delivery key: never dedupe on them.
+            event_id: (!event.event_id.starts_with("archive:")).then(|| event.event_id.clone()),
+        };
         let key = event
             .channel_id
             .clone()
@@ -359,10 +379,7 @@ impl Worker {
             .key(key.as_str())
             .payload(&bytes)
             .headers(out_headers);
-        let delivery = self
-            .producer
-            .send_result(record)
-            .map_err(|(e, _)| e.to_string());
+        let delivery = send_with_backpressure(&self.producer, record).await;
         Box::pin(async move {
             let result = match delivery {
                 Err(e) => Err(e),
@@ -378,6 +395,7 @@ impl Worker {
                 raw: result.is_err().then_some(raw),
                 result,
                 event_type: label,
+                produced: Some(produced),
             }
         })
     }
@@ -411,9 +429,58 @@ impl Worker {
                 reason: format!("{reason}; then the DLQ failed too: {e}"),
             })?;
             self.metrics.dead_lettered(done.event_type);
+        } else if let Some(produced) = done.produced {
+            match produced.mode {
+                Mode::Full => self.metrics.produced_full(done.event_type),
+                Mode::Degraded => self.metrics.produced_degraded(
+                    produced.degraded_reason.as_deref().unwrap_or_default(),
+                    done.event_type,
+                ),
+            }
+            if let Some(id) = produced.event_id {
+                self.recent.insert(id);
+            }
         }
-        consumer.store_offset(&self.config.raw_topic, done.partition, done.offset + 1)?;
-        Ok(())
+        // librdkafka stores `offset + 1` itself: the next record to read.
+        match consumer.store_offset(&self.config.raw_topic, done.partition, done.offset) {
+            Ok(()) => Ok(()),
+            // The partition was revoked (rebalance) while this outcome was in flight:
+            // its new owner reads it again from the last commit; nothing is lost.
+            Err(rdkafka::error::KafkaError::StoreOffset(
+                rdkafka::types::RDKafkaErrorCode::State,
+            )) => {
+                tracing::info!(
+                    partition = done.partition,
+                    offset = done.offset,
+                    "partition revoked; offset not stored"
+                );
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Sends a record, waiting while the producer's local queue is full (backpressure
+/// is not a failure: it must never send a good event to the DLQ).
+async fn send_with_backpressure(
+    producer: &FutureProducer,
+    mut record: FutureRecord<'_, str, Vec<u8>>,
+) -> Result<rdkafka::producer::DeliveryFuture, String> {
+    loop {
+        match producer.send_result(record) {
+            Ok(delivery) => return Ok(delivery),
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
+                record = back;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, _)) => return Err(e.to_string()),
+        }
     }
 }
 
