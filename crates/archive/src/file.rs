@@ -232,6 +232,9 @@ fn write_loop(
         if !log.is_empty() {
             if let Err(e) = wal.append(&log) {
                 tracing::error!(error = %e, "archive log append failed");
+                // The segment may now end in a torn record, and recovery stops at the
+                // first bad record: later batches must not be appended behind it.
+                rotate(root, &mut wal, &retire);
                 known_dirs.clear();
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(ArchiveError::Io {

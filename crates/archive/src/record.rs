@@ -38,7 +38,7 @@ struct Wire<'a> {
 
 impl ArchiveRecord {
     /// Serialises the record to its JSON document.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub fn to_json(&self) -> Result<Vec<u8>, ArchiveError> {
         let (body, body_base64) = match std::str::from_utf8(&self.body) {
             Ok(text) => (Some(text.into()), None),
             Err(_) => (
@@ -55,8 +55,7 @@ impl ArchiveRecord {
             body,
             body_base64,
         };
-        // Serialising strings and a list of string pairs cannot fail.
-        serde_json::to_vec(&wire).unwrap_or_default()
+        serde_json::to_vec(&wire).map_err(|e| ArchiveError::BadRecord(format!("serialising: {e}")))
     }
 
     /// Parses a record written by [`ArchiveRecord::to_json`].
@@ -107,7 +106,7 @@ mod tests {
             headers: BTreeMap::from([("x-slack-retry-num".into(), "1".into())]),
             body: Bytes::copy_from_slice(body),
         };
-        let json = record.to_json();
+        let json = record.to_json().unwrap();
         serde_json::from_slice::<serde_json::Value>(&json).expect("valid JSON");
         let back = ArchiveRecord::from_json(&json).unwrap();
         assert_eq!(back.body, record.body, "body must be byte-identical");

@@ -22,6 +22,8 @@ pub struct S3Settings {
     /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`; `None` means the SDK's default
     /// credential chain (profile, web identity, instance metadata).
     pub credentials: Option<(String, String)>,
+    /// `AWS_SESSION_TOKEN`, for temporary static credentials.
+    pub session_token: Option<String>,
     /// `AWS_S3_FORCE_PATH_STYLE`: `bucket` in the path, not the host name.
     pub force_path_style: bool,
     /// Per-attempt timeout; the edge's own deadline bounds the whole request.
@@ -81,6 +83,7 @@ impl S3Settings {
             endpoint,
             region,
             credentials,
+            session_token: env.get("AWS_SESSION_TOKEN").map(str::to_owned),
             force_path_style,
             attempt_timeout: Some(Duration::from_secs(2)),
         }
@@ -90,7 +93,13 @@ impl S3Settings {
         let mut builder = match &self.credentials {
             Some((id, secret)) => aws_sdk_s3::Config::builder()
                 .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
-                .credentials_provider(Credentials::new(id, secret, None, None, "slackline-env")),
+                .credentials_provider(Credentials::new(
+                    id,
+                    secret,
+                    self.session_token.clone(),
+                    None,
+                    "slackline-env",
+                )),
             None => {
                 let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .load()

@@ -205,9 +205,16 @@ mod tests {
         let all = decode_records(&buf);
         assert_eq!(all.len(), 3);
         assert_eq!((all[0].0.as_str(), all[0].1), ("raw/a.json", &b"first"[..]));
-        for cut in 0..buf.len() {
-            let complete = decode_records(&buf[..cut]).len();
-            assert!(complete <= 3);
+        let ends: Vec<usize> = {
+            let mut one = Vec::new();
+            encode_record(&mut one, "raw/a.json", b"first");
+            let first = one.len();
+            encode_record(&mut one, "raw/b.json", b"");
+            vec![first, one.len(), buf.len()]
+        };
+        for cut in 0..=buf.len() {
+            let complete = ends.iter().filter(|end| **end <= cut).count();
+            assert_eq!(decode_records(&buf[..cut]).len(), complete, "cut at {cut}");
         }
         assert_eq!(
             decode_records(&buf[..buf.len() - 1]).len(),

@@ -382,7 +382,10 @@ impl SlackApi {
 
     fn close_gate(&self, gate: &str, retry_after: Duration) {
         let now = Instant::now();
-        let until = now + retry_after;
+        // A hostile or broken Retry-After must not overflow the clock (a panic).
+        let until = now
+            .checked_add(retry_after.min(Duration::from_secs(24 * 60 * 60)))
+            .unwrap_or(now);
         let mut gates = self
             .inner
             .gates

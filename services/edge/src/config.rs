@@ -39,8 +39,10 @@ pub struct EdgeConfig {
 
 /// Default for `EDGE_DEADLINE_MS`.
 pub const DEFAULT_DEADLINE_MS: u64 = 2500;
-/// Default for `EDGE_MAX_BODY_BYTES`: Slack's event bodies are far below 1 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Default for `EDGE_MAX_BODY_BYTES`: Slack's event bodies are far below this, and it
+/// stays under librdkafka's default `message.max.bytes` (1,000,000 bytes including
+/// headers), so an accepted body can always be produced rather than failing forever.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 900_000;
 
 impl EdgeConfig {
     /// Reads the configuration, reporting every problem at once.
@@ -69,7 +71,16 @@ impl EdgeConfig {
             );
         }
         let max_body_bytes = env.parse_or("EDGE_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes == 0 {
+            env.problem("EDGE_MAX_BODY_BYTES", "must be greater than 0");
+        }
         let shutdown_grace_ms: u64 = env.parse_or("EDGE_SHUTDOWN_GRACE_MS", 10_000);
+        if shutdown_grace_ms < deadline_ms {
+            env.problem(
+                "EDGE_SHUTDOWN_GRACE_MS",
+                "must be at least EDGE_DEADLINE_MS, or requests in flight at SIGTERM are cut off",
+            );
+        }
         let log_format = env.parse_or("LOG_FORMAT", LogFormat::Json);
         env.finish()?;
         let Some(secrets) = secrets else {

@@ -172,7 +172,11 @@ async fn accept(
         body: body.clone(),
     };
     let started = Instant::now();
-    if let Err(e) = state.archive.put(&key, Bytes::from(record.to_json())).await {
+    let put = match record.to_json() {
+        Ok(json) => state.archive.put(&key, Bytes::from(json)).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = put {
         state.metrics.archive_failed();
         return Err(e.into());
     }

@@ -121,6 +121,9 @@ impl Edge {
             let server = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { drain_signal.wait().await });
             let served = serve_until_drained(server, &shutdown, grace).await;
+            // If serving failed, stop the rest of the process too (admin included), so
+            // the process exits non-zero and is restarted instead of looking healthy.
+            shutdown.trigger();
             // Every 200 already waited for its delivery; this flushes what requests
             // that timed out left in the queue, so nothing is dropped on exit.
             let flushed =

@@ -233,9 +233,10 @@ async fn odd_verified_bodies_are_still_archived_and_produced() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn oversized_bodies_get_413() {
+async fn oversized_bodies_get_413_and_the_largest_accepted_body_reaches_kafka() {
     let f = fixture().await;
-    let big = vec![b'a'; 1024 * 1024 + 1];
+    let limit = slackline_edge::config::DEFAULT_MAX_BODY_BYTES;
+    let big = vec![b'a'; limit + 1];
     assert_eq!(post(&f.http, f.edge.addr, &big).await, 413);
     assert_eq!(
         counter(
@@ -246,6 +247,13 @@ async fn oversized_bodies_get_413() {
         1
     );
     assert!(f.archive.list("").await.unwrap().is_empty());
+    // A body right at the limit fits in a Kafka record (librdkafka's default
+    // message.max.bytes), so it is accepted rather than failing with 503 forever.
+    let at_limit = vec![b'b'; limit];
+    assert_eq!(post(&f.http, f.edge.addr, &at_limit).await, 200);
+    let records = read_topic(&f.bootstrap, &f.topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].payload.len(), limit);
 }
 
 #[tokio::test(flavor = "multi_thread")]

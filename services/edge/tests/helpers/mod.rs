@@ -48,7 +48,7 @@ pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         raw_topic: topic.to_owned(),
         deadline: Duration::from_millis(2000),
-        max_body_bytes: 1024 * 1024,
+        max_body_bytes: slackline_edge::config::DEFAULT_MAX_BODY_BYTES,
         shutdown_grace: Duration::from_secs(10),
         log_format: LogFormat::Text,
     }
@@ -62,6 +62,7 @@ pub fn s3_settings(garage: &slackline_testkit::Garage) -> S3Settings {
             garage.access_key_id.clone(),
             garage.secret_access_key.clone(),
         )),
+        session_token: None,
         force_path_style: true,
         attempt_timeout: Some(Duration::from_millis(500)),
     }
