@@ -1,0 +1,138 @@
+//! How a service tunes its consumer runtime.
+
+use std::time::Duration;
+
+use crate::ConsumerError;
+
+/// The runtime's configuration for one consumer group. [`RuntimeConfig::new`] gives
+/// the defaults; fields are public so a service (or a test) overrides what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The consumer group id; also names the retry and DLQ topics by default.
+    pub group_id: String,
+    /// The topic whose records are handled.
+    pub source_topic: String,
+    /// The group's retry topic (default `<group>.retry`). Must have as many partitions
+    /// as the source topic.
+    pub retry_topic: String,
+    /// The group's DLQ topic (default `<group>.dlq`); any partition count.
+    pub dlq_topic: String,
+    /// In-process retries of a retryable failure before the event goes to the retry
+    /// topic (default 3; each delivery round gets them again).
+    pub quick_retries: u32,
+    /// Wait before the first quick retry, doubled for each next one (default 100 ms).
+    pub quick_backoff: Duration,
+    /// Delays before each delayed retry round from the retry topic (default 5 s,
+    /// 30 s, 2 min, 10 min, 30 min). After the last one fails, the event goes to the
+    /// DLQ. Empty: retryable failures go to the DLQ after the quick retries.
+    pub retry_delays: Vec<Duration>,
+    /// How many keys may run their handler at the same time (default 64).
+    pub max_concurrent_keys: usize,
+    /// Received but unfinished source records per partition above which the runtime
+    /// pauses fetching that partition (default 10 000); resumed at half.
+    pub max_buffered_per_partition: usize,
+    /// On shutdown, how long in-flight handlers may finish (default 10 s).
+    pub shutdown_grace: Duration,
+    /// On a rebalance, how long in-flight handlers of revoked partitions may finish
+    /// (default 5 s). Keep it well under the group's rebalance timeout.
+    pub revoke_grace: Duration,
+    /// Delivery timeout for records handed to the retry and DLQ topics (default 60 s).
+    /// A delivery that still fails stops the runtime (see [`ConsumerError::Produce`]).
+    pub produce_timeout: Duration,
+    /// How often finished offsets are stored for the next auto-commit (default 100 ms).
+    pub store_interval: Duration,
+    /// `auto.commit.interval.ms`: how often stored offsets are committed (default 5 s).
+    pub commit_interval: Duration,
+    /// How often consumer lag is read from librdkafka's statistics for the metrics
+    /// (`statistics.interval.ms`, default 15 s).
+    pub lag_interval: Duration,
+}
+
+impl RuntimeConfig {
+    /// The defaults for `group_id` consuming `source_topic`.
+    pub fn new(group_id: impl Into<String>, source_topic: impl Into<String>) -> Self {
+        let group_id = group_id.into();
+        RuntimeConfig {
+            retry_topic: format!("{group_id}.retry"),
+            dlq_topic: format!("{group_id}.dlq"),
+            group_id,
+            source_topic: source_topic.into(),
+            quick_retries: 3,
+            quick_backoff: Duration::from_millis(100),
+            retry_delays: [5, 30, 120, 600, 1800]
+                .into_iter()
+                .map(Duration::from_secs)
+                .collect(),
+            max_concurrent_keys: 64,
+            max_buffered_per_partition: 10_000,
+            shutdown_grace: Duration::from_secs(10),
+            revoke_grace: Duration::from_secs(5),
+            produce_timeout: Duration::from_secs(60),
+            store_interval: Duration::from_millis(100),
+            commit_interval: Duration::from_secs(5),
+            lag_interval: Duration::from_secs(15),
+        }
+    }
+
+    /// Checks the values that would make the runtime misbehave.
+    pub fn validate(&self) -> Result<(), ConsumerError> {
+        let mut problems = Vec::new();
+        if self.group_id.trim().is_empty() {
+            problems.push("group_id is empty");
+        }
+        if self.source_topic.trim().is_empty() {
+            problems.push("source_topic is empty");
+        }
+        if self.retry_topic == self.source_topic || self.dlq_topic == self.source_topic {
+            problems.push("retry and DLQ topics must differ from the source topic");
+        }
+        if self.retry_topic == self.dlq_topic {
+            problems.push("retry and DLQ topics must differ");
+        }
+        if self.max_concurrent_keys == 0 {
+            problems.push("max_concurrent_keys must be at least 1");
+        }
+        if self.max_buffered_per_partition == 0 {
+            problems.push("max_buffered_per_partition must be at least 1");
+        }
+        if self.store_interval.is_zero() || self.lag_interval.is_zero() {
+            problems.push("store_interval and lag_interval must be positive");
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConsumerError::Config(problems.join("; ")))
+        }
+    }
+
+    /// The wait before quick retry number `n` (1-based): `quick_backoff * 2^(n-1)`.
+    pub(crate) fn quick_delay(&self, n: u32) -> Duration {
+        self.quick_backoff
+            .saturating_mul(1u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_group() {
+        let c = RuntimeConfig::new("notifier", "slack.messages.v1");
+        assert_eq!(c.retry_topic, "notifier.retry");
+        assert_eq!(c.dlq_topic, "notifier.dlq");
+        assert_eq!(c.retry_delays.len(), 5);
+        assert_eq!(c.quick_delay(1), Duration::from_millis(100));
+        assert_eq!(c.quick_delay(3), Duration::from_millis(400));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut c = RuntimeConfig::new("", "t");
+        c.max_concurrent_keys = 0;
+        let text = c.validate().unwrap_err().to_string();
+        assert!(text.contains("group_id"), "{text}");
+        assert!(text.contains("max_concurrent_keys"), "{text}");
+    }
+}

@@ -1,0 +1,241 @@
+//! The polling thread and the consumer context.
+//!
+//! librdkafka runs rebalance callbacks on the thread that polls. The runtime polls on
+//! a dedicated thread, so a revoke callback may block while the runtime's loop (on
+//! tokio) finishes the revoked partitions' in-flight work: the callback forwards the
+//! revocation into the loop's channel, waits (bounded) for the offsets the loop found
+//! complete, and commits them synchronously before librdkafka gives the partitions
+//! away. Records and rebalance events travel through the same channel, in the order
+//! librdkafka delivered them, so the loop never sees a record of an assignment after
+//! that assignment's revocation. The callbacks never panic.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use crate::metrics::GroupMetrics;
+
+/// What the polling thread tells the loop.
+pub(crate) enum Input {
+    /// Records, in delivery order.
+    Records(Vec<OwnedMessage>),
+    /// Partitions were assigned (after librdkafka assigned them).
+    Assign(Vec<(String, i32)>),
+    /// Partitions are being revoked: the loop answers with the offsets to commit.
+    Revoke {
+        partitions: Vec<(String, i32)>,
+        reply: std_mpsc::SyncSender<Vec<(String, i32, i64)>>,
+    },
+}
+
+/// Most records sent to the loop in one message.
+const BATCH: usize = 512;
+
+/// The consumer context: forwards rebalances into the loop.
+pub(crate) struct RuntimeContext {
+    tx: mpsc::Sender<Input>,
+    /// Set once the loop is gone (or going): callbacks then return at once.
+    closing: Arc<AtomicBool>,
+    /// How long a revoke callback waits for the loop's answer.
+    reply_wait: Duration,
+    /// Records polled but not yet sent, flushed before any rebalance event so that
+    /// the channel keeps librdkafka's order.
+    batch: Mutex<Vec<OwnedMessage>>,
+    /// Lag is read from librdkafka's statistics (no extra requests to the brokers).
+    lag: LagReporter,
+}
+
+/// Turns librdkafka statistics into the lag gauge of the source and retry topics.
+pub(crate) struct LagReporter {
+    pub(crate) metrics: GroupMetrics,
+    pub(crate) topics: [String; 2],
+}
+
+impl RuntimeContext {
+    pub(crate) fn new(
+        tx: mpsc::Sender<Input>,
+        closing: Arc<AtomicBool>,
+        reply_wait: Duration,
+        lag: LagReporter,
+    ) -> Self {
+        RuntimeContext {
+            tx,
+            closing,
+            reply_wait,
+            batch: Mutex::new(Vec::new()),
+            lag,
+        }
+    }
+
+    fn push(&self, message: OwnedMessage) -> usize {
+        match self.batch.lock() {
+            Ok(mut b) => {
+                b.push(message);
+                b.len()
+            }
+            Err(poisoned) => {
+                let mut b = poisoned.into_inner();
+                b.push(message);
+                b.len()
+            }
+        }
+    }
+
+    /// Sends the pending records; false when the loop is gone.
+    fn flush(&self) -> bool {
+        let records = match self.batch.lock() {
+            Ok(mut b) => std::mem::take(&mut *b),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        if records.is_empty() {
+            return true;
+        }
+        self.send(Input::Records(records))
+    }
+
+    fn send(&self, input: Input) -> bool {
+        if self.closing.load(Ordering::SeqCst) {
+            return false;
+        }
+        // Only ever called on the polling thread (or, once `closing` is set, not at
+        // all), never inside the tokio runtime, so blocking here is allowed.
+        self.tx.blocking_send(input).is_ok()
+    }
+}
+
+impl ClientContext for RuntimeContext {
+    /// Lag = high watermark - the offset the runtime would commit (stored, else
+    /// committed), for the partitions this member fetches; partitions it does not
+    /// own are dropped. Not against librdkafka's fetch position: the runtime reads
+    /// ahead into per-key queues, so unfinished work (a blocked retry record, a
+    /// slow key) must count as lag, and it does against the stored offset.
+    fn stats(&self, statistics: Statistics) {
+        for name in &self.lag.topics {
+            let Some(topic) = statistics.topics.get(name) else {
+                continue;
+            };
+            for partition in topic.partitions.values().filter(|p| p.partition >= 0) {
+                let p = partition.partition;
+                if partition.fetch_state == "none" || partition.hi_offset < 0 {
+                    self.lag.metrics.lag_forgotten(name, p);
+                    continue;
+                }
+                let position = if partition.stored_offset >= 0 {
+                    partition.stored_offset
+                } else {
+                    partition.committed_offset
+                };
+                if position >= 0 {
+                    self.lag
+                        .metrics
+                        .lag_measured(name, p, (partition.hi_offset - position).max(0));
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for RuntimeContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        if !self.flush() {
+            return;
+        }
+        let partitions = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        let (reply, answer) = std_mpsc::sync_channel(1);
+        if !self.send(Input::Revoke { partitions, reply }) {
+            return;
+        }
+        let offsets = match answer.recv_timeout(self.reply_wait) {
+            Ok(offsets) => offsets,
+            Err(_) => {
+                tracing::warn!("revoke: no answer from the runtime loop; committing nothing");
+                return;
+            }
+        };
+        if offsets.is_empty() {
+            return;
+        }
+        let mut commit = TopicPartitionList::new();
+        for (topic, partition, offset) in &offsets {
+            if let Err(e) = commit.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            {
+                tracing::warn!(error = %e, topic, partition, "revoke: bad offset");
+            }
+        }
+        if let Err(e) = consumer.store_offsets(&commit) {
+            tracing::debug!(error = %e, "revoke: storing offsets");
+        }
+        match consumer.commit(&commit, CommitMode::Sync) {
+            Ok(()) => tracing::info!(?offsets, "committed before revoke"),
+            Err(e) => tracing::warn!(error = %e, ?offsets, "commit before revoke failed"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                if !self.flush() {
+                    return;
+                }
+                let partitions = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                self.send(Input::Assign(partitions));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+/// Polls until `stop` is set or the loop is gone. Runs on its own thread.
+pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>, stop: Arc<AtomicBool>) {
+    let mut last_error: Option<String> = None;
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(50)) {
+            None => {}
+            Some(Ok(message)) => {
+                let mut len = consumer.context().push(message.detach());
+                // Take what is already there without waiting, up to a batch.
+                while len < BATCH {
+                    match consumer.poll(Duration::ZERO) {
+                        Some(Ok(m)) => len = consumer.context().push(m.detach()),
+                        Some(Err(e)) => {
+                            log_poll_error(&e, &mut last_error);
+                            break;
+                        }
+                        None => break,
+                    }
+                }
+            }
+            Some(Err(e)) => log_poll_error(&e, &mut last_error),
+        }
+        if !consumer.context().flush() {
+            break;
+        }
+    }
+}
+
+/// Logs a consumer error once per distinct message (broker faults repeat them).
+fn log_poll_error(e: &rdkafka::error::KafkaError, last: &mut Option<String>) {
+    let text = e.to_string();
+    if last.as_deref() != Some(text.as_str()) {
+        tracing::warn!(error = %text, "consumer error (librdkafka retries)");
+        *last = Some(text);
+    }
+}
