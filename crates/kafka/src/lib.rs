@@ -172,6 +172,23 @@ pub fn check_topic<C: ClientContext>(
     }
 }
 
+/// [`check_topic`] for an async readiness probe: runs the blocking metadata request
+/// off the runtime and turns the outcome into the probe's reason.
+pub async fn topic_ready(producer: &FutureProducer, topic: &str) -> Result<(), String> {
+    let producer = producer.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        check_topic(
+            rdkafka::producer::Producer::client(&producer),
+            &topic,
+            Duration::from_millis(1500),
+        )
+    })
+    .await
+    .map_err(|e| format!("kafka check: {e}"))?
+    .map_err(|e| format!("kafka: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

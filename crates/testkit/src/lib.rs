@@ -161,6 +161,33 @@ pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
+/// The shared Slack payload corpus (`events/` of `../shared/slack-corpus` beside the
+/// project, or of `SLACKLINE_CORPUS_DIR`). `None` where it is absent, as in a user's
+/// clone: the caller prints a notice and skips. Panics when `CI` is set and it is
+/// absent, because CI always has it beside the clone and a moved path must not turn
+/// the corpus tests into silent passes.
+pub fn corpus_events_dir() -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("SLACKLINE_CORPUS_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/slack-corpus")
+        })
+        .join("events");
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI is set but the slack corpus is missing at {}",
+        dir.display()
+    );
+    eprintln!(
+        "NOTICE: slack corpus not found (../shared/slack-corpus or SLACKLINE_CORPUS_DIR); skipping"
+    );
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

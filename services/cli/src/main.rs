@@ -124,22 +124,14 @@ async fn main() -> anyhow::Result<()> {
                 .context("--secrets / SLACK_SIGNING_SECRETS")?;
             let shutdown = Shutdown::on_signals();
             // The normalizer's optional settings, read as the service reads them.
-            let env = slackline_service::Env::from_process();
-            let bot_tokens = match env.get("SLACK_BOT_TOKENS") {
-                Some(raw) => slackline_slack_api::BotTokens::parse(raw)
-                    .map_err(anyhow::Error::msg)
-                    .context("SLACK_BOT_TOKENS")?,
-                None => slackline_slack_api::BotTokens::default(),
-            };
-            let ids = |name: &str| -> std::collections::HashSet<String> {
-                env.get(name)
-                    .unwrap_or_default()
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            };
+            let mut env = slackline_service::Env::from_process();
+            let bot_tokens = slackline_normalizer::config::bot_tokens_from_env(&mut env);
+            let rules = slackline_normalizer::config::rules_from_env(&env);
+            let slack_api_base_url = env.string_or(
+                "SLACK_API_BASE_URL",
+                slackline_normalizer::config::DEFAULT_SLACK_API,
+            );
+            env.finish()?;
             let options = dev::DevOptions {
                 bind: [127, 0, 0, 1].into(),
                 port,
@@ -148,16 +140,8 @@ async fn main() -> anyhow::Result<()> {
                 partitions,
                 secrets,
                 bot_tokens,
-                slack_api_base_url: env.string_or(
-                    "SLACK_API_BASE_URL",
-                    slackline_normalizer::config::DEFAULT_SLACK_API,
-                ),
-                rules: slackline_normalizer::normalize::Rules {
-                    enabled_teams: ids("ENABLED_TEAMS"),
-                    enabled_channels: ids("ENABLED_CHANNELS"),
-                    self_bot_ids: ids("SELF_BOT_IDS"),
-                    self_app_ids: ids("SELF_APP_IDS"),
-                },
+                slack_api_base_url,
+                rules,
             };
             let stack = dev::start(options, shutdown).await?;
             println!("slackline dev is running (ctrl-c to stop)");

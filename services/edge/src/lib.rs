@@ -198,12 +198,7 @@ fn readiness(
         let topic = topic.clone();
         async move {
             archive.check().await.map_err(|e| format!("archive: {e}"))?;
-            tokio::task::spawn_blocking(move || {
-                slackline_kafka::check_topic(producer.client(), &topic, Duration::from_millis(1500))
-            })
-            .await
-            .map_err(|e| format!("kafka check: {e}"))?
-            .map_err(|e| format!("kafka: {e}"))
+            slackline_kafka::topic_ready(&producer, &topic).await
         }
     })
 }

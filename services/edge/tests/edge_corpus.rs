@@ -18,25 +18,9 @@ use slackline_archive::{Archive, ArchiveRecord};
 use slackline_slack::{is_bare_event, wrap_bare_event};
 use slackline_testkit::Garage;
 
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SLACKLINE_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slack-corpus")
-        })
-        .join("events");
-    dir.is_dir().then_some(dir)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn every_corpus_payload_is_accepted_archived_and_produced() {
-    let Some(dir) = corpus_dir() else {
-        // In CI the corpus is always beside the clone: its absence is a broken path.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but the slack corpus is missing"
-        );
-        eprintln!("NOTICE: slack corpus not found (../shared/slack-corpus or SLACKLINE_CORPUS_DIR); skipping");
+    let Some(dir) = slackline_testkit::corpus_events_dir() else {
         return;
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)

@@ -47,20 +47,33 @@ fn id_set(env: &Env, name: &str) -> HashSet<String> {
         .collect()
 }
 
+/// `ENABLED_TEAMS`, `ENABLED_CHANNELS`, `SELF_BOT_IDS`, `SELF_APP_IDS`.
+pub fn rules_from_env(env: &Env) -> Rules {
+    Rules {
+        enabled_teams: id_set(env, "ENABLED_TEAMS"),
+        enabled_channels: id_set(env, "ENABLED_CHANNELS"),
+        self_bot_ids: id_set(env, "SELF_BOT_IDS"),
+        self_app_ids: id_set(env, "SELF_APP_IDS"),
+    }
+}
+
+/// `SLACK_BOT_TOKENS` (empty when unset; a malformed value is a recorded problem).
+pub fn bot_tokens_from_env(env: &mut Env) -> BotTokens {
+    match env.get("SLACK_BOT_TOKENS").map(BotTokens::parse) {
+        None => BotTokens::default(),
+        Some(Ok(tokens)) => tokens,
+        Some(Err(e)) => {
+            env.problem("SLACK_BOT_TOKENS", e);
+            BotTokens::default()
+        }
+    }
+}
+
 impl NormalizerConfig {
     /// Reads the configuration, reporting every problem at once.
     pub fn from_env(mut env: Env) -> Result<NormalizerConfig, ConfigError> {
         let kafka = KafkaSettings::from_env(&mut env);
-        let bot_tokens = match env.get("SLACK_BOT_TOKENS") {
-            None => BotTokens::default(),
-            Some(raw) => match BotTokens::parse(raw) {
-                Ok(tokens) => tokens,
-                Err(e) => {
-                    env.problem("SLACK_BOT_TOKENS", e);
-                    BotTokens::default()
-                }
-            },
-        };
+        let bot_tokens = bot_tokens_from_env(&mut env);
         let config = NormalizerConfig {
             kafka,
             raw_topic: env.string_or("RAW_TOPIC", topics::RAW_EVENTS),
@@ -70,12 +83,7 @@ impl NormalizerConfig {
             admin_addr: env.parse_or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9000))),
             slack_api_base_url: env.string_or("SLACK_API_BASE_URL", DEFAULT_SLACK_API),
             bot_tokens,
-            rules: Rules {
-                enabled_teams: id_set(&env, "ENABLED_TEAMS"),
-                enabled_channels: id_set(&env, "ENABLED_CHANNELS"),
-                self_bot_ids: id_set(&env, "SELF_BOT_IDS"),
-                self_app_ids: id_set(&env, "SELF_APP_IDS"),
-            },
+            rules: rules_from_env(&env),
             log_format: env.parse_or("LOG_FORMAT", LogFormat::Json),
         };
         env.finish()?;

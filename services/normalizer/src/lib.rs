@@ -145,18 +145,7 @@ impl Normalizer {
             Readiness::new(move || {
                 let producer = producer.clone();
                 let topic = topic.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        slackline_kafka::check_topic(
-                            rdkafka::producer::Producer::client(&producer),
-                            &topic,
-                            Duration::from_millis(1500),
-                        )
-                    })
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())
-                }
+                async move { slackline_kafka::topic_ready(&producer, &topic).await }
             })
         };
         let admin = serve_admin(listener, registry.clone(), readiness, shutdown.clone());

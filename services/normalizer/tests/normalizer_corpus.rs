@@ -25,21 +25,9 @@ const MESSAGE_TYPES: [&str; 5] = [
 
 #[test]
 fn every_corpus_payload_has_exactly_one_outcome() {
-    let dir = std::env::var_os("SLACKLINE_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/slack-corpus")
-        })
-        .join("events");
-    if !dir.is_dir() {
-        // In CI the corpus is always beside the clone: its absence is a broken path.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI is set but the slack corpus is missing"
-        );
-        eprintln!("NOTICE: slack corpus not found (../shared/slack-corpus or SLACKLINE_CORPUS_DIR); skipping");
+    let Some(dir) = slackline_testkit::corpus_events_dir() else {
         return;
-    }
+    };
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
