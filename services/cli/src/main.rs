@@ -151,8 +151,12 @@ async fn main() -> anyhow::Result<()> {
                 stack.bootstrap
             );
             println!(
-                "  admin:              {}/metrics  /healthz  /readyz",
+                "  edge admin:         {}/metrics  /healthz  /readyz",
                 stack.admin_url()
+            );
+            println!(
+                "  normalizer admin:   {}/metrics",
+                stack.normalizer_admin_url()
             );
             println!("  archive:            {}", stack.archive_url);
             println!("try:");

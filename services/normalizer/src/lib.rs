@@ -253,8 +253,13 @@ impl Worker {
         while let Some(done) = pending.next().await {
             self.finish(&consumer, done).await?;
         }
-        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(error = %e, "final commit failed");
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            // Nothing new since the last automatic commit.
+            Ok(())
+            | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                rdkafka::types::RDKafkaErrorCode::NoOffset,
+            )) => {}
+            Err(e) => tracing::warn!(error = %e, "final commit failed"),
         }
         // Leave the group now, so the partitions move to another member at once
         // instead of after the session timeout.
