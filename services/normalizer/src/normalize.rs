@@ -734,17 +734,20 @@ fn render_inline(inline: &Value, out: &mut String) {
         .unwrap_or(false);
     if code {
         out.push('`');
-        render_inline_plain(&Value::Object(inline.clone()), out);
+        render_inline_object(inline, out);
         out.push('`');
     } else {
-        render_inline_plain(&Value::Object(inline.clone()), out);
+        render_inline_object(inline, out);
     }
 }
 
 fn render_inline_plain(inline: &Value, out: &mut String) {
-    let Some(inline) = inline.as_object() else {
-        return;
-    };
+    if let Some(inline) = inline.as_object() {
+        render_inline_object(inline, out);
+    }
+}
+
+fn render_inline_object(inline: &Map<String, Value>, out: &mut String) {
     match str_field(inline, "type") {
         Some("text") => out.push_str(str_field(inline, "text").unwrap_or_default()),
         Some("link") => {
