@@ -1,9 +1,10 @@
 //! `slackline`, the one command operators use: `dev` runs the whole pipeline locally
 //! on embedded defaults, `send` signs and posts Slack bodies to an edge, `topics
-//! create` prepares a cluster, `tail` prints a topic as JSON lines. Each command is a
+//! create` prepares a cluster, `tail` prints a topic as JSON lines, `dlq` lists and redrives dead letters. Each command is a
 //! module with a function that tests call directly; `main.rs` only parses arguments.
 
 pub mod dev;
+pub mod dlq;
 pub mod send;
 pub mod tail;
 pub mod topics;

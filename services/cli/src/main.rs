@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use slackline::{dev, send, tail, topics};
+use slackline::{dev, dlq, send, tail, topics};
 use slackline_kafka::{parse_properties, KafkaSettings};
 use slackline_service::{init_telemetry, LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Read and redrive dead letters (`<group>.dlq`, `slack.events.raw.dlq`).
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print a topic's records as JSON lines, from the beginning, following new ones.
     Tail {
         /// The topic.
@@ -75,6 +80,35 @@ enum Command {
         /// Stop when every partition has been read to its end.
         #[arg(long)]
         exit_at_end: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Print every dead letter of a DLQ topic as JSON lines, then exit.
+    List {
+        /// The DLQ topic, e.g. `notifier.dlq` or `slack.events.raw.dlq`.
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        bootstrap: String,
+    },
+    /// Produce dead letters back to their original topics, in DLQ order.
+    Redrive {
+        /// The DLQ topic.
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        bootstrap: String,
+        /// Only the record at this partition (with --offset).
+        #[arg(long, requires = "offset")]
+        partition: Option<i32>,
+        /// Only the record at this offset (with --partition).
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
+        /// Print what would be redriven, produce nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -230,6 +264,54 @@ async fn main() -> anyhow::Result<()> {
                     slackline_kafka::topics::Created::Existed(name) => println!("exists  {name}"),
                 }
             }
+            Ok(())
+        }
+        Command::Dlq {
+            command: DlqCommand::List { topic, bootstrap },
+        } => {
+            let settings = kafka_settings(bootstrap)?;
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                tail::tail(&settings, &topic, true, &AtomicBool::new(false), &mut out)
+            })
+            .await??;
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                DlqCommand::Redrive {
+                    topic,
+                    bootstrap,
+                    partition,
+                    offset,
+                    dry_run,
+                },
+        } => {
+            let settings = kafka_settings(bootstrap)?;
+            let selection = dlq::Selection {
+                only: partition.zip(offset),
+            };
+            let summary = dlq::redrive(&settings, &topic, selection, dry_run).await?;
+            for line in &summary.lines {
+                println!(
+                    "{}{line}",
+                    if dry_run {
+                        "would redrive "
+                    } else {
+                        "redrove "
+                    }
+                );
+            }
+            for line in &summary.unreadable {
+                println!("skipped (not a DLQ record) {line}");
+            }
+            println!(
+                "{} {}, {} unreadable",
+                if dry_run { "would redrive" } else { "redrove" },
+                summary.redriven,
+                summary.unreadable.len()
+            );
             Ok(())
         }
         Command::Tail {

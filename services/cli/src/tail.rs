@@ -45,9 +45,26 @@ pub fn tail(
     stop: &AtomicBool,
     out: &mut dyn Write,
 ) -> Result<u64, TailError> {
+    let printed = for_each_record(settings, topic, exit_at_end, stop, &mut |message| {
+        serde_json::to_writer(&mut *out, &record_json(message)).map_err(std::io::Error::from)?;
+        out.write_all(b"\n")
+    })?;
+    out.flush()?;
+    Ok(printed)
+}
+
+/// Calls `on_record` for every record of `topic` from the beginning, partition by
+/// partition in offset order, until every partition is at its end (`exit_at_end`)
+/// or `stop` is set. Never joins a consumer group or commits. Blocking.
+pub fn for_each_record(
+    settings: &KafkaSettings,
+    topic: &str,
+    exit_at_end: bool,
+    stop: &AtomicBool,
+    on_record: &mut dyn FnMut(&BorrowedMessage<'_>) -> std::io::Result<()>,
+) -> Result<u64, TailError> {
     let consumer: BaseConsumer = settings
         .client_config("slackline-tail")
-        // Never joins a group or commits: tail reads, it does not consume.
         .set("group.id", "slackline-tail")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
@@ -69,20 +86,17 @@ pub fn tail(
     }
     consumer.assign(&assignment)?;
     let mut at_end: BTreeMap<i32, bool> = partitions.iter().map(|p| (*p, false)).collect();
-    let mut printed = 0u64;
+    let mut seen = 0u64;
     while !stop.load(Ordering::Relaxed) {
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
             Some(Ok(message)) => {
                 at_end.insert(message.partition(), false);
-                serde_json::to_writer(&mut *out, &record_json(&message))
-                    .map_err(|e| TailError::Output(e.into()))?;
-                out.write_all(b"\n")?;
-                printed += 1;
+                on_record(&message)?;
+                seen += 1;
             }
             Some(Err(RdKafkaError::PartitionEOF(p))) => {
                 at_end.insert(p, true);
-                out.flush()?;
                 if exit_at_end && at_end.values().all(|e| *e) {
                     break;
                 }
@@ -95,8 +109,7 @@ pub fn tail(
             Some(Err(e)) => tracing::warn!(error = %e, "consume error"),
         }
     }
-    out.flush()?;
-    Ok(printed)
+    Ok(seen)
 }
 
 /// One record as a JSON object.

@@ -8,6 +8,7 @@ use base64::Engine;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
+use slackline_consumer::{DlqOriginal, DlqRecord};
 
 /// What the DLQ record needs from the raw message (copied, since the message is
 /// borrowed from the consumer).
@@ -46,35 +47,34 @@ impl RawCopy {
     }
 }
 
-/// Builds the DLQ record's JSON value.
-pub(crate) fn record(
-    raw: &RawCopy,
-    source_topic: &str,
-    group: &str,
-    error: &str,
-) -> serde_json::Value {
-    let key = raw.key.as_deref().map(String::from_utf8_lossy);
-    serde_json::json!({
-        "group": group,
-        "error": error,
-        "retryable": false,
-        "attempts": 1,
-        "original": {
-            "topic": source_topic,
-            "partition": raw.partition,
-            "offset": raw.offset,
-            "timestamp_ms": raw.timestamp_ms,
-            "key": key,
+/// Builds the DLQ record, in the same format as every consumer group's
+/// ([`slackline_consumer::DlqRecord`]), so one set of tools reads and redrives them.
+pub(crate) fn record(raw: &RawCopy, source_topic: &str, group: &str, error: &str) -> DlqRecord {
+    DlqRecord {
+        group: group.to_owned(),
+        error: error.to_owned(),
+        retryable: false,
+        attempts: 1,
+        original: DlqOriginal {
+            topic: source_topic.to_owned(),
+            partition: raw.partition,
+            offset: raw.offset,
+            timestamp_ms: raw.timestamp_ms,
+            key: raw
+                .key
+                .as_deref()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            key_base64: None,
         },
-        "headers": raw
+        headers: raw
             .headers
             .iter()
             .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-            .collect::<serde_json::Map<_, _>>(),
-        "payload_json": serde_json::from_slice::<serde_json::Value>(&raw.payload).ok(),
-        "payload_base64": base64::engine::general_purpose::STANDARD.encode(&raw.payload),
-        "dead_lettered_at": chrono::Utc::now().to_rfc3339(),
-    })
+            .collect(),
+        payload_json: serde_json::from_slice::<serde_json::Value>(&raw.payload).unwrap_or_default(),
+        payload_base64: base64::engine::general_purpose::STANDARD.encode(&raw.payload),
+        dead_lettered_at: chrono::Utc::now().to_rfc3339(),
+    }
 }
 
 /// Produces the DLQ record and waits for Kafka's acknowledgement.
@@ -86,15 +86,16 @@ pub(crate) async fn send(
     raw: &RawCopy,
     error: &str,
 ) -> Result<(), String> {
-    let mut value = record(raw, source_topic, group, error);
-    let mut bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+    let mut dead = record(raw, source_topic, group, error);
+    let mut bytes = dead.to_json();
     // A payload too large for the source topic is too large here too: keep the
-    // coordinates and the error (the archive key header finds the body).
+    // coordinates and the error; the archive-key header finds the body.
     if bytes.len() > 900_000 {
-        value["payload_json"] = serde_json::Value::Null;
-        value["payload_base64"] = serde_json::Value::Null;
-        value["payload_truncated"] = true.into();
-        bytes = serde_json::to_vec(&value).map_err(|e| e.to_string())?;
+        dead.payload_json = serde_json::Value::Null;
+        dead.payload_base64 = String::new();
+        dead.error =
+            format!("{error} (payload omitted: too large; replay it from the archive-key header)");
+        bytes = dead.to_json();
     }
     let key = raw.key.clone().unwrap_or_default();
     producer

@@ -454,6 +454,13 @@ async fn an_event_that_cannot_be_produced_goes_to_the_dlq_with_its_coordinates()
         .as_str()
         .unwrap()
         .starts_with("raw/"));
+    // The same format as every group's dead letters: `slackline dlq redrive` reads it.
+    let back =
+        slackline_consumer::redrive(&serde_json::to_vec(&record).unwrap()).expect("redrivable");
+    assert_eq!(back.key.as_deref(), Some(&b"C0ECHO"[..]));
+    assert!(String::from_utf8(back.payload)
+        .unwrap()
+        .contains("EvPoison"));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let text = loop {
         let text = reqwest::get(format!("http://{}/metrics", s.n().admin_addr))
