@@ -154,6 +154,7 @@ impl Normalizer {
             api,
             metrics,
             recent: RecentIds::new(RECENT_IDS),
+            in_flight: std::collections::HashMap::new(),
             config: Arc::new(config),
             lookups_paused_until: None,
         };
@@ -215,6 +216,9 @@ struct Worker {
     api: Option<SlackApi>,
     metrics: NormalizerMetrics,
     recent: RecentIds,
+    /// Event ids produced but not yet acknowledged: a Slack retry arriving meanwhile
+    /// is a duplicate too.
+    in_flight: std::collections::HashMap<String, u32>,
     config: Arc<NormalizerConfig>,
     /// Lookups are skipped until then (see [`LOOKUP_PAUSE`]).
     lookups_paused_until: Option<tokio::time::Instant>,
@@ -308,7 +312,8 @@ impl Worker {
         let label = metrics::event_type_label(event_type_of(&event));
         if event.mode == Mode::Full
             && !event.event_id.starts_with("archive:")
-            && self.recent.contains(&event.event_id)
+            && (self.recent.contains(&event.event_id)
+                || self.in_flight.contains_key(&event.event_id))
         {
             self.metrics.ignored(IgnoreReason::Duplicate, label);
             return ready(label);
@@ -349,6 +354,9 @@ impl Worker {
             // Fallback ids (`archive:…`) are not Slack's delivery key: never dedupe on them.
             event_id: (!event.event_id.starts_with("archive:")).then(|| event.event_id.clone()),
         };
+        if let Some(id) = &produced.event_id {
+            *self.in_flight.entry(id.clone()).or_default() += 1;
+        }
         let key = event
             .channel_id
             .clone()
@@ -400,6 +408,14 @@ impl Worker {
         consumer: &StreamConsumer,
         done: Finished,
     ) -> Result<(), NormalizerError> {
+        if let Some(id) = done.produced.as_ref().and_then(|p| p.event_id.as_ref()) {
+            if let Some(count) = self.in_flight.get_mut(id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.in_flight.remove(id);
+                }
+            }
+        }
         if let Err(reason) = done.result {
             let raw = done.raw.unwrap_or_default();
             tracing::error!(
