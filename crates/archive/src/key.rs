@@ -1,10 +1,12 @@
 //! Object keys that sort by receive time and name the event:
-//! `raw/2026/11/24/22/20261124T223001.123456Z-Ev0123ABC-r1.json`.
+//! `raw/2026/11/24/22/20261124T223001.123456Z-Ev0123ABC-r1-5f0c9a2e41b7.json`.
 //!
 //! The hour folders keep listings of a time range cheap (replay lists only the hours
 //! it needs); the full timestamp in the file name keeps a flat listing in time order;
-//! the event id and retry number say which delivery it is. Two deliveries never share
-//! a key, so a Slack retry never overwrites the first copy.
+//! the event id and retry number say which delivery it is; a random suffix makes
+//! every key unique, so no delivery ever overwrites another (two requests with the
+//! same event id in the same microsecond happen: concurrent Slack retries, replays,
+//! test fixtures that share ids).
 
 use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Timelike, Utc};
 
@@ -23,14 +25,16 @@ pub fn object_key(
 ) -> String {
     let id = match event_id {
         Some(id) => sanitize(id),
-        None => format!("noid-{}", uuid::Uuid::new_v4().simple()),
+        None => "noid".to_owned(),
     };
+    let unique = uuid::Uuid::new_v4().simple().to_string();
+    let unique = &unique[..12];
     let retry = match retry_num {
         Some(n) => format!("-r{}", sanitize(n)),
         None => String::new(),
     };
     format!(
-        "{RAW_PREFIX}{:04}/{:02}/{:02}/{:02}/{}-{id}{retry}.json",
+        "{RAW_PREFIX}{:04}/{:02}/{:02}/{:02}/{}-{id}{retry}-{unique}.json",
         received_at.year(),
         received_at.month(),
         received_at.day(),
@@ -95,9 +99,20 @@ mod tests {
         let t = Utc.with_ymd_and_hms(2026, 11, 24, 22, 30, 1).unwrap()
             + Duration::microseconds(123_456);
         let key = object_key(t, Some("Ev0123"), Some("2"));
-        assert_eq!(
+        assert!(
+            key.starts_with("raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2-"),
+            "{key}"
+        );
+        assert!(
+            key.ends_with(".json")
+                && key.len()
+                    == "raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2-".len() + 12 + 5,
+            "{key}"
+        );
+        assert_ne!(
             key,
-            "raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2.json"
+            object_key(t, Some("Ev0123"), Some("2")),
+            "same event, same microsecond: still two keys"
         );
         assert_eq!(key_time(&key), Some(t));
         let later = object_key(t + Duration::microseconds(1), Some("Ev0000"), None);
@@ -106,7 +121,7 @@ mod tests {
             "a later receive time sorts later whatever the id"
         );
         let odd = object_key(t, Some("../x y"), Some("1/"));
-        assert!(odd.ends_with("-___x_y-r1_.json"), "{odd}");
+        assert!(odd.contains("-___x_y-r1_-"), "{odd}");
         let anonymous = object_key(t, None, None);
         assert!(anonymous.contains("-noid-"), "{anonymous}");
         assert_ne!(anonymous, object_key(t, None, None));

@@ -51,7 +51,7 @@ fn corpus() -> (String, Vec<Vec<u8>>) {
 
 fn meta() -> RawMeta<'static> {
     RawMeta {
-        archive_key: "raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r0.json",
+        archive_key: "raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r0-5f0c9a2e41b7.json",
         record_key: Some("C0BENCH"),
         event_id: None,
     }
