@@ -8,6 +8,7 @@
 //! crate is a dev-dependency only.
 
 mod garage;
+pub mod kafka;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -220,34 +220,25 @@ async fn read_events(
     topic: &str,
     want: usize,
 ) -> Vec<(String, i32, i64, MessageEvent)> {
-    let bootstrap = bootstrap.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", slackline_testkit::unique_name("reader"))
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut out = Vec::new();
-        while out.len() < want && std::time::Instant::now() < deadline {
-            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                let m = m.unwrap();
-                let event = decode_message(m.payload().unwrap()).expect("Avro single-object event");
-                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
-                out.push((key, m.partition(), m.offset(), event));
-            }
-        }
-        out
-    })
+    slackline_testkit::kafka::read_topic(
+        bootstrap,
+        topic,
+        PARTITIONS,
+        want,
+        Duration::from_secs(30),
+    )
     .await
-    .unwrap()
+    .into_iter()
+    .map(|r| {
+        let event = decode_message(&r.payload).expect("Avro single-object event");
+        (
+            r.key.expect("keyed by channel"),
+            r.partition,
+            r.offset,
+            event,
+        )
+    })
+    .collect()
 }
 
 fn metric(normalizer: &Normalizer, name: &str) -> u64 {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -294,24 +294,7 @@ pub fn has_series(registry: &Registry, name: &str, group: &str) -> bool {
         })
 }
 
-/// One record read back.
-#[derive(Debug, Clone)]
-pub struct Record {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub headers: Vec<(String, String)>,
-    pub payload: Vec<u8>,
-}
-
-impl Record {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
+pub use slackline_testkit::kafka::Record;
 
 /// Reads every record of `topic` (all `partitions`) until `want` arrived or `timeout`.
 pub async fn read_topic(
@@ -321,53 +304,14 @@ pub async fn read_topic(
     want: usize,
     timeout: Duration,
 ) -> Vec<Record> {
-    let bootstrap = mock.bootstrap_servers();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", slackline_testkit::unique_name("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..partitions {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < want && Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
-                continue;
-            };
-            let m = message.expect("consume");
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers,
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
-        }
-        out
-    })
+    slackline_testkit::kafka::read_topic(
+        &mock.bootstrap_servers(),
+        topic,
+        partitions,
+        want,
+        timeout,
+    )
     .await
-    .unwrap()
 }
 
 /// The group's committed offsets and the high watermarks of `topic`'s partitions.

@@ -7,11 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use slackline_archive::S3Settings;
 use slackline_edge::{Edge, EdgeConfig};
 use slackline_kafka::KafkaSettings;
@@ -137,53 +134,17 @@ pub async fn read_topic(
     want: usize,
     timeout: Duration,
 ) -> Vec<Record> {
-    let bootstrap = bootstrap.to_owned();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", slackline_testkit::unique_name("reader"))
-            .set("enable.auto.commit", "false")
-            .create()
-            .unwrap();
-        let mut tpl = TopicPartitionList::new();
-        for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning)
-                .unwrap();
-        }
-        consumer.assign(&tpl).unwrap();
-        let deadline = std::time::Instant::now() + timeout;
-        let mut out = Vec::new();
-        while out.len() < want && std::time::Instant::now() < deadline {
-            let Some(message) = consumer.poll(Duration::from_millis(100)) else {
-                continue;
-            };
-            let m = message.expect("consume");
-            let headers = m
-                .headers()
-                .map(|h| {
-                    h.iter()
-                        .map(|h| {
-                            (
-                                h.key.to_owned(),
-                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            out.push(Record {
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                headers,
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
-        }
-        out
-    })
-    .await
-    .unwrap()
+    slackline_testkit::kafka::read_topic(bootstrap, topic, PARTITIONS, want, timeout)
+        .await
+        .into_iter()
+        .map(|r| Record {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key,
+            headers: r.headers.into_iter().collect(),
+            payload: r.payload,
+        })
+        .collect()
 }
 
 /// The value of a counter (with its labels) from the edge's registry.

@@ -1,0 +1,91 @@
+//! Reading a topic back in tests: every record of every partition from the
+//! beginning, with a plain assigned consumer (no group membership, no commits).
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+/// One record as read back.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key, lossily as text.
+    pub key: Option<String>,
+    /// Headers in order, values lossily as text.
+    pub headers: Vec<(String, String)>,
+    /// Value bytes (empty for a null value).
+    pub payload: Vec<u8>,
+}
+
+impl Record {
+    /// The first header named `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads `topic` (partitions `0..partitions`) from the beginning until `want` records
+/// have arrived or `timeout` passes. Panics on a consumer error: this is test code.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let bootstrap = bootstrap.to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", crate::unique_name("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("test reader consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("partition offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < want && Instant::now() < deadline {
+            let Some(message) = consumer.poll(Duration::from_millis(50)) else {
+                continue;
+            };
+            let m = message.expect("consume");
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_owned(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                headers,
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        out
+    })
+    .await
+    .expect("reader task")
+}
