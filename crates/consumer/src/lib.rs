@@ -122,6 +122,7 @@ mod offsets;
 mod poller;
 pub mod retry_headers;
 mod runtime;
+mod service;
 
 pub use config::RuntimeConfig;
 pub use dlq::{redrive, DlqOriginal, DlqRecord, Redrive};
@@ -129,3 +130,4 @@ pub use error::ConsumerError;
 pub use event::{Event, HandlerError, HeaderList};
 pub use metrics::ConsumerMetrics;
 pub use runtime::{ConsumerRuntime, RuntimeHandle};
+pub use service::GroupService;

@@ -168,3 +168,41 @@ pub struct Degraded {
     /// The event's `subtype`, when there was one.
     pub subtype: Option<String>,
 }
+
+impl MessageEvent {
+    /// The kind-of-change part of the message key (guarantee 2): with
+    /// `(team_id, channel_id, ts)` it names one fact, so every consumer group records
+    /// at most one effect for it, whatever redelivers it.
+    ///
+    /// - `posted` and `deleted`: one per message (a message event and an
+    ///   `app_mention` of the same message are one fact);
+    /// - `edited:<edited_ts>`: one per edit (`event_id` when Slack gave no edit ts);
+    /// - `reaction_added:<name>:<user>:<event_id>` and `reaction_removed:…`: one per
+    ///   delivery, since a user may add, remove and add the same reaction again;
+    /// - `member_joined:<user>:<event_id>`, `member_left:…` likewise;
+    /// - `degraded:<event_id>`: what could not be understood, once per delivery.
+    pub fn fact(&self) -> String {
+        let user = self
+            .author
+            .as_ref()
+            .and_then(|a| a.user_id.as_deref())
+            .unwrap_or("-");
+        match &self.kind {
+            Kind::Posted(_) => "posted".to_owned(),
+            Kind::Edited(edit) => {
+                format!("edited:{}", edit.edited_ts.as_deref().unwrap_or(&self.event_id))
+            }
+            Kind::Deleted(_) => "deleted".to_owned(),
+            Kind::ReactionAdded(r) => {
+                format!("reaction_added:{}:{user}:{}", r.name, self.event_id)
+            }
+            Kind::ReactionRemoved(r) => {
+                format!("reaction_removed:{}:{user}:{}", r.name, self.event_id)
+            }
+            Kind::MemberJoined(_) => format!("member_joined:{user}:{}", self.event_id),
+            Kind::MemberLeft(_) => format!("member_left:{user}:{}", self.event_id),
+            Kind::Degraded(_) => format!("degraded:{}", self.event_id),
+        }
+    }
+
+}

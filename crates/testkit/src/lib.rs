@@ -9,6 +9,7 @@
 
 mod garage;
 pub mod kafka;
+pub mod postgres;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -1,0 +1,304 @@
+//! PostgreSQL for slackline's consumer groups.
+//!
+//! Each consumer group owns one PostgreSQL schema (`thread_state`, `timeline`,
+//! `notifier`) and never reads another's: [`connect`] creates the schema when it is
+//! missing and opens a pool whose connections have `search_path` set to it, so a
+//! service's SQL names its tables without a prefix and its sqlx migrations keep their
+//! own `_sqlx_migrations` table inside that schema. Every connection also carries a
+//! `statement_timeout`, and the pool an acquire timeout, so a stuck database turns
+//! into an error the consumer runtime retries instead of a hung partition.
+//!
+//! Errors are classified once, in [`StoreError::from`]: a lost connection, a timeout,
+//! an exhausted pool or a server shutting down are retryable
+//! ([`StoreError::is_retryable`]); anything else is permanent for that input.
+//! Services treat a unique violation on a fact key as "already done": see
+//! [`is_unique_violation`].
+
+use std::time::Duration;
+
+use slackline_service::Env;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+pub use sqlx;
+
+/// The default `DATABASE_URL` when none is configured (the local server, trust auth).
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// How to reach PostgreSQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `DATABASE_URL`: `postgres://user:password@host:port/database?sslmode=...`.
+    pub database_url: String,
+    /// `DATABASE_MAX_CONNECTIONS`: pool size per service.
+    pub max_connections: u32,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`: the server cancels statements running longer.
+    pub statement_timeout: Duration,
+    /// `DATABASE_ACQUIRE_TIMEOUT_MS`: longest wait for a pooled connection (which
+    /// includes connecting).
+    pub acquire_timeout: Duration,
+}
+
+impl StoreSettings {
+    /// Settings for `database_url` with the defaults.
+    pub fn new(database_url: impl Into<String>) -> Self {
+        StoreSettings {
+            database_url: database_url.into(),
+            max_connections: 8,
+            statement_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// `DATABASE_URL` (required), `DATABASE_MAX_CONNECTIONS`,
+    /// `DATABASE_STATEMENT_TIMEOUT_MS`, `DATABASE_ACQUIRE_TIMEOUT_MS`.
+    pub fn from_env(env: &mut Env) -> Self {
+        let url = env.required("DATABASE_URL");
+        let defaults = StoreSettings::new(url);
+        let max_connections = env.parse_or("DATABASE_MAX_CONNECTIONS", defaults.max_connections);
+        if max_connections == 0 {
+            env.problem("DATABASE_MAX_CONNECTIONS", "must be at least 1");
+        }
+        StoreSettings {
+            max_connections,
+            statement_timeout: Duration::from_millis(
+                env.parse_or("DATABASE_STATEMENT_TIMEOUT_MS", 5000_u64),
+            ),
+            acquire_timeout: Duration::from_millis(
+                env.parse_or("DATABASE_ACQUIRE_TIMEOUT_MS", 5000_u64),
+            ),
+            ..defaults
+        }
+    }
+
+    fn options(&self) -> Result<PgConnectOptions, StoreError> {
+        let options: PgConnectOptions = self
+            .database_url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::Config(e.to_string()))?;
+        Ok(options.log_statements(tracing::log::LevelFilter::Trace))
+    }
+}
+
+/// What went wrong talking to PostgreSQL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or did not answer in time: the connection
+    /// was lost or refused, a statement timed out, the pool had no connection free, or
+    /// the server is shutting down. Retrying later is the right thing to do.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The statement failed for a reason retrying will not fix (a constraint, bad
+    /// data, a bug).
+    #[error("database error: {0}")]
+    Query(String),
+    /// `DATABASE_URL` is not a PostgreSQL URL, or a schema name is not an identifier.
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// A migration failed.
+    #[error("migrating schema {schema}: {message}")]
+    Migrate {
+        /// The schema.
+        schema: String,
+        /// What failed.
+        message: String,
+    },
+}
+
+impl StoreError {
+    /// Whether retrying the same work later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// SQLSTATE classes and codes that mean "the server or the connection", not "the
+/// statement": connection exceptions (08), insufficient resources (53), operator
+/// intervention (57: admin shutdown, `pg_terminate_backend`, query canceled by
+/// `statement_timeout`), serialization failures and deadlocks (40), system errors (58).
+fn retryable_sqlstate(code: &str) -> bool {
+    ["08", "53", "57", "40", "58"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        let message = error.to_string();
+        match &error {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(message),
+            sqlx::Error::Database(db) => match db.code() {
+                Some(code) if retryable_sqlstate(&code) => StoreError::Unavailable(message),
+                _ => StoreError::Query(message),
+            },
+            sqlx::Error::Configuration(_) => StoreError::Config(message),
+            _ => StoreError::Query(message),
+        }
+    }
+}
+
+/// Whether `error` is a unique violation (SQLSTATE 23505): for an insert of a fact
+/// key, "this was done already".
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+fn check_identifier(schema: &str) -> Result<(), StoreError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Config(format!(
+            "schema name {schema:?} must be lowercase letters, digits and _"
+        )))
+    }
+}
+
+/// Creates `schema` if it does not exist, then opens a pool whose connections use it
+/// as their `search_path`, with the settings' statement and acquire timeouts. The
+/// first connection is made here, so an unreachable database fails start-up.
+///
+/// # Errors
+///
+/// [`StoreError::Config`] for a bad URL or schema name, [`StoreError::Unavailable`]
+/// when the database cannot be reached.
+pub async fn connect(settings: &StoreSettings, schema: &str) -> Result<PgPool, StoreError> {
+    check_identifier(schema)?;
+    let options = settings.options()?;
+    create_schema(&options, schema).await?;
+    let statement_timeout_ms = settings.statement_timeout.as_millis().to_string();
+    let options = options.options([
+        ("search_path", schema),
+        ("statement_timeout", statement_timeout_ms.as_str()),
+    ]);
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .test_before_acquire(true)
+        .connect_with(options)
+        .await?;
+    Ok(pool)
+}
+
+async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), StoreError> {
+    let mut conn = options.connect().await?;
+    // Two replicas starting at once may race on the catalog's unique index: the
+    // loser's error means the schema is there.
+    let sql = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+    match sqlx::query(&sql).execute(&mut conn).await {
+        Ok(_) => {}
+        Err(e) if is_unique_violation(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Runs `migrator` on `pool` (whose `search_path` is `schema`). sqlx takes an
+/// advisory lock, so replicas starting together migrate once.
+///
+/// # Errors
+///
+/// [`StoreError::Migrate`] when a migration fails or an applied one was changed.
+pub async fn migrate(
+    pool: &PgPool,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| StoreError::Migrate {
+            schema: schema.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+/// Checks that the database answers (for `/readyz`).
+///
+/// # Errors
+///
+/// The error when it does not.
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await?;
+    Ok(())
+}
+
+/// Waits `delay` between attempts of `work` while it fails in a retryable way, at
+/// most `attempts` times in all: for short blips (a terminated backend, a failover)
+/// inside one handler call, before the consumer runtime's own retries take over.
+///
+/// # Errors
+///
+/// The last error, or the first permanent one.
+pub async fn with_retries<T, F, Fut>(
+    attempts: u32,
+    delay: Duration,
+    mut work: F,
+) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match work().await {
+            Err(e) if e.is_retryable() && attempt < attempts => {
+                tracing::debug!(error = %e, attempt, "retrying database work");
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_from_env_name_every_problem() {
+        let mut env = Env::from_pairs([("DATABASE_MAX_CONNECTIONS", "0")]);
+        let _ = StoreSettings::from_env(&mut env);
+        let err = env.finish().unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+        assert!(err.contains("DATABASE_MAX_CONNECTIONS"), "{err}");
+    }
+
+    #[test]
+    fn settings_defaults() {
+        let mut env = Env::from_pairs([("DATABASE_URL", "postgres://x@h/db")]);
+        let s = StoreSettings::from_env(&mut env);
+        env.finish().unwrap();
+        assert_eq!(s, StoreSettings::new("postgres://x@h/db"));
+    }
+
+    #[test]
+    fn schema_names_are_identifiers() {
+        for bad in ["", "Thread", "a-b", "a;drop", "1x"] {
+            assert!(check_identifier(bad).is_err(), "{bad}");
+        }
+        check_identifier("thread_state").unwrap();
+    }
+
+    #[test]
+    fn sqlstate_classes() {
+        assert!(retryable_sqlstate("57P01"), "admin shutdown");
+        assert!(retryable_sqlstate("57014"), "statement timeout");
+        assert!(retryable_sqlstate("08006"));
+        assert!(retryable_sqlstate("40001"));
+        assert!(!retryable_sqlstate("23505"));
+        assert!(!retryable_sqlstate("42P01"));
+    }
+}
