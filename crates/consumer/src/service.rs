@@ -125,7 +125,8 @@ impl RuntimeConfig {
             config.retry_delays = delays;
         }
         config.quick_retries = env.parse_or("QUICK_RETRIES", config.quick_retries);
-        config.max_concurrent_keys = env.parse_or("MAX_CONCURRENT_KEYS", config.max_concurrent_keys);
+        config.max_concurrent_keys =
+            env.parse_or("MAX_CONCURRENT_KEYS", config.max_concurrent_keys);
         config
     }
 }

@@ -190,7 +190,10 @@ impl MessageEvent {
         match &self.kind {
             Kind::Posted(_) => "posted".to_owned(),
             Kind::Edited(edit) => {
-                format!("edited:{}", edit.edited_ts.as_deref().unwrap_or(&self.event_id))
+                format!(
+                    "edited:{}",
+                    edit.edited_ts.as_deref().unwrap_or(&self.event_id)
+                )
             }
             Kind::Deleted(_) => "deleted".to_owned(),
             Kind::ReactionAdded(r) => {
@@ -204,5 +207,4 @@ impl MessageEvent {
             Kind::Degraded(_) => format!("degraded:{}", self.event_id),
         }
     }
-
 }

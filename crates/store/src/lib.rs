@@ -215,13 +215,10 @@ pub async fn migrate(
     schema: &str,
     migrator: &sqlx::migrate::Migrator,
 ) -> Result<(), StoreError> {
-    migrator
-        .run(pool)
-        .await
-        .map_err(|e| StoreError::Migrate {
-            schema: schema.to_owned(),
-            message: e.to_string(),
-        })
+    migrator.run(pool).await.map_err(|e| StoreError::Migrate {
+        schema: schema.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 /// Checks that the database answers (for `/readyz`).

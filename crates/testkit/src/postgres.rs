@@ -97,10 +97,13 @@ impl TestDatabase {
         let mut conn = PgConnection::connect(&self.admin_url)
             .await
             .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.admin_url));
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
-            .execute(&mut conn)
-            .await
-            .unwrap_or_else(|e| panic!("DROP DATABASE {}: {e}", self.name));
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("DROP DATABASE {}: {e}", self.name));
         let _ = conn.close().await;
     }
 }

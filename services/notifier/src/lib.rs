@@ -1,0 +1,1 @@
+//! slackline notifier (work in progress).

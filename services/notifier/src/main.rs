@@ -1,0 +1,3 @@
+//! slackline-notifier
+
+fn main() {}

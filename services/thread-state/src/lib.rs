@@ -1,0 +1,1 @@
+//! slackline thread-state (work in progress).

@@ -1,0 +1,3 @@
+//! slackline-thread-state
+
+fn main() {}

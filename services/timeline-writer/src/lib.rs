@@ -1,0 +1,1 @@
+//! slackline timeline-writer (work in progress).

@@ -1,0 +1,3 @@
+//! slackline-timeline-writer
+
+fn main() {}
