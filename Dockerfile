@@ -24,7 +24,9 @@ COPY . .
 # code change does not rebuild librdkafka and every dependency. Because
 # target/ is a cache mount (not part of the layer), the binaries are copied
 # out to /out in the same step. Every workspace binary is named slackline*,
-# so new services land in the image without touching this file.
+# so new services land in the image without touching this file; the loop
+# only fails the build if one that a manifest runs is missing (the
+# `slackline` CLI is also the migrate and topics Jobs' command).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
@@ -33,7 +35,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && find target/release -maxdepth 1 -type f -executable -name 'slackline*' \
       -exec cp {} /out/ \; \
  && ls -l /out \
- && test -x /out/slackline-edge && test -x /out/slackline
+ && for bin in slackline slackline-edge slackline-normalizer \
+      slackline-thread-state slackline-timeline-writer slackline-notifier; do \
+      test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
+    done
 
 ############################ runtime ############################
 FROM debian:bookworm-slim AS runtime
