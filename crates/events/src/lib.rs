@@ -16,6 +16,9 @@
 //! upgraded in any order as long as schemas only evolve compatibly (see
 //! `schemas/README.md`; the crate's tests enforce it).
 //!
+//! The crate also carries the support thread transitions that thread-state publishes
+//! on `support.thread-events` ([`thread`]: [`ThreadEvent`], same wire format).
+//!
 //! Decoding fails with a typed [`EventsError`]; each failure is permanent for those
 //! bytes, so a consumer sends the record to its DLQ rather than retrying.
 
@@ -29,6 +32,7 @@ mod names;
 mod path;
 mod registry;
 mod resolve;
+pub mod thread;
 
 #[cfg(test)]
 mod tests;
@@ -37,6 +41,10 @@ pub use error::EventsError;
 pub use model::{
     Author, AuthorKind, Degraded, Deleted, Edited, FileRef, Kind, Member, MessageEvent, Mode,
     Posted, Reaction,
+};
+pub use thread::{
+    decode_thread_event, encode_thread_event, thread_event_schema_fingerprint, ThreadEvent,
+    ThreadStatus, UnknownStatus, THREAD_EVENTS_SCHEMA_JSON,
 };
 
 /// The current Avro schema of `slack.messages.v1` (record

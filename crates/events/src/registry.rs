@@ -171,7 +171,7 @@ impl Decoder {
 /// input as null (a leniency for old data), so a truncated record would decode, with
 /// its last fields silently null. A datum must be complete: reading past its end is a
 /// plain I/O error here, which the decoder reports.
-struct Strict<'a>(&'a [u8]);
+pub(crate) struct Strict<'a>(pub(crate) &'a [u8]);
 
 impl Read for Strict<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {

@@ -1,1 +1,130 @@
-//! slackline thread-state (work in progress).
+//! thread-state: which support thread each message belongs to, and the thread's status.
+//!
+//! It consumes `slack.messages.v1` in consumer group `thread-state` (through the
+//! consumer runtime: per-channel order, retry topic, DLQ) and keeps PostgreSQL schema
+//! `thread_state`: `threads`, `thread_messages`, `facts` and `transitions`. Grouping is
+//! per channel (`slack-thread`, `time-window`, `manual`); a customer message moves a
+//! thread to `todo`, an agent message to `waiting`, and configured reactions set a
+//! status (see [`config::Grouping`]).
+//!
+//! Guarantee 2: each fact is applied in one transaction that first inserts its message
+//! key into `facts`; a fact recorded before changes nothing. After the commit, the
+//! channel's transitions that Kafka has not acknowledged yet are published on
+//! `support.thread-events` (Avro [`slackline_events::ThreadEvent`], key = channel id)
+//! and marked `published_at`. A crash between the commit and the acknowledgement
+//! redelivers the fact, which publishes them then: every transition is published at
+//! least once, and consumers deduplicate by `transition_id`.
+
+mod apply;
+pub mod config;
+mod handler;
+pub mod metrics;
+mod store;
+
+use std::sync::Arc;
+
+use prometheus::Registry;
+use slackline_consumer::{ConsumerError, GroupService};
+use slackline_service::{Readiness, Shutdown};
+use slackline_store::{StoreError, StoreSettings};
+
+pub use config::{Grouping, GroupingMode, ThreadStateConfig};
+pub use handler::TRANSITION_ID_HEADER;
+pub use metrics::ThreadStateMetrics;
+
+/// thread-state's PostgreSQL schema.
+pub const SCHEMA: &str = "thread_state";
+
+/// The migrations of [`SCHEMA`].
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Why thread-state could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreadStateError {
+    /// PostgreSQL could not be reached or migrated.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The thread-events producer could not be created.
+    #[error(transparent)]
+    Kafka(#[from] slackline_kafka::KafkaError),
+    /// The consumer runtime or the admin server failed.
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    /// Registering metrics failed.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+/// Connects to PostgreSQL and runs thread-state's migrations (`slackline migrate`).
+///
+/// # Errors
+///
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
+    let pool = slackline_store::connect(settings, SCHEMA).await?;
+    let result = slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await;
+    pool.close().await;
+    result
+}
+
+/// Connects, migrates, and starts the consumer group with its admin server; stops
+/// when `shutdown` fires. Readiness is a database ping.
+///
+/// # Errors
+///
+/// When the database, the producer, the metrics or the consumer runtime fail to start.
+pub async fn start(
+    config: ThreadStateConfig,
+    shutdown: Shutdown,
+) -> Result<GroupService, ThreadStateError> {
+    let pool = slackline_store::connect(&config.store, SCHEMA).await?;
+    slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    let producer = config
+        .kafka
+        .producer("slackline-thread-state", config.delivery_timeout)?;
+    let registry = Registry::new();
+    let metrics = ThreadStateMetrics::register(&registry)?;
+    let readiness = {
+        let pool = pool.clone();
+        Readiness::new(move || {
+            let pool = pool.clone();
+            async move {
+                slackline_store::ping(&pool)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+    };
+    let handler = Arc::new(handler::Handler {
+        pool,
+        producer,
+        topic: config.thread_events_topic,
+        delivery_timeout: config.delivery_timeout,
+        grouping: config.grouping,
+        metrics,
+    });
+    let service = GroupService::start(
+        &config.kafka,
+        config.runtime,
+        config.admin_addr,
+        registry,
+        readiness,
+        move |event| {
+            let handler = handler.clone();
+            async move { handler.handle(event).await }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(service)
+}
+
+/// [`start`], then waits until the service stops.
+///
+/// # Errors
+///
+/// As [`start`], or the runtime's error when it stopped with one.
+pub async fn run(config: ThreadStateConfig, shutdown: Shutdown) -> Result<(), ThreadStateError> {
+    start(config, shutdown).await?.wait().await?;
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! The SQL of thread-state: facts, threads, their messages and transitions, in schema
+//! `thread_state` (the pool's `search_path`).
+//!
+//! Every function that changes something runs inside the caller's transaction; the
+//! thread rows a fact touches are locked (`FOR UPDATE`) before they are read for a
+//! decision.
+
+use slackline_events::{ThreadEvent, ThreadStatus};
+use sqlx::{PgConnection, PgPool, Row};
+
+use slackline_store::StoreError;
+
+/// A Slack `ts` (`seconds.micros`) as microseconds, so windows and "latest" compare
+/// by Slack's time, never the wall clock. `None` for anything that is not a ts.
+pub(crate) fn ts_micros(ts: &str) -> Option<i64> {
+    let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+    if secs.is_empty()
+        || !secs.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let secs: i64 = secs.parse().ok()?;
+    let mut micros: i64 = 0;
+    for i in 0..6 {
+        let digit = frac.as_bytes().get(i).map_or(0, |b| i64::from(b - b'0'));
+        micros = micros * 10 + digit;
+    }
+    secs.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+/// The message key of a fact (guarantee 2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct FactKey {
+    pub(crate) team_id: String,
+    /// `""` when the event names no channel.
+    pub(crate) channel_id: String,
+    /// `""` when the event has no ts.
+    pub(crate) ts: String,
+    pub(crate) fact: String,
+}
+
+/// A locked thread, as far as a decision needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Thread {
+    pub(crate) thread_id: String,
+    pub(crate) status: ThreadStatus,
+}
+
+fn thread_from(row: &sqlx::postgres::PgRow) -> Result<Thread, StoreError> {
+    let status: String = row.try_get("status")?;
+    Ok(Thread {
+        thread_id: row.try_get("thread_id")?,
+        status: status
+            .parse()
+            .map_err(|e| StoreError::Query(format!("threads.status: {e}")))?,
+    })
+}
+
+/// Records the fact; `false` when it was recorded before (then nothing else is done).
+pub(crate) async fn insert_fact(
+    conn: &mut PgConnection,
+    key: &FactKey,
+    event_id: &str,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO facts (team_id, channel_id, ts, fact, event_id) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&key.team_id)
+    .bind(&key.channel_id)
+    .bind(&key.ts)
+    .bind(&key.fact)
+    .bind(event_id)
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Notes which thread the fact belonged to.
+pub(crate) async fn set_fact_thread(
+    conn: &mut PgConnection,
+    key: &FactKey,
+    thread_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE facts SET thread_id = $5 \
+         WHERE team_id = $1 AND channel_id = $2 AND ts = $3 AND fact = $4",
+    )
+    .bind(&key.team_id)
+    .bind(&key.channel_id)
+    .bind(&key.ts)
+    .bind(&key.fact)
+    .bind(thread_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The thread rooted at `root_ts`, locked.
+pub(crate) async fn thread_by_root(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    root_ts: &str,
+) -> Result<Option<Thread>, StoreError> {
+    let row = sqlx::query(
+        "SELECT thread_id, status FROM threads \
+         WHERE team_id = $1 AND channel_id = $2 AND root_ts = $3 FOR UPDATE",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(root_ts)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(thread_from).transpose()
+}
+
+/// The thread message `ts` belongs to (as its root, or as one of its messages), locked.
+pub(crate) async fn thread_of_message(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    ts: &str,
+) -> Result<Option<Thread>, StoreError> {
+    if let Some(thread) = thread_by_root(&mut *conn, team_id, channel_id, ts).await? {
+        return Ok(Some(thread));
+    }
+    let row = sqlx::query(
+        "SELECT t.thread_id, t.status FROM threads t \
+         JOIN thread_messages m ON m.thread_id = t.thread_id \
+         WHERE m.team_id = $1 AND m.channel_id = $2 AND m.ts = $3 FOR UPDATE OF t",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(ts)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(thread_from).transpose()
+}
+
+/// For `time-window`: the newest (by root ts) not-done thread of the channel in which
+/// `author_id` wrote a message within `window_micros` before `at_micros`, locked.
+pub(crate) async fn window_thread(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    author_id: &str,
+    at_micros: i64,
+    window_micros: i64,
+) -> Result<Option<Thread>, StoreError> {
+    let row = sqlx::query(
+        "SELECT t.thread_id, t.status FROM threads t \
+         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.status <> 'done' \
+           AND EXISTS (SELECT 1 FROM thread_messages m \
+                       WHERE m.thread_id = t.thread_id AND m.author_id = $3 \
+                         AND m.ts_micros BETWEEN $4 - $5 AND $4) \
+         ORDER BY t.root_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(author_id)
+    .bind(at_micros)
+    .bind(window_micros)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(thread_from).transpose()
+}
+
+/// For `time-window` agent messages: the channel's not-done thread with the latest
+/// message (by Slack ts), locked.
+pub(crate) async fn latest_open_thread(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+) -> Result<Option<Thread>, StoreError> {
+    let row = sqlx::query(
+        "SELECT thread_id, status FROM threads \
+         WHERE team_id = $1 AND channel_id = $2 AND status <> 'done' \
+         ORDER BY last_micros DESC NULLS LAST, thread_id DESC LIMIT 1 FOR UPDATE",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(thread_from).transpose()
+}
+
+/// A thread to create.
+#[derive(Debug)]
+pub(crate) struct NewThread<'a> {
+    pub(crate) thread_id: &'a str,
+    pub(crate) team_id: &'a str,
+    pub(crate) channel_id: &'a str,
+    pub(crate) root_ts: &'a str,
+    pub(crate) status: ThreadStatus,
+    pub(crate) grouping: &'a str,
+    pub(crate) opened_by: Option<&'a str>,
+    pub(crate) last_ts: &'a str,
+}
+
+/// Creates the thread; `false` when it exists already.
+pub(crate) async fn create_thread(
+    conn: &mut PgConnection,
+    t: &NewThread<'_>,
+) -> Result<bool, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO threads (thread_id, team_id, channel_id, root_ts, status, grouping, \
+                              opened_by, last_ts, root_micros, last_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(t.thread_id)
+    .bind(t.team_id)
+    .bind(t.channel_id)
+    .bind(t.root_ts)
+    .bind(t.status.as_str())
+    .bind(t.grouping)
+    .bind(t.opened_by)
+    .bind(t.last_ts)
+    .bind(ts_micros(t.root_ts))
+    .bind(ts_micros(t.last_ts))
+    .execute(conn)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// A message that belongs to a thread.
+#[derive(Debug)]
+pub(crate) struct NewMessage<'a> {
+    pub(crate) team_id: &'a str,
+    pub(crate) channel_id: &'a str,
+    pub(crate) ts: &'a str,
+    pub(crate) thread_id: &'a str,
+    pub(crate) author_id: Option<&'a str>,
+    pub(crate) author_kind: &'a str,
+}
+
+/// Records that the message belongs to the thread (a message already recorded keeps
+/// its thread) and moves the thread's `last_ts` forward.
+pub(crate) async fn add_message(
+    conn: &mut PgConnection,
+    m: &NewMessage<'_>,
+) -> Result<(), StoreError> {
+    let micros = ts_micros(m.ts);
+    sqlx::query(
+        "INSERT INTO thread_messages (team_id, channel_id, ts, thread_id, author_id, \
+                                      author_kind, ts_micros) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+    )
+    .bind(m.team_id)
+    .bind(m.channel_id)
+    .bind(m.ts)
+    .bind(m.thread_id)
+    .bind(m.author_id)
+    .bind(m.author_kind)
+    .bind(micros)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE threads SET last_ts = $2, last_micros = $3, updated_at = now() \
+         WHERE thread_id = $1 AND (last_micros IS NULL OR last_micros < $3)",
+    )
+    .bind(m.thread_id)
+    .bind(m.ts)
+    .bind(micros)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A transition to record.
+#[derive(Debug)]
+pub(crate) struct NewTransition<'a> {
+    pub(crate) thread_id: &'a str,
+    pub(crate) from_status: Option<ThreadStatus>,
+    pub(crate) to_status: ThreadStatus,
+    pub(crate) cause: &'static str,
+    pub(crate) key: &'a FactKey,
+    pub(crate) event_id: &'a str,
+    pub(crate) author_kind: Option<&'a str>,
+    pub(crate) reaction: Option<&'a str>,
+    pub(crate) event_time_ms: Option<i64>,
+}
+
+/// The deterministic id of the transition a fact causes in a thread: one fact
+/// causes at most one transition, and the same fact always the same id.
+pub(crate) fn transition_id(thread_id: &str, key: &FactKey) -> String {
+    format!("{thread_id}/{}/{}", key.ts, key.fact)
+}
+
+/// Sets the thread's status and records the transition.
+pub(crate) async fn transition(
+    conn: &mut PgConnection,
+    t: &NewTransition<'_>,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE threads SET status = $2, updated_at = now() WHERE thread_id = $1")
+        .bind(t.thread_id)
+        .bind(t.to_status.as_str())
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO transitions (transition_id, thread_id, from_status, to_status, cause, \
+             trigger_ts, trigger_event_id, trigger_fact, author_kind, reaction, event_time_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
+    )
+    .bind(transition_id(t.thread_id, t.key))
+    .bind(t.thread_id)
+    .bind(t.from_status.map(ThreadStatus::as_str))
+    .bind(t.to_status.as_str())
+    .bind(t.cause)
+    .bind(&t.key.ts)
+    .bind(t.event_id)
+    .bind(&t.key.fact)
+    .bind(t.author_kind)
+    .bind(t.reaction)
+    .bind(t.event_time_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+fn status_column(row: &sqlx::postgres::PgRow, name: &str) -> Result<ThreadStatus, StoreError> {
+    let text: String = row.try_get(name)?;
+    text.parse()
+        .map_err(|e| StoreError::Query(format!("transitions.{name}: {e}")))
+}
+
+/// The channel's transitions not yet acknowledged by Kafka, in commit order.
+pub(crate) async fn unpublished(
+    pool: &PgPool,
+    team_id: &str,
+    channel_id: &str,
+) -> Result<Vec<ThreadEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.transition_id, t.thread_id, th.team_id, th.channel_id, th.root_ts, \
+                t.from_status, t.to_status, t.cause, t.trigger_ts, t.trigger_event_id, \
+                t.trigger_fact, t.author_kind, t.reaction, t.event_time_ms \
+         FROM transitions t JOIN threads th ON th.thread_id = t.thread_id \
+         WHERE t.published_at IS NULL AND th.team_id = $1 AND th.channel_id = $2 \
+         ORDER BY t.seq",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let from: Option<String> = row.try_get("from_status")?;
+            Ok(ThreadEvent {
+                transition_id: row.try_get("transition_id")?,
+                thread_id: row.try_get("thread_id")?,
+                team_id: row.try_get("team_id")?,
+                channel_id: row.try_get("channel_id")?,
+                root_ts: row.try_get("root_ts")?,
+                from_status: from
+                    .map(|s| {
+                        s.parse()
+                            .map_err(|e| StoreError::Query(format!("transitions.from_status: {e}")))
+                    })
+                    .transpose()?,
+                to_status: status_column(row, "to_status")?,
+                cause: row.try_get("cause")?,
+                trigger_ts: row.try_get("trigger_ts")?,
+                trigger_event_id: row.try_get("trigger_event_id")?,
+                trigger_fact: row.try_get("trigger_fact")?,
+                author_kind: row.try_get("author_kind")?,
+                reaction: row.try_get("reaction")?,
+                event_time_ms: row.try_get("event_time_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Marks a transition as acknowledged by Kafka.
+pub(crate) async fn mark_published(pool: &PgPool, transition_id: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE transitions SET published_at = now() \
+         WHERE transition_id = $1 AND published_at IS NULL",
+    )
+    .bind(transition_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ts_micros;
+
+    #[test]
+    fn slack_ts_to_micros() {
+        assert_eq!(ts_micros("1700000000.000100"), Some(1_700_000_000_000_100));
+        assert_eq!(ts_micros("1700000000.1"), Some(1_700_000_000_100_000));
+        assert_eq!(ts_micros("1700000000"), Some(1_700_000_000_000_000));
+        assert_eq!(ts_micros("1700000000.1234567"), Some(1_700_000_000_123_456));
+        for bad in ["", ".5", "abc", "1.2.3", "-1.0", "17e9"] {
+            assert_eq!(ts_micros(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! Shared set-up for thread-state's tests: a mock Kafka cluster with every slackline
+//! topic, a throwaway database, the service started through `start`, message-event
+//! builders, and readers of the resulting rows and thread events.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use prometheus::Registry;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use slackline_consumer::GroupService;
+use slackline_events::{
+    decode_thread_event, encode_message, Author, AuthorKind, Degraded, Edited, Kind, Member,
+    MessageEvent, Mode, Posted, Reaction, ThreadEvent,
+};
+use slackline_kafka::topics;
+use slackline_service::{Env, Shutdown};
+use slackline_testkit::postgres::TestDatabase;
+use slackline_thread_state::ThreadStateConfig;
+use sqlx::{PgPool, Row};
+
+pub const PARTITIONS: i32 = 2;
+pub const TEAM: &str = "T0AGENTS";
+
+pub type Mock = MockCluster<'static, DefaultProducerContext>;
+
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A mock cluster with every slackline topic (`all_topics(2)`).
+pub fn mock_cluster() -> Mock {
+    init_logs();
+    let mock = MockCluster::new(1).expect("mock cluster");
+    for topic in topics::all_topics(PARTITIONS) {
+        mock.create_topic(&topic.name, topic.partitions, 1)
+            .expect("create topic");
+    }
+    mock
+}
+
+/// The service's config for tests: the mock cluster, the test database, short retry
+/// delays, plus `extra` variables.
+pub fn config(mock: &Mock, db: &TestDatabase, extra: &[(&str, &str)]) -> ThreadStateConfig {
+    let mut pairs: Vec<(String, String)> = vec![
+        ("KAFKA_BOOTSTRAP_SERVERS".into(), mock.bootstrap_servers()),
+        (
+            "KAFKA_PROPERTIES".into(),
+            "session.timeout.ms=6000;heartbeat.interval.ms=200;log_level=3".into(),
+        ),
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
+        ("THREAD_EVENTS_DELIVERY_TIMEOUT_MS".into(), "10000".into()),
+    ];
+    pairs.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    let mut config = ThreadStateConfig::from_env(Env::from_pairs(pairs)).expect("config");
+    let r = &mut config.runtime;
+    r.quick_retries = 3;
+    r.quick_backoff = Duration::from_millis(10);
+    r.retry_delays = vec![Duration::from_millis(200); 3];
+    r.shutdown_grace = Duration::from_secs(5);
+    r.revoke_grace = Duration::from_secs(2);
+    r.produce_timeout = Duration::from_secs(30);
+    r.store_interval = Duration::from_millis(20);
+    r.commit_interval = Duration::from_millis(100);
+    r.lag_interval = Duration::from_millis(200);
+    config
+}
+
+/// A running service with its shutdown.
+pub struct Running {
+    pub service: GroupService,
+    pub shutdown: Shutdown,
+}
+
+pub async fn start(config: ThreadStateConfig) -> Running {
+    let shutdown = Shutdown::new();
+    let service = slackline_thread_state::start(config, shutdown.clone())
+        .await
+        .expect("thread-state starts");
+    Running { service, shutdown }
+}
+
+impl Running {
+    pub fn registry(&self) -> &Registry {
+        &self.service.registry
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.service.wait().await.expect("clean stop");
+    }
+}
+
+/// The value of a counter (summed over labels), 0 when absent.
+pub fn counter(registry: &Registry, name: &str) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| f.get_metric().iter())
+        .map(|m| m.get_counter().get_value())
+        .sum()
+}
+
+/// Waits until the service has handled `n` records in all (none may go to the DLQ).
+pub async fn wait_handled(running: &Running, n: usize, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let handled = counter(running.registry(), "slackline_consumer_handled_total");
+        let dlq = counter(running.registry(), "slackline_dlq_records_total");
+        assert_eq!(dlq, 0.0, "records went to the DLQ");
+        if handled >= n as f64 {
+            assert_eq!(handled, n as f64, "more records handled than produced");
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "handled {handled} of {n} records after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Message events
+
+fn author(kind: AuthorKind, user: &str) -> Option<Author> {
+    Some(Author {
+        user_id: Some(user.to_owned()),
+        team_id: Some(
+            if kind == AuthorKind::Agent {
+                TEAM
+            } else {
+                "T0CUSTOMER"
+            }
+            .to_owned(),
+        ),
+        kind,
+        display_name: None,
+        email: None,
+    })
+}
+
+fn base(event_id: &str, channel: &str, ts: &str, kind: Kind) -> MessageEvent {
+    MessageEvent {
+        event_id: event_id.to_owned(),
+        team_id: TEAM.to_owned(),
+        channel_id: Some(channel.to_owned()),
+        ts: Some(ts.to_owned()),
+        thread_ts: None,
+        event_time_ms: ts
+            .split_once('.')
+            .and_then(|(s, _)| s.parse::<i64>().ok())
+            .map(|s| s * 1000),
+        author: None,
+        text: Some(format!("text of {event_id}")),
+        rendered_text: None,
+        files: Vec::new(),
+        archive_key: format!("raw/{event_id}.json"),
+        mode: Mode::Full,
+        degraded_reason: None,
+        kind,
+    }
+}
+
+/// A top-level message.
+pub fn post(event_id: &str, channel: &str, ts: &str, kind: AuthorKind, user: &str) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::Posted(Posted {
+            subtype: (kind == AuthorKind::Bot).then(|| "bot_message".to_owned()),
+            is_reply: false,
+            is_broadcast: false,
+        }),
+    );
+    e.author = author(kind, user);
+    e
+}
+
+/// A reply in the thread of `thread_ts`.
+pub fn reply(
+    event_id: &str,
+    channel: &str,
+    ts: &str,
+    thread_ts: &str,
+    kind: AuthorKind,
+    user: &str,
+) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::Posted(Posted {
+            subtype: (kind == AuthorKind::Bot).then(|| "bot_message".to_owned()),
+            is_reply: true,
+            is_broadcast: false,
+        }),
+    );
+    e.thread_ts = Some(thread_ts.to_owned());
+    e.author = author(kind, user);
+    e
+}
+
+/// A reaction added to message `ts` (written by `item_user`).
+pub fn react(
+    event_id: &str,
+    channel: &str,
+    ts: &str,
+    name: &str,
+    kind: AuthorKind,
+    user: &str,
+    item_user: &str,
+) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::ReactionAdded(Reaction {
+            name: name.to_owned(),
+            item_user_id: Some(item_user.to_owned()),
+        }),
+    );
+    e.author = author(kind, user);
+    e.text = None;
+    e
+}
+
+/// An edit of message `ts`.
+pub fn edit(event_id: &str, channel: &str, ts: &str, user: &str) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::Edited(Edited {
+            previous_text: Some("before".into()),
+            edited_ts: Some(format!("{ts}9")),
+        }),
+    );
+    e.author = author(AuthorKind::Customer, user);
+    e
+}
+
+/// A member joined the channel.
+pub fn joined(event_id: &str, channel: &str, ts: &str, user: &str) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::MemberJoined(Member { inviter_id: None }),
+    );
+    e.author = author(AuthorKind::Customer, user);
+    e
+}
+
+/// A payload the normalizer could not understand, without an author.
+pub fn degraded(event_id: &str, channel: &str, ts: &str) -> MessageEvent {
+    let mut e = base(
+        event_id,
+        channel,
+        ts,
+        Kind::Degraded(Degraded {
+            event_type: Some("message".into()),
+            subtype: Some("huddle_thread".into()),
+        }),
+    );
+    e.mode = Mode::Degraded;
+    e.degraded_reason = Some("unknown message subtype".into());
+    e
+}
+
+/// Produces `events` to `slack.messages.v1` in order, key = channel.
+pub async fn produce(mock: &Mock, events: &[MessageEvent]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for event in events {
+        let payload = encode_message(event).unwrap();
+        let key = event.channel_id.clone().unwrap_or_else(|| "unknown".into());
+        let record = FutureRecord::to(topics::MESSAGES)
+            .key(&key)
+            .payload(&payload);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for delivery in pending {
+        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading the results
+
+pub async fn pool(db: &TestDatabase) -> PgPool {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&db.url)
+        .await
+        .unwrap()
+}
+
+/// `(thread_id, status)` of every thread, by thread id.
+pub async fn threads(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query("SELECT thread_id, status FROM thread_state.threads ORDER BY thread_id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("thread_id"), r.get("status")))
+        .collect()
+}
+
+/// `(thread_id, opened_by, grouping, last_ts)` of every thread, by thread id.
+pub async fn thread_details(pool: &PgPool) -> Vec<(String, Option<String>, String, String)> {
+    sqlx::query(
+        "SELECT thread_id, opened_by, grouping, last_ts FROM thread_state.threads \
+         ORDER BY thread_id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| {
+        (
+            r.get("thread_id"),
+            r.get("opened_by"),
+            r.get("grouping"),
+            r.get("last_ts"),
+        )
+    })
+    .collect()
+}
+
+/// `(ts, thread_id)` of every thread message, by channel and ts.
+pub async fn thread_messages(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query("SELECT ts, thread_id FROM thread_state.thread_messages ORDER BY channel_id, ts")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("ts"), r.get("thread_id")))
+        .collect()
+}
+
+pub async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(&format!("SELECT count(*) FROM thread_state.{table}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// A transition as the tests compare it: thread, from, to, cause, trigger ts.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct T {
+    pub thread_id: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub cause: String,
+    pub trigger_ts: String,
+}
+
+/// Shorthand for an expected transition.
+pub fn t(thread_id: &str, from: Option<&str>, to: &str, cause: &str, trigger_ts: &str) -> T {
+    T {
+        thread_id: thread_id.to_owned(),
+        from: from.map(str::to_owned),
+        to: to.to_owned(),
+        cause: cause.to_owned(),
+        trigger_ts: trigger_ts.to_owned(),
+    }
+}
+
+/// Every transition per channel, in commit order; all must be published.
+pub async fn transitions(pool: &PgPool) -> BTreeMap<String, Vec<T>> {
+    let rows = sqlx::query(
+        "SELECT th.channel_id, t.thread_id, t.from_status, t.to_status, t.cause, t.trigger_ts, \
+                t.published_at IS NOT NULL AS published \
+         FROM thread_state.transitions t JOIN thread_state.threads th USING (thread_id) \
+         ORDER BY t.seq",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut out: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for r in rows {
+        let published: bool = r.get("published");
+        let thread_id: String = r.get("thread_id");
+        assert!(published, "transition of {thread_id} not published");
+        out.entry(r.get("channel_id")).or_default().push(T {
+            thread_id,
+            from: r.get("from_status"),
+            to: r.get("to_status"),
+            cause: r.get("cause"),
+            trigger_ts: r.get("trigger_ts"),
+        });
+    }
+    out
+}
+
+/// Every record of `support.thread-events`, decoded, per channel (the key) in order;
+/// waits for `want` records, then reads on briefly to catch any extra ones.
+pub async fn thread_events(mock: &Mock, want: usize) -> BTreeMap<String, Vec<ThreadEvent>> {
+    let first = slackline_testkit::kafka::read_topic(
+        &mock.bootstrap_servers(),
+        topics::THREAD_EVENTS,
+        PARTITIONS,
+        want + 1,
+        Duration::from_secs(3),
+    )
+    .await;
+    let mut out: BTreeMap<String, Vec<ThreadEvent>> = BTreeMap::new();
+    for record in first {
+        let event = decode_thread_event(&record.payload).expect("a thread event");
+        assert_eq!(
+            record.key.as_deref(),
+            Some(event.channel_id.as_str()),
+            "key = channel"
+        );
+        assert_eq!(
+            record.header(slackline_thread_state::TRANSITION_ID_HEADER),
+            Some(event.transition_id.as_str())
+        );
+        out.entry(event.channel_id.clone()).or_default().push(event);
+    }
+    out
+}
+
+/// The thread events in the tests' comparable form.
+pub fn as_t(events: &[ThreadEvent]) -> Vec<T> {
+    events
+        .iter()
+        .map(|e| T {
+            thread_id: e.thread_id.clone(),
+            from: e.from_status.map(|s| s.as_str().to_owned()),
+            to: e.to_status.as_str().to_owned(),
+            cause: e.cause.clone(),
+            trigger_ts: e.trigger_ts.clone(),
+        })
+        .collect()
+}
+
+pub fn total(map: &BTreeMap<String, Vec<ThreadEvent>>) -> usize {
+    map.values().map(Vec::len).sum()
+}
