@@ -89,3 +89,35 @@ pub async fn read_topic(
     .await
     .expect("reader task")
 }
+
+/// How far `group` is behind on `topic` (partitions `0..partitions`): the sum over
+/// partitions of the high watermark minus the group's committed offset (a partition
+/// without a committed offset counts from the low watermark). Reads the committed
+/// offsets without joining the group. Panics on a Kafka error: this is test code.
+pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create the lag consumer");
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("read committed offsets");
+    let mut lag = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .expect("fetch watermarks");
+        let done = match committed.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => low,
+        };
+        lag += (high - done).max(0);
+    }
+    lag
+}

@@ -1,7 +1,7 @@
 //! Test-only helpers for slackline's integration tests: a throwaway [Garage] S3 server
-//! per test, [`free_port`] for loopback listeners, and [`unique_name`] for topics,
-//! buckets and databases that must not collide when cargo nextest runs tests in
-//! parallel processes.
+//! per test, a recording SMTP sink ([`smtp::SmtpSink`]), [`free_port`] for loopback
+//! listeners, and [`unique_name`] for topics, buckets and databases that must not
+//! collide when cargo nextest runs tests in parallel processes.
 //!
 //! Everything here is blocking std code (processes, sockets, files) so that it works
 //! from both sync and async tests. Nothing here is meant for production code: the
@@ -10,6 +10,8 @@
 mod garage;
 pub mod kafka;
 pub mod postgres;
+pub mod smtp;
+pub mod webhook;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
