@@ -3,8 +3,12 @@
 //! Kafka is librdkafka's mock cluster (three brokers in this process, speaking the
 //! real Kafka protocol over TCP, so any Kafka client can connect to the bootstrap
 //! address printed), the archive is a directory under `./.slackline/`, the edge
-//! listens on the given port and the normalizer turns raw events into Avro message
-//! events. Later services join the same wiring.
+//! listens on the given port, the normalizer turns raw events into Avro message
+//! events, and thread-state, timeline-writer and the notifier consume them into
+//! PostgreSQL ([`crate::postgres`]: `DATABASE_URL`, else the local server, else a
+//! throwaway cluster under the state directory). The three consumer groups read their
+//! own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from [`DevOptions::service_env`],
+//! as their binaries do from the process environment.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,17 +17,24 @@ use std::time::Duration;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use slackline_archive::S3Settings;
+use slackline_consumer::GroupService;
 use slackline_edge::{Edge, EdgeConfig};
 use slackline_kafka::topics::all_topics;
 use slackline_kafka::KafkaSettings;
 use slackline_normalizer::normalize::Rules;
 use slackline_normalizer::{Normalizer, NormalizerConfig};
+use slackline_service::Env;
 use slackline_service::{LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
 use slackline_slack_api::BotTokens;
 
+use crate::postgres::{DatabaseChoice, DevDatabase};
+
 /// The signing secret `dev` uses when `SLACK_SIGNING_SECRETS` is not set.
 pub const DEV_SECRET: &str = "slackline-dev-signing-secret";
+
+/// The file in the state directory holding the database URL of the last `dev` run.
+pub const DATABASE_URL_FILE: &str = "database-url";
 
 /// Options of `slackline dev`.
 #[derive(Debug, Clone)]
@@ -46,6 +57,12 @@ pub struct DevOptions {
     pub slack_api_base_url: String,
     /// Enablement and echo rules for the normalizer.
     pub rules: Rules,
+    /// Which PostgreSQL the consumer groups use.
+    pub database: DatabaseChoice,
+    /// Environment of the three consumer groups (grouping, reaction commands,
+    /// notification targets, retry delays); Kafka, database, admin address and log
+    /// format are set by `dev` itself.
+    pub service_env: Vec<(String, String)>,
 }
 
 /// Errors starting the local stack.
@@ -69,6 +86,26 @@ pub enum DevError {
     /// The normalizer failed.
     #[error(transparent)]
     Normalizer(#[from] slackline_normalizer::NormalizerError),
+    /// No database could be provided.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] crate::postgres::PostgresError),
+    /// A consumer group's configuration is invalid.
+    #[error("{service}: {source}")]
+    Config {
+        /// The service.
+        service: &'static str,
+        /// The problems.
+        #[source]
+        source: slackline_service::ConfigError,
+    },
+    /// A consumer group failed to start or stopped with an error.
+    #[error("{service}: {message}")]
+    Group {
+        /// The service.
+        service: &'static str,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// The running local stack. Keep it alive: dropping it stops the mock cluster.
@@ -83,6 +120,14 @@ pub struct DevStack {
     pub normalizer: Normalizer,
     /// The archive's URL.
     pub archive_url: String,
+    /// thread-state.
+    pub thread_state: GroupService,
+    /// timeline-writer.
+    pub timeline_writer: GroupService,
+    /// The notifier.
+    pub notifier: GroupService,
+    /// The database the groups use (a cluster `dev` started stops with the stack).
+    pub database: DevDatabase,
 }
 
 impl DevStack {
@@ -108,18 +153,56 @@ impl DevStack {
             mock,
             edge,
             normalizer,
+            thread_state,
+            timeline_writer,
+            notifier,
+            database,
             ..
         } = self;
         let edge = edge.wait().await;
         let normalizer = normalizer.wait().await;
+        let groups = [
+            ("thread-state", thread_state.wait().await),
+            ("timeline-writer", timeline_writer.wait().await),
+            ("notifier", notifier.wait().await),
+        ];
         drop(mock);
+        drop(database);
         edge?;
         normalizer?;
+        for (service, result) in groups {
+            result.map_err(|e| DevError::Group {
+                service,
+                message: e.to_string(),
+            })?;
+        }
         Ok(())
     }
 }
 
-/// Starts the mock cluster with every topic, then the edge.
+/// The environment of one consumer group: the user's, then what `dev` decides.
+fn group_env(options: &DevOptions, bootstrap: &str, database_url: &str, admin: SocketAddr) -> Env {
+    let mut pairs = options.service_env.clone();
+    pairs.extend([
+        ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
+        ("DATABASE_URL".to_owned(), database_url.to_owned()),
+        ("ADMIN_ADDR".to_owned(), admin.to_string()),
+        ("LOG_FORMAT".to_owned(), "text".to_owned()),
+    ]);
+    Env::from_pairs(pairs)
+}
+
+fn admin_addr(options: &DevOptions, offset: u16) -> SocketAddr {
+    let port = if options.admin_port == 0 {
+        0
+    } else {
+        options.admin_port.saturating_add(offset)
+    };
+    SocketAddr::new(options.bind, port)
+}
+
+/// Starts the mock cluster with every topic, the database, the edge, the normalizer
+/// and the three consumer groups.
 pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, DevError> {
     let archive_dir = options.dir.join("archive");
     std::fs::create_dir_all(&archive_dir).map_err(|source| DevError::Dir {
@@ -136,6 +219,40 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
     }
     let bootstrap = mock.bootstrap_servers();
     let archive_url = format!("file://{}", archive_dir.display());
+    let database = crate::postgres::provide(&options.database, &options.dir).await?;
+    // `slackline threads` and `thread` read this when DATABASE_URL is not set.
+    let url_file = options.dir.join(DATABASE_URL_FILE);
+    std::fs::write(&url_file, &database.url).map_err(|source| DevError::Dir {
+        path: url_file.display().to_string(),
+        source,
+    })?;
+    let group_envs = [2, 3, 4].map(|offset| {
+        group_env(
+            &options,
+            &bootstrap,
+            &database.url,
+            admin_addr(&options, offset),
+        )
+    });
+    let [thread_state_env, timeline_env, notifier_env] = group_envs;
+    let thread_state_config = slackline_thread_state::ThreadStateConfig::from_env(thread_state_env)
+        .map_err(|source| DevError::Config {
+            service: "thread-state",
+            source,
+        })?;
+    let timeline_config = slackline_timeline_writer::TimelineWriterConfig::from_env(timeline_env)
+        .map_err(|source| DevError::Config {
+        service: "timeline-writer",
+        source,
+    })?;
+    let notifier_config =
+        slackline_notifier::NotifierConfig::from_env(notifier_env).map_err(|source| {
+            DevError::Config {
+                service: "notifier",
+                source,
+            }
+        })?;
+    let normalizer_admin = admin_addr(&options, 1);
     let edge = Edge::start(
         EdgeConfig {
             kafka: KafkaSettings::new(&bootstrap),
@@ -153,11 +270,6 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
         shutdown.clone(),
     )
     .await?;
-    let normalizer_admin_port = if options.admin_port == 0 {
-        0
-    } else {
-        options.admin_port.saturating_add(1)
-    };
     let normalizer = Normalizer::start(
         NormalizerConfig {
             kafka: KafkaSettings::new(&bootstrap),
@@ -165,20 +277,42 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
             messages_topic: slackline_kafka::topics::MESSAGES.to_owned(),
             dlq_topic: slackline_kafka::topics::RAW_DLQ.to_owned(),
             group_id: slackline_kafka::topics::NORMALIZER_GROUP.to_owned(),
-            admin_addr: SocketAddr::new(options.bind, normalizer_admin_port),
+            admin_addr: normalizer_admin,
             slack_api_base_url: options.slack_api_base_url,
             bot_tokens: options.bot_tokens,
             rules: options.rules,
             log_format: LogFormat::Text,
         },
-        shutdown,
+        shutdown.clone(),
     )
     .await?;
+    let thread_state = slackline_thread_state::start(thread_state_config, shutdown.clone())
+        .await
+        .map_err(|e| DevError::Group {
+            service: "thread-state",
+            message: e.to_string(),
+        })?;
+    let timeline_writer = slackline_timeline_writer::start(timeline_config, shutdown.clone())
+        .await
+        .map_err(|e| DevError::Group {
+            service: "timeline-writer",
+            message: e.to_string(),
+        })?;
+    let notifier = slackline_notifier::start(notifier_config, shutdown)
+        .await
+        .map_err(|e| DevError::Group {
+            service: "notifier",
+            message: e.to_string(),
+        })?;
     Ok(DevStack {
         mock,
         bootstrap,
         edge,
         normalizer,
         archive_url,
+        thread_state,
+        timeline_writer,
+        notifier,
+        database,
     })
 }

@@ -1,12 +1,13 @@
 //! `slackline`: argument parsing and printing; the work is in the library modules.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use slackline::{dev, dlq, send, tail, topics};
+use slackline::{dev, dlq, migrate, postgres, send, tail, threads, topics};
 use slackline_kafka::{parse_properties, KafkaSettings};
 use slackline_service::{init_telemetry, LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
@@ -15,7 +16,7 @@ use slackline_slack::SigningSecrets;
 #[command(
     name = "slackline",
     version,
-    about = "Operate slackline: local run, test events, topics, tail"
+    about = "Operate slackline: local run, test events, topics, tail, DLQ, threads"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline locally: mock Kafka cluster, file archive, edge, normalizer.
+    /// Run the pipeline locally: mock Kafka cluster, file archive, PostgreSQL, edge,
+    /// normalizer, thread-state, timeline-writer, notifier.
     Dev {
         /// Edge port (Slack's requests).
         #[arg(long, default_value_t = 3000)]
@@ -41,6 +43,52 @@ enum Command {
         /// Signing secrets accepted (comma-separated).
         #[arg(long, env = "SLACK_SIGNING_SECRETS", default_value = dev::DEV_SECRET, hide_env_values = true)]
         secrets: String,
+        /// Always start a throwaway PostgreSQL cluster under the state directory, even
+        /// when DATABASE_URL is set or a local server answers.
+        #[arg(long)]
+        embedded_postgres: bool,
+    },
+    /// Create or update the consumer groups' PostgreSQL schemas (each service also
+    /// does this for its own schema when it starts).
+    Migrate {
+        /// PostgreSQL URL.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
+    /// List support threads, most recently updated first.
+    Threads {
+        /// Only threads with this status (todo, waiting, done).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only threads of this channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// PostgreSQL URL (default: the database of the last `slackline dev` run).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// State directory of `slackline dev`.
+        #[arg(long, default_value = ".slackline")]
+        dir: PathBuf,
+    },
+    /// Show one support thread and its timeline.
+    Thread {
+        /// The thread id (`<channel>-<root ts>`, as `threads` prints it).
+        id: String,
+        /// Print JSON lines: the thread, then one line per timeline entry.
+        #[arg(long)]
+        json: bool,
+        /// PostgreSQL URL (default: the database of the last `slackline dev` run).
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// State directory of `slackline dev`.
+        #[arg(long, default_value = ".slackline")]
+        dir: PathBuf,
     },
     /// Sign JSON bodies (files or directories) and post them to an edge.
     Send {
@@ -128,6 +176,35 @@ enum TopicsCommand {
     },
 }
 
+/// The database to read: the flag or `DATABASE_URL`, else the one `dev` wrote down.
+async fn read_pool(
+    database_url: Option<String>,
+    dir: &std::path::Path,
+) -> anyhow::Result<slackline_store::sqlx::PgPool> {
+    let url = match database_url {
+        Some(url) => url,
+        None => {
+            let file = dir.join(dev::DATABASE_URL_FILE);
+            std::fs::read_to_string(&file)
+                .with_context(|| {
+                    format!(
+                        "no --database-url or DATABASE_URL, and no {} from `slackline dev`",
+                        file.display()
+                    )
+                })?
+                .trim()
+                .to_owned()
+        }
+    };
+    let pool = slackline_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .context("connecting to PostgreSQL")?;
+    Ok(pool)
+}
+
 /// Bootstrap from the flag, extra properties from `KAFKA_PROPERTIES`.
 fn kafka_settings(bootstrap: String) -> anyhow::Result<KafkaSettings> {
     let properties = match std::env::var("KAFKA_PROPERTIES") {
@@ -152,6 +229,7 @@ async fn main() -> anyhow::Result<()> {
             dir,
             partitions,
             secrets,
+            embedded_postgres,
         } => {
             init_telemetry("slackline-dev", LogFormat::Text);
             let secrets = SigningSecrets::parse_list(&secrets)
@@ -166,6 +244,11 @@ async fn main() -> anyhow::Result<()> {
                 slackline_normalizer::config::DEFAULT_SLACK_API,
             );
             env.finish()?;
+            let database = match (embedded_postgres, std::env::var("DATABASE_URL")) {
+                (true, _) => postgres::DatabaseChoice::Embedded,
+                (false, Ok(url)) if !url.trim().is_empty() => postgres::DatabaseChoice::Url(url),
+                (false, _) => postgres::DatabaseChoice::Auto,
+            };
             let options = dev::DevOptions {
                 bind: [127, 0, 0, 1].into(),
                 port,
@@ -176,6 +259,8 @@ async fn main() -> anyhow::Result<()> {
                 bot_tokens,
                 slack_api_base_url,
                 rules,
+                database,
+                service_env: std::env::vars().collect(),
             };
             let stack = dev::start(options, shutdown).await?;
             println!("slackline dev is running (ctrl-c to stop)");
@@ -192,7 +277,14 @@ async fn main() -> anyhow::Result<()> {
                 "  normalizer admin:   {}/metrics",
                 stack.normalizer_admin_url()
             );
+            println!(
+                "  consumer groups:    thread-state {}, timeline-writer {}, notifier {} (admin)",
+                stack.thread_state.admin_addr,
+                stack.timeline_writer.admin_addr,
+                stack.notifier.admin_addr
+            );
             println!("  archive:            {}", stack.archive_url);
+            println!("  PostgreSQL:         {}", stack.database.description);
             println!("try:");
             println!(
                 "  cargo run -q -p slackline -- send --url {} testdata/events",
@@ -202,6 +294,7 @@ async fn main() -> anyhow::Result<()> {
                 "  cargo run -q -p slackline -- tail slack.messages.v1 --bootstrap {} --exit-at-end",
                 stack.bootstrap
             );
+            println!("  cargo run -q -p slackline -- threads");
             stack.wait().await?;
             Ok(())
         }
@@ -312,6 +405,59 @@ async fn main() -> anyhow::Result<()> {
                 summary.redriven,
                 summary.unreadable.len()
             );
+            Ok(())
+        }
+        Command::Migrate { database_url } => {
+            let settings = slackline_store::StoreSettings::new(database_url);
+            for schema in migrate::migrate_all(&settings).await? {
+                println!("migrated {schema}");
+            }
+            Ok(())
+        }
+        Command::Threads {
+            status,
+            channel,
+            limit,
+            json,
+            database_url,
+            dir,
+        } => {
+            let pool = read_pool(database_url, &dir).await?;
+            let list =
+                threads::list_threads(&pool, status.as_deref(), channel.as_deref(), limit).await?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if json {
+                for t in &list {
+                    writeln!(out, "{}", threads::thread_json(t))?;
+                }
+            } else {
+                threads::print_threads(&mut out, &list)?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        Command::Thread {
+            id,
+            json,
+            database_url,
+            dir,
+        } => {
+            let pool = read_pool(database_url, &dir).await?;
+            let Some((thread, entries)) = threads::thread(&pool, &id).await? else {
+                bail!("no thread {id}");
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if json {
+                writeln!(out, "{}", threads::thread_json(&thread))?;
+                for e in &entries {
+                    writeln!(out, "{}", threads::entry_json(&thread.thread_id, e))?;
+                }
+            } else {
+                threads::print_thread(&mut out, &thread, &entries)?;
+            }
+            out.flush()?;
             Ok(())
         }
         Command::Tail {

@@ -113,20 +113,16 @@ pub async fn send_files(files: &[PathBuf], options: &SendOptions) -> Result<Vec<
             source,
         })?;
         let (body, wrapped) = body_for(bytes, options.raw, &format!("EvSEND{run}{i:05}"));
-        let ts = chrono::Utc::now().timestamp();
-        let mut request = http
-            .post(&options.url)
-            .header("content-type", "application/json")
-            .header("x-slack-request-timestamp", ts.to_string())
-            .header("x-slack-signature", sign(&options.secret, ts, &body))
-            .body(body);
-        if let Some(n) = options.retry_num {
-            request = request
-                .header("x-slack-retry-num", n.to_string())
-                .header("x-slack-retry-reason", "http_timeout");
-        }
-        let (status, error) = match request.send().await {
-            Ok(response) => (Some(response.status().as_u16()), None),
+        let (status, error) = match send_body(
+            &http,
+            &options.url,
+            &options.secret,
+            body,
+            options.retry_num,
+        )
+        .await
+        {
+            Ok(status) => (Some(status), None),
             Err(e) => (None, Some(e.to_string())),
         };
         results.push(Sent {
@@ -137,6 +133,34 @@ pub async fn send_files(files: &[PathBuf], options: &SendOptions) -> Result<Vec<
         });
     }
     Ok(results)
+}
+
+/// Signs `body` with `secret` (timestamp now) and posts it to `url` as Slack would,
+/// as retry number `retry_num` when given; returns the HTTP status.
+///
+/// # Errors
+///
+/// When the request could not be sent or answered.
+pub async fn send_body(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    body: Vec<u8>,
+    retry_num: Option<u32>,
+) -> Result<u16, reqwest::Error> {
+    let ts = chrono::Utc::now().timestamp();
+    let mut request = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-slack-request-timestamp", ts.to_string())
+        .header("x-slack-signature", sign(secret, ts, &body))
+        .body(body);
+    if let Some(n) = retry_num {
+        request = request
+            .header("x-slack-retry-num", n.to_string())
+            .header("x-slack-retry-reason", "http_timeout");
+    }
+    Ok(request.send().await?.status().as_u16())
 }
 
 /// `sent N: 200 x a, 503 x b, failed x c`.

@@ -5,10 +5,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
+use slackline::postgres::{self, DatabaseChoice};
 use slackline::{dev, send, tail};
 use slackline_kafka::KafkaSettings;
 use slackline_service::Shutdown;
 use slackline_slack::SigningSecrets;
+use slackline_testkit::postgres::TestDatabase;
 
 fn testdata() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../testdata/events")
@@ -17,6 +19,7 @@ fn testdata() -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
     let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await;
     let shutdown = Shutdown::new();
     let stack = dev::start(
         dev::DevOptions {
@@ -29,6 +32,8 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
             bot_tokens: Default::default(),
             slack_api_base_url: "http://127.0.0.1:9".into(),
             rules: Default::default(),
+            database: DatabaseChoice::Url(db.url.clone()),
+            service_env: Vec::new(),
         },
         shutdown.clone(),
     )
@@ -160,4 +165,49 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
 
     shutdown.trigger();
     stack.wait().await.unwrap();
+    // dev wrote down its database for `slackline threads`.
+    let written = std::fs::read_to_string(dir.path().join(dev::DATABASE_URL_FILE)).unwrap();
+    assert_eq!(written, db.url);
+    db.drop_database().await;
+}
+
+/// With `--embedded-postgres` (or when no server answers), dev makes and starts a
+/// cluster of its own under the state directory, and stops it with the stack.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_starts_and_stops_a_throwaway_postgres_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    // As root the cluster runs as `postgres`, which must be able to reach the folder.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let database = postgres::provide(&DatabaseChoice::Embedded, dir.path())
+        .await
+        .unwrap();
+    assert!(database.is_embedded(), "{}", database.description);
+    assert!(dir.path().join("postgres/data/PG_VERSION").is_file());
+    let pool = slackline_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await
+        .unwrap();
+    let name: String = slackline_store::sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(name, postgres::DEV_DATABASE);
+    pool.close().await;
+    let url = database.url.clone();
+    drop(database);
+    // Stopped: nothing answers on its port any more.
+    let refused = slackline_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(2))
+        .connect(&url)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the cluster still answers after the stack stopped"
+    );
 }

@@ -1,0 +1,22 @@
+//! `slackline migrate`: creates or updates every consumer group's PostgreSQL schema
+//! (`thread_state`, `timeline`, `notifier`) with the migrations compiled into the
+//! services. Each service also migrates its own schema when it starts; this command is
+//! for deployments that run migrations as a separate step (a Kubernetes Job).
+
+use slackline_store::{StoreError, StoreSettings};
+
+/// Migrates the three schemas, in order; returns the schemas migrated.
+///
+/// # Errors
+///
+/// The first schema that fails.
+pub async fn migrate_all(settings: &StoreSettings) -> Result<Vec<&'static str>, StoreError> {
+    slackline_thread_state::migrate(settings).await?;
+    slackline_timeline_writer::migrate(settings).await?;
+    slackline_notifier::migrate(settings).await?;
+    Ok(vec![
+        slackline_thread_state::SCHEMA,
+        slackline_timeline_writer::SCHEMA,
+        slackline_notifier::SCHEMA,
+    ])
+}

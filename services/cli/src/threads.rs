@@ -1,0 +1,298 @@
+//! `slackline threads` and `slackline thread <id>`: support threads and their
+//! timelines, read from PostgreSQL. This is the one place that reads two services'
+//! tables together (`thread_state.threads` and `thread_messages` for the thread and
+//! its messages, `timeline.entries` for what happened to them); the services
+//! themselves never read each other's schemas.
+
+use std::io::Write;
+
+use serde_json::json;
+use slackline_store::sqlx::{self, PgPool, Row};
+use slackline_store::StoreError;
+
+/// One support thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadRow {
+    /// `<channel>-<root ts>`.
+    pub thread_id: String,
+    /// The installing workspace.
+    pub team_id: String,
+    /// The channel.
+    pub channel_id: String,
+    /// The root message's ts.
+    pub root_ts: String,
+    /// `todo`, `waiting` or `done`.
+    pub status: String,
+    /// How its messages were grouped.
+    pub grouping: String,
+    /// The latest message's ts.
+    pub last_ts: String,
+    /// When thread-state last changed it (RFC 3339).
+    pub updated_at: String,
+}
+
+/// One timeline entry of a thread.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryRow {
+    /// `posted`, `edited`, `deleted`, `reaction_added`, ...
+    pub kind: String,
+    /// The message the fact is about.
+    pub ts: String,
+    /// The fact key.
+    pub fact: String,
+    /// Who.
+    pub author_id: Option<String>,
+    /// `agent`, `customer`, `bot`, `unknown`.
+    pub author_kind: Option<String>,
+    /// Display name, when known.
+    pub author_name: Option<String>,
+    /// `full` or `degraded`.
+    pub mode: String,
+    /// Why it is degraded.
+    pub degraded_reason: Option<String>,
+    /// The raw request in the archive.
+    pub archive_key: String,
+    /// The text (for posted entries: the current text).
+    pub text: Option<String>,
+    /// The reaction's name.
+    pub reaction: Option<String>,
+    /// Earlier versions of a posted message.
+    pub history: serde_json::Value,
+    /// Files.
+    pub files: serde_json::Value,
+    /// Whether the posted message was deleted.
+    pub deleted: bool,
+    /// When it happened (ms since the epoch), when known.
+    pub event_time_ms: Option<i64>,
+}
+
+const THREAD_COLUMNS: &str = "thread_id, team_id, channel_id, root_ts, status, grouping, \
+     last_ts, to_char(updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS updated_at";
+
+fn thread_from_row(row: &sqlx::postgres::PgRow) -> Result<ThreadRow, sqlx::Error> {
+    Ok(ThreadRow {
+        thread_id: row.try_get("thread_id")?,
+        team_id: row.try_get("team_id")?,
+        channel_id: row.try_get("channel_id")?,
+        root_ts: row.try_get("root_ts")?,
+        status: row.try_get("status")?,
+        grouping: row.try_get("grouping")?,
+        last_ts: row.try_get("last_ts")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// Threads, most recently updated first, optionally only those with `status` or in
+/// `channel`.
+///
+/// # Errors
+///
+/// When PostgreSQL fails (or thread-state has not created its tables yet).
+pub async fn list_threads(
+    pool: &PgPool,
+    status: Option<&str>,
+    channel: Option<&str>,
+    limit: i64,
+) -> Result<Vec<ThreadRow>, StoreError> {
+    let sql = format!(
+        "SELECT {THREAD_COLUMNS} FROM thread_state.threads \
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR channel_id = $2) \
+         ORDER BY updated_at DESC, thread_id LIMIT $3"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(status)
+        .bind(channel)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.iter().map(thread_from_row).collect::<Result<_, _>>()?)
+}
+
+/// A thread and its timeline (every entry about one of its messages, in the order
+/// things happened), or `None` when there is no such thread.
+///
+/// # Errors
+///
+/// When PostgreSQL fails.
+pub async fn thread(
+    pool: &PgPool,
+    thread_id: &str,
+) -> Result<Option<(ThreadRow, Vec<EntryRow>)>, StoreError> {
+    let sql = format!("SELECT {THREAD_COLUMNS} FROM thread_state.threads WHERE thread_id = $1");
+    let Some(row) = sqlx::query(&sql)
+        .bind(thread_id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let thread = thread_from_row(&row)?;
+    let rows = sqlx::query(
+        "SELECT e.kind, e.ts, e.fact, e.author_id, e.author_kind, e.author_name, e.mode, \
+                e.degraded_reason, e.archive_key, e.text, e.reaction, e.history, e.files, \
+                e.deleted, e.event_time_ms \
+         FROM timeline.entries e \
+         WHERE e.team_id = $1 AND e.channel_id = $2 AND e.ts IN ( \
+             SELECT ts FROM thread_state.thread_messages WHERE thread_id = $3 \
+             UNION SELECT $4) \
+         ORDER BY COALESCE(e.event_time_ms, (NULLIF(e.ts, '')::numeric * 1000)::bigint), \
+                  NULLIF(e.ts, '')::numeric, e.fact",
+    )
+    .bind(&thread.team_id)
+    .bind(&thread.channel_id)
+    .bind(&thread.thread_id)
+    .bind(&thread.root_ts)
+    .fetch_all(pool)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(|row| {
+            Ok(EntryRow {
+                kind: row.try_get("kind")?,
+                ts: row.try_get("ts")?,
+                fact: row.try_get("fact")?,
+                author_id: row.try_get("author_id")?,
+                author_kind: row.try_get("author_kind")?,
+                author_name: row.try_get("author_name")?,
+                mode: row.try_get("mode")?,
+                degraded_reason: row.try_get("degraded_reason")?,
+                archive_key: row.try_get("archive_key")?,
+                text: row.try_get("text")?,
+                reaction: row.try_get("reaction")?,
+                history: row.try_get("history")?,
+                files: row.try_get("files")?,
+                deleted: row.try_get("deleted")?,
+                event_time_ms: row.try_get("event_time_ms")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Some((thread, entries)))
+}
+
+/// The JSON line of a thread.
+pub fn thread_json(thread: &ThreadRow) -> serde_json::Value {
+    json!({
+        "thread_id": thread.thread_id,
+        "team_id": thread.team_id,
+        "channel_id": thread.channel_id,
+        "root_ts": thread.root_ts,
+        "status": thread.status,
+        "grouping": thread.grouping,
+        "last_ts": thread.last_ts,
+        "updated_at": thread.updated_at,
+    })
+}
+
+/// The JSON line of a timeline entry of `thread_id`.
+pub fn entry_json(thread_id: &str, entry: &EntryRow) -> serde_json::Value {
+    json!({
+        "thread_id": thread_id,
+        "kind": entry.kind,
+        "ts": entry.ts,
+        "fact": entry.fact,
+        "author_id": entry.author_id,
+        "author_kind": entry.author_kind,
+        "author_name": entry.author_name,
+        "mode": entry.mode,
+        "degraded_reason": entry.degraded_reason,
+        "archive_key": entry.archive_key,
+        "text": entry.text,
+        "reaction": entry.reaction,
+        "history": entry.history,
+        "files": entry.files,
+        "deleted": entry.deleted,
+        "event_time_ms": entry.event_time_ms,
+    })
+}
+
+/// Prints threads as a table.
+///
+/// # Errors
+///
+/// When writing fails.
+pub fn print_threads(out: &mut impl Write, threads: &[ThreadRow]) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<34} {:<12} {:<8} {:<13} {:<19} {:<19}",
+        "THREAD", "CHANNEL", "STATUS", "GROUPING", "ROOT TS", "LAST TS"
+    )?;
+    for t in threads {
+        writeln!(
+            out,
+            "{:<34} {:<12} {:<8} {:<13} {:<19} {:<19}",
+            t.thread_id, t.channel_id, t.status, t.grouping, t.root_ts, t.last_ts
+        )?;
+    }
+    writeln!(out, "{} thread(s)", threads.len())
+}
+
+fn when(entry: &EntryRow) -> String {
+    let ms = entry.event_time_ms.or_else(|| {
+        entry
+            .ts
+            .parse::<f64>()
+            .ok()
+            .map(|secs| (secs * 1000.0) as i64)
+    });
+    ms.and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "-".to_owned(),
+            |t| t.format("%Y-%m-%d %H:%M:%S").to_string(),
+        )
+}
+
+/// Prints a thread and its timeline for a person.
+///
+/// # Errors
+///
+/// When writing fails.
+pub fn print_thread(
+    out: &mut impl Write,
+    thread: &ThreadRow,
+    entries: &[EntryRow],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "thread {}  channel {}  status {}  ({}, root {})",
+        thread.thread_id, thread.channel_id, thread.status, thread.grouping, thread.root_ts
+    )?;
+    for e in entries {
+        let who = match (&e.author_kind, &e.author_name, &e.author_id) {
+            (kind, Some(name), _) => format!("{} {name}", kind.as_deref().unwrap_or("?")),
+            (kind, None, Some(id)) => format!("{} {id}", kind.as_deref().unwrap_or("?")),
+            (kind, None, None) => kind.as_deref().unwrap_or("?").to_owned(),
+        };
+        let mut detail = match (&e.reaction, &e.text) {
+            (Some(reaction), _) => format!(":{reaction}:"),
+            (None, Some(text)) => text.replace('\n', " ⏎ "),
+            (None, None) => String::new(),
+        };
+        if e.deleted {
+            detail.push_str("  [deleted]");
+        }
+        if let Some(n) = e.history.as_array().map(Vec::len).filter(|n| *n > 0) {
+            detail.push_str(&format!("  [edited {n}x]"));
+        }
+        if let Some(files) = e.files.as_array().filter(|f| !f.is_empty()) {
+            let names: Vec<&str> = files
+                .iter()
+                .filter_map(|f| f.get("name").and_then(|n| n.as_str()))
+                .collect();
+            detail.push_str(&format!("  [files: {}]", names.join(", ")));
+        }
+        if e.mode == "degraded" {
+            detail.push_str(&format!(
+                "  [degraded: {}; archive {}]",
+                e.degraded_reason.as_deref().unwrap_or("?"),
+                e.archive_key
+            ));
+        }
+        writeln!(out, "  {}  {:<16} {:<24} {detail}", when(e), e.kind, who)?;
+    }
+    writeln!(
+        out,
+        "{} entr{}",
+        entries.len(),
+        if entries.len() == 1 { "y" } else { "ies" }
+    )
+}
