@@ -211,16 +211,29 @@ pub fn entry_json(thread_id: &str, entry: &EntryRow) -> serde_json::Value {
 ///
 /// When writing fails.
 pub fn print_threads(out: &mut impl Write, threads: &[ThreadRow]) -> std::io::Result<()> {
+    let line = |cells: [&str; 6]| {
+        format!(
+            "{:<34} {:<12} {:<8} {:<13} {:<19} {}",
+            cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+        )
+    };
     writeln!(
         out,
-        "{:<34} {:<12} {:<8} {:<13} {:<19} {:<19}",
-        "THREAD", "CHANNEL", "STATUS", "GROUPING", "ROOT TS", "LAST TS"
+        "{}",
+        line(["THREAD", "CHANNEL", "STATUS", "GROUPING", "ROOT TS", "LAST TS"])
     )?;
     for t in threads {
         writeln!(
             out,
-            "{:<34} {:<12} {:<8} {:<13} {:<19} {:<19}",
-            t.thread_id, t.channel_id, t.status, t.grouping, t.root_ts, t.last_ts
+            "{}",
+            line([
+                &t.thread_id,
+                &t.channel_id,
+                &t.status,
+                &t.grouping,
+                &t.root_ts,
+                &t.last_ts,
+            ])
         )?;
     }
     writeln!(out, "{} thread(s)", threads.len())
@@ -258,9 +271,9 @@ pub fn print_thread(
     )?;
     for e in entries {
         let who = match (&e.author_kind, &e.author_name, &e.author_id) {
-            (kind, Some(name), _) => format!("{} {name}", kind.as_deref().unwrap_or("?")),
-            (kind, None, Some(id)) => format!("{} {id}", kind.as_deref().unwrap_or("?")),
-            (kind, None, None) => kind.as_deref().unwrap_or("?").to_owned(),
+            (kind, Some(name), _) => format!("{} {name}", kind.as_deref().unwrap_or("unknown")),
+            (kind, None, Some(id)) => format!("{} {id}", kind.as_deref().unwrap_or("unknown")),
+            (kind, None, None) => kind.as_deref().unwrap_or("unknown").to_owned(),
         };
         let mut detail = match (&e.reaction, &e.text) {
             (Some(reaction), _) => format!(":{reaction}:"),
@@ -295,4 +308,76 @@ pub fn print_thread(
         entries.len(),
         if entries.len() == 1 { "y" } else { "ies" }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: &str, text: Option<&str>) -> EntryRow {
+        EntryRow {
+            kind: kind.to_owned(),
+            ts: "1764000000.000100".to_owned(),
+            fact: kind.to_owned(),
+            author_id: Some("U1".to_owned()),
+            author_kind: Some("customer".to_owned()),
+            author_name: None,
+            mode: "full".to_owned(),
+            degraded_reason: None,
+            archive_key: "raw/k.json".to_owned(),
+            text: text.map(str::to_owned),
+            reaction: None,
+            history: serde_json::json!([]),
+            files: serde_json::json!([]),
+            deleted: false,
+            event_time_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_thread_prints_what_happened() {
+        let thread = ThreadRow {
+            thread_id: "C1-1764000000.000100".into(),
+            team_id: "T1".into(),
+            channel_id: "C1".into(),
+            root_ts: "1764000000.000100".into(),
+            status: "todo".into(),
+            grouping: "slack-thread".into(),
+            last_ts: "1764000000.000100".into(),
+            updated_at: "2026-11-25T00:00:00.000Z".into(),
+        };
+        let mut posted = entry("posted", Some("line one\nline two"));
+        posted.deleted = true;
+        posted.history = serde_json::json!([{"text": "old"}]);
+        posted.files = serde_json::json!([{"name": "a.log"}]);
+        let mut degraded = entry("degraded", Some("?"));
+        degraded.mode = "degraded".into();
+        degraded.degraded_reason = Some("unknown message subtype".into());
+        degraded.author_kind = None;
+        degraded.author_id = None;
+        let mut out = Vec::new();
+        print_thread(&mut out, &thread, &[posted, degraded]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("thread C1-1764000000.000100  channel C1  status todo"),
+            "{text}"
+        );
+        assert!(text.contains("2025-11-24 16:00:00  posted"), "{text}");
+        assert!(
+            text.contains("line one ⏎ line two  [deleted]  [edited 1x]  [files: a.log]"),
+            "{text}"
+        );
+        assert!(text.contains("unknown"), "{text}");
+        assert!(
+            text.contains("[degraded: unknown message subtype; archive raw/k.json]"),
+            "{text}"
+        );
+        assert!(text.ends_with("2 entries\n"), "{text}");
+
+        let mut out = Vec::new();
+        print_threads(&mut out, &[thread]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()), "{text:?}");
+    }
 }
