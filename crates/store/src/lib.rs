@@ -72,6 +72,14 @@ impl StoreSettings {
     }
 
     fn options(&self) -> Result<PgConnectOptions, StoreError> {
+        if !["postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| self.database_url.starts_with(scheme))
+        {
+            return Err(StoreError::Config(
+                "DATABASE_URL must start with postgres:// or postgresql://".to_owned(),
+            ));
+        }
         let options: PgConnectOptions = self
             .database_url
             .parse()
@@ -204,8 +212,11 @@ async fn create_schema(options: &PgConnectOptions, schema: &str) -> Result<(), S
     Ok(())
 }
 
-/// Runs `migrator` on `pool` (whose `search_path` is `schema`). sqlx takes an
-/// advisory lock, so replicas starting together migrate once.
+/// Runs `migrator` on one connection of `pool` (whose `search_path` is `schema`).
+/// sqlx takes an advisory lock, so replicas starting together migrate once: the others
+/// wait for the lock. That wait and the migrations themselves (an index build, say)
+/// may take longer than the pool's `statement_timeout`, so it is lifted on this
+/// connection, which is closed afterwards rather than returned to the pool.
 ///
 /// # Errors
 ///
@@ -215,10 +226,22 @@ pub async fn migrate(
     schema: &str,
     migrator: &sqlx::migrate::Migrator,
 ) -> Result<(), StoreError> {
-    migrator.run(pool).await.map_err(|e| StoreError::Migrate {
+    let failed = |message: String| StoreError::Migrate {
         schema: schema.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let mut conn = pool.acquire().await?;
+    sqlx::query("SET statement_timeout = 0")
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    let result = migrator
+        .run(&mut *conn)
+        .await
+        .map_err(|e| failed(e.to_string()));
+    // The connection carries the lifted timeout: do not hand it to the service.
+    let _ = conn.detach().close().await;
+    result
 }
 
 /// Checks that the database answers (for `/readyz`).

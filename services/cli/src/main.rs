@@ -57,9 +57,9 @@ enum Command {
     },
     /// List support threads, most recently updated first.
     Threads {
-        /// Only threads with this status (todo, waiting, done).
+        /// Only threads with this status.
         #[arg(long)]
-        status: Option<String>,
+        status: Option<Status>,
         /// Only threads of this channel.
         #[arg(long)]
         channel: Option<String>,
@@ -129,6 +129,24 @@ enum Command {
         #[arg(long)]
         exit_at_end: bool,
     },
+}
+
+/// A thread's status.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Status {
+    Todo,
+    Waiting,
+    Done,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Todo => "todo",
+            Status::Waiting => "waiting",
+            Status::Done => "done",
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -424,7 +442,8 @@ async fn main() -> anyhow::Result<()> {
         } => {
             let pool = read_pool(database_url, &dir).await?;
             let list =
-                threads::list_threads(&pool, status.as_deref(), channel.as_deref(), limit).await?;
+                threads::list_threads(&pool, status.map(Status::as_str), channel.as_deref(), limit)
+                    .await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             if json {

@@ -118,8 +118,11 @@ async fn ensure_database(
             .execute(&mut conn)
             .await
         {
-            // Two `dev` runs starting together: the other one created it.
-            if !slackline_store::is_unique_violation(&e) {
+            // Two `dev` runs starting together: the other one created it
+            // (duplicate_database, or the catalog's unique index).
+            let duplicate =
+                matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42P04"));
+            if !duplicate && !slackline_store::is_unique_violation(&e) {
                 return Err(e.into());
             }
         }
@@ -204,6 +207,23 @@ fn io_error(what: &str, e: std::io::Error) -> PostgresError {
 }
 
 async fn embedded(dir: &Path) -> Result<DevDatabase, PostgresError> {
+    let dir = dir.to_path_buf();
+    // initdb and pg_ctl block for seconds: off the async threads.
+    let (cluster, port, description) = tokio::task::spawn_blocking(move || start_cluster(&dir))
+        .await
+        .map_err(|e| io_error("starting the cluster", std::io::Error::other(e.to_string())))??;
+    let server_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let conn = PgConnection::connect(&server_url).await?;
+    let url = ensure_database(conn, &server_url).await?;
+    Ok(DevDatabase {
+        url,
+        description,
+        cluster: Some(cluster),
+    })
+}
+
+/// Makes the cluster when it does not exist yet and starts it on a free port.
+fn start_cluster(dir: &Path) -> Result<(Cluster, u16, String), PostgresError> {
     let bin = bin_dir().ok_or(PostgresError::NoBinaries)?;
     let root = dir.join("postgres");
     std::fs::create_dir_all(&root).map_err(|e| io_error("creating the cluster directory", e))?;
@@ -269,17 +289,11 @@ async fn embedded(dir: &Path) -> Result<DevDatabase, PostgresError> {
         data,
         as_postgres,
     };
-    let server_url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let conn = PgConnection::connect(&server_url).await?;
-    let url = ensure_database(conn, &server_url).await?;
-    Ok(DevDatabase {
-        url,
-        description: format!(
-            "a throwaway PostgreSQL cluster in {} on port {port} (log: {log})",
-            root.display()
-        ),
-        cluster: Some(cluster),
-    })
+    let description = format!(
+        "a throwaway PostgreSQL cluster in {} on port {port} (log: {log})",
+        root.display()
+    );
+    Ok((cluster, port, description))
 }
 
 impl Drop for Cluster {

@@ -382,6 +382,14 @@ async fn snapshot(pool: &slackline_store::sqlx::PgPool) -> BTreeMap<String, (Str
                 if e.deleted {
                     line.push_str(" [deleted]");
                 }
+                let files: Vec<&str> = e
+                    .files
+                    .as_array()
+                    .map(|f| f.iter().filter_map(|f| f["name"].as_str()).collect())
+                    .unwrap_or_default();
+                if !files.is_empty() {
+                    line.push_str(&format!(" [files {}]", files.join(",")));
+                }
                 let history = e.history.as_array().map_or(0, Vec::len);
                 if history > 0 {
                     line.push_str(&format!(" [history {history}]"));
@@ -394,10 +402,15 @@ async fn snapshot(pool: &slackline_store::sqlx::PgPool) -> BTreeMap<String, (Str
     out
 }
 
+/// A thread id: the installing team, the channel and the root's ts.
+fn tid(channel: &str, root_ts: &str) -> String {
+    format!("{HOME}-{channel}-{root_ts}")
+}
+
 fn expected() -> BTreeMap<String, (String, Vec<String>)> {
-    let t = |id: &str, status: &str, lines: &[&str]| {
+    let t = |id: (&str, &str), status: &str, lines: &[&str]| {
         (
-            id.to_owned(),
+            tid(id.0, id.1),
             (
                 status.to_owned(),
                 lines.iter().map(|l| (*l).to_owned()).collect::<Vec<_>>(),
@@ -406,7 +419,7 @@ fn expected() -> BTreeMap<String, (String, Vec<String>)> {
     };
     [
         t(
-            "C0ONE-1764000000.000100",
+            ("C0ONE", "1764000000.000100"),
             "todo",
             &[
                 "posted 1764000000.000100 customer full CSV exports fail since 9am [history 1]",
@@ -417,17 +430,17 @@ fn expected() -> BTreeMap<String, (String, Vec<String>)> {
             ],
         ),
         t(
-            "C0TWO-1764000010.000100",
+            ("C0TWO", "1764000010.000100"),
             "waiting",
             &[
                 "posted 1764000010.000100 customer full Login loops forever",
-                "posted 1764000020.000200 customer full the HAR file [deleted]",
+                "posted 1764000020.000200 customer full the HAR file [deleted] [files login.har]",
                 "posted 1764000030.000300 agent full Thanks, checking",
                 "deleted 1764000020.000200 unknown full the HAR file",
             ],
         ),
         t(
-            "C0THREE-1764000000.000100",
+            ("C0THREE", "1764000000.000100"),
             "waiting",
             &[
                 "posted 1764000000.000100 customer full Billing question",
@@ -436,12 +449,12 @@ fn expected() -> BTreeMap<String, (String, Vec<String>)> {
             ],
         ),
         t(
-            "C0THREE-1764007300.000400",
+            ("C0THREE", "1764007300.000400"),
             "todo",
             &["posted 1764007300.000400 customer full New topic: SSO"],
         ),
         t(
-            "C0FOUR-1764000000.000100",
+            ("C0FOUR", "1764000000.000100"),
             "waiting",
             &[
                 "posted 1764000000.000100 customer full Is the API down?",
@@ -450,7 +463,7 @@ fn expected() -> BTreeMap<String, (String, Vec<String>)> {
             ],
         ),
         t(
-            "C0FIVE-1764000010.000200",
+            ("C0FIVE", "1764000010.000200"),
             "todo",
             &["degraded 1764000010.000200 unknown degraded voice summary"],
         ),
@@ -464,6 +477,24 @@ fn expected() -> BTreeMap<String, (String, Vec<String>)> {
 fn expected_notifications() -> usize {
     // C0ONE 2, C0TWO 2, C0THREE 3, C0FOUR 2 customer posts; C0FIVE 1 degraded.
     9 + 1
+}
+
+/// The sum of a counter family's series whose label `filter.0` is `filter.1` (all
+/// series when the name is empty).
+fn counter(registry: &prometheus::Registry, name: &str, filter: (&str, &str)) -> f64 {
+    registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == name)
+        .flat_map(|family| family.get_metric().iter())
+        .filter(|m| {
+            filter.0.is_empty()
+                || m.get_label()
+                    .iter()
+                    .any(|l| l.name() == filter.0 && l.value() == filter.1)
+        })
+        .map(|m| m.get_counter().get_value())
+        .sum()
 }
 
 async fn read_pool(db: &TestDatabase) -> slackline_store::sqlx::PgPool {
@@ -517,17 +548,53 @@ async fn five_channel_conversation_ends_in_exact_threads_and_replays_change_noth
     );
     let transitions = transition_count(&pool).await;
 
-    // Slack retries every delivery, then the whole conversation arrives again (a
-    // replay): nothing changes anywhere.
+    // Slack retries every delivery: the normalizer drops them as duplicates.
     send_all(&stack, &script.bodies, Some(1)).await;
+    wait_caught_up(&stack.bootstrap, &ALL_GROUPS, Duration::from_secs(60)).await;
+    assert_eq!(snapshot(&pool).await, first);
+    shutdown.trigger();
+    stack.wait().await.unwrap();
+
+    // A replay reaches every group again: a new stack (fresh Kafka, fresh normalizer
+    // memory, consumer groups from the start) on the same database gets the whole
+    // conversation again. Each group sees every fact a second time and changes
+    // nothing: no thread, status, transition, timeline entry or notification.
+    let shutdown = Shutdown::new();
+    let stack = start_stack(dir.path(), &db, &hook.url, shutdown.clone()).await;
     send_all(&stack, &script.bodies, None).await;
     wait_caught_up(&stack.bootstrap, &ALL_GROUPS, Duration::from_secs(60)).await;
     assert_eq!(snapshot(&pool).await, first);
     assert_eq!(transition_count(&pool).await, transitions);
     assert_eq!(hook.bodies().len(), expected_notifications());
+    // ... because each group recognised the facts, not because nothing arrived.
+    let facts = script.bodies.len() as f64;
+    let thread_state_dups = counter(
+        &stack.thread_state.registry,
+        "slackline_thread_state_facts_total",
+        ("outcome", "duplicate"),
+    );
+    assert_eq!(
+        thread_state_dups, facts,
+        "every fact a duplicate for thread-state"
+    );
+    let timeline_dups = counter(
+        &stack.timeline_writer.registry,
+        "slackline_timeline_duplicates_skipped_total",
+        ("", ""),
+    );
+    assert_eq!(
+        timeline_dups, facts,
+        "every fact a duplicate for timeline-writer"
+    );
+    let already_sent = counter(
+        &stack.notifier.registry,
+        "slackline_notifier_skipped_total",
+        ("reason", "already_sent"),
+    );
+    assert_eq!(already_sent, expected_notifications() as f64);
 
     // The CLI's JSON lines carry what the issue names.
-    let (thread, entries) = threads::thread(&pool, "C0ONE-1764000000.000100")
+    let (thread, entries) = threads::thread(&pool, &tid("C0ONE", "1764000000.000100"))
         .await
         .unwrap()
         .unwrap();
