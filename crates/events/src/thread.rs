@@ -90,9 +90,9 @@ impl FromStr for ThreadStatus {
 /// One status transition of a support thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadEvent {
-    /// `<thread_id>/<fact>`: deterministic, the consumers' deduplication key.
+    /// `<thread_id>/<trigger_ts>/<fact>`: deterministic, the consumers' deduplication key.
     pub transition_id: String,
-    /// `<channel_id>-<root_ts>`.
+    /// `<team_id>-<channel_id>-<root_ts>`.
     pub thread_id: String,
     /// The installing workspace.
     pub team_id: String,

@@ -78,7 +78,7 @@ enum Command {
     },
     /// Show one support thread and its timeline.
     Thread {
-        /// The thread id (`<channel>-<root ts>`, as `threads` prints it).
+        /// The thread id (`<team>-<channel>-<root ts>`, as `threads` prints it).
         id: String,
         /// Print JSON lines: the thread, then one line per timeline entry.
         #[arg(long)]

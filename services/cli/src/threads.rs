@@ -13,7 +13,7 @@ use slackline_store::StoreError;
 /// One support thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ThreadRow {
-    /// `<channel>-<root ts>`.
+    /// `<team>-<channel>-<root ts>`.
     pub thread_id: String,
     /// The installing workspace.
     pub team_id: String,
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn a_thread_prints_what_happened() {
         let thread = ThreadRow {
-            thread_id: "C1-1764000000.000100".into(),
+            thread_id: "T1-C1-1764000000.000100".into(),
             team_id: "T1".into(),
             channel_id: "C1".into(),
             root_ts: "1764000000.000100".into(),
@@ -359,7 +359,7 @@ mod tests {
         print_thread(&mut out, &thread, &[posted, degraded]).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(
-            text.starts_with("thread C1-1764000000.000100  channel C1  status todo"),
+            text.starts_with("thread T1-C1-1764000000.000100  channel C1  status todo"),
             "{text}"
         );
         assert!(text.contains("2025-11-24 16:00:00  posted"), "{text}");

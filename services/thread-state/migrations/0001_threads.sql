@@ -2,7 +2,7 @@
 -- The `slackline threads` CLI reads `threads` and `thread_messages`.
 
 CREATE TABLE threads (
-  thread_id text PRIMARY KEY,            -- "<channel_id>-<root_ts>"
+  thread_id text PRIMARY KEY,            -- "<team_id>-<channel_id>-<root_ts>"
   team_id text NOT NULL, channel_id text NOT NULL, root_ts text NOT NULL,
   status text NOT NULL CHECK (status IN ('todo','waiting','done')),
   grouping text NOT NULL,                -- slack-thread | time-window | manual

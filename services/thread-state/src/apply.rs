@@ -6,7 +6,7 @@
 //! Time is the Slack `ts` of the messages, never the wall clock, so a replay decides
 //! the same way as the first run.
 
-use slackline_events::{AuthorKind, Kind, MessageEvent, ThreadStatus};
+use slackline_events::{AuthorKind, Degraded, Kind, MessageEvent, ThreadStatus};
 use sqlx::{PgConnection, PgPool};
 
 use slackline_store::StoreError;
@@ -43,6 +43,21 @@ fn author_kind_name(kind: AuthorKind) -> &'static str {
         AuthorKind::Bot => "bot",
         AuthorKind::Unknown => "unknown",
     }
+}
+
+/// A thread's id: `<team_id>-<channel_id>-<root_ts>`. The team is the installing
+/// team, so a shared channel served by two installations has two threads.
+fn thread_id(team: &str, channel: &str, root_ts: &str) -> String {
+    format!("{team}-{channel}-{root_ts}")
+}
+
+/// Degraded subtypes about an existing message (a broken edit, delete or reply
+/// notice): the event's ts is not a message's, so it has no thread effect.
+fn degraded_is_not_a_message(degraded: &Degraded) -> bool {
+    matches!(
+        degraded.subtype.as_deref(),
+        Some("message_changed" | "message_deleted" | "message_replied")
+    )
 }
 
 /// The outcome of one fact, for metrics and logs.
@@ -105,10 +120,9 @@ pub(crate) async fn apply(
     } else {
         let author = event.author.as_ref();
         let kind = author.map_or(AuthorKind::Unknown, |a| a.kind);
-        let degraded_kind = matches!(event.kind, Kind::Degraded(_));
+        // Degraded events follow their author's kind too; one without any author
+        // (`Unknown`) must still surface, so it counts as a customer's.
         let role = match kind {
-            // A message we could not read must surface: treat it as a customer's.
-            _ if degraded_kind => Role::Customer,
             AuthorKind::Agent => Role::Agent,
             AuthorKind::Bot => Role::Bot,
             AuthorKind::Customer | AuthorKind::Unknown => Role::Customer,
@@ -155,6 +169,10 @@ impl Fact<'_> {
             Kind::Posted(posted) => {
                 let thread_ts = event.thread_ts.as_deref().filter(|_| posted.is_reply);
                 self.on_message(conn, thread_ts).await
+            }
+            // A broken edit or delete: its ts is the event's own, not a message's.
+            Kind::Degraded(degraded) if degraded_is_not_a_message(degraded) => {
+                Ok(Effect::default())
             }
             Kind::Degraded(_) => {
                 let thread_ts = event.thread_ts.as_deref().filter(|t| *t != self.ts());
@@ -271,7 +289,7 @@ impl Fact<'_> {
         let Some(status) = self.role.status() else {
             return Ok(Effect::default());
         };
-        let thread_id = format!("{}-{root_ts}", self.channel());
+        let thread_id = thread_id(self.team(), self.channel(), root_ts);
         let new = NewThread {
             thread_id: &thread_id,
             team_id: self.team(),
@@ -328,7 +346,7 @@ impl Fact<'_> {
             None if self.mode == GroupingMode::Manual
                 && name == self.grouping.manual_open_reaction =>
             {
-                let thread_id = format!("{channel}-{ts}");
+                let thread_id = thread_id(team, channel, ts);
                 let new = NewThread {
                     thread_id: &thread_id,
                     team_id: team,

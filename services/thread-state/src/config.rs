@@ -15,6 +15,10 @@ use slackline_store::StoreSettings;
 /// The consumer group (and default `GROUP_ID`).
 pub const GROUP: &str = "thread-state";
 
+/// The accepted `GROUPING_WINDOW_MINUTES`: at least a minute, at most a week (so the
+/// window in microseconds stays far from overflowing the SQL arithmetic).
+const WINDOW_MINUTES: std::ops::RangeInclusive<u64> = 1..=10_080;
+
 /// How a channel's messages are grouped into support threads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GroupingMode {
@@ -114,9 +118,17 @@ impl Grouping {
                 HashMap::new()
             }
         };
-        let minutes: u64 = env.parse_or("GROUPING_WINDOW_MINUTES", 30);
-        if minutes == 0 {
-            env.problem("GROUPING_WINDOW_MINUTES", "must be at least 1");
+        let mut minutes: u64 = env.parse_or("GROUPING_WINDOW_MINUTES", 30);
+        if !WINDOW_MINUTES.contains(&minutes) {
+            env.problem(
+                "GROUPING_WINDOW_MINUTES",
+                format!(
+                    "must be between {} and {} (a week), got {minutes}",
+                    WINDOW_MINUTES.start(),
+                    WINDOW_MINUTES.end()
+                ),
+            );
+            minutes = 30;
         }
         let manual_open_reaction = env
             .get("MANUAL_OPEN_REACTION")
@@ -327,6 +339,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("closed"), "{err}");
+    }
+
+    #[test]
+    fn grouping_window_is_bounded() {
+        let config = with(&[("GROUPING_WINDOW_MINUTES", "10080")]).unwrap();
+        assert_eq!(config.grouping.window, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.grouping.window_micros(), 604_800_000_000);
+        let config = with(&[("GROUPING_WINDOW_MINUTES", "1")]).unwrap();
+        assert_eq!(config.grouping.window_micros(), 60_000_000);
+        for bad in ["0", "10081", "18446744073709551615"] {
+            let err = with(&[("GROUPING_WINDOW_MINUTES", bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("GROUPING_WINDOW_MINUTES"), "{bad}: {err}");
+            assert!(err.contains("10080"), "{bad}: {err}");
+            assert!(err.contains(bad), "{bad}: {err}");
+            assert_eq!(
+                err.matches("\n  ").count(),
+                1,
+                "one problem for {bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ fn script() -> (Vec<MessageEvent>, BTreeMap<String, Vec<T>>) {
                 let here = ts(c, step, thread);
                 let id = format!("Ev-{c}-{step}-{thread}");
                 let customer = format!("U0CUST{thread}");
-                let thread_id = format!("{channel}-{root}");
+                let thread_id = thread_id_of(TEAM, channel, &root);
                 let (event, transition) = match step {
                     0 => (
                         post(&id, channel, &root, Customer, &customer),
@@ -120,7 +120,10 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     for channel in CHANNELS {
         for thread in 0..THREADS {
             let c = CHANNELS.iter().position(|x| *x == channel).unwrap();
-            want_threads.push((format!("{channel}-{}", ts(c, 0, thread)), "done".to_owned()));
+            want_threads.push((
+                thread_id_of(TEAM, channel, &ts(c, 0, thread)),
+                "done".to_owned(),
+            ));
         }
     }
     want_threads.sort();

@@ -83,11 +83,11 @@ async fn time_window_and_manual_channels() {
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
 
-    let a = format!("{TW}-{}", at(0));
-    let b = format!("{TW}-{}", at(800));
-    let c = format!("{TW}-{}", at(2500));
-    let m = format!("{MAN}-{}", at(0));
-    let d = format!("{DEF}-{}", at(0));
+    let a = thread_id_of(TEAM, TW, &at(0));
+    let b = thread_id_of(TEAM, TW, &at(800));
+    let c = thread_id_of(TEAM, TW, &at(2500));
+    let m = thread_id_of(TEAM, MAN, &at(0));
+    let d = thread_id_of(TEAM, DEF, &at(0));
     assert_eq!(
         threads(&pool).await,
         vec![

@@ -82,7 +82,7 @@ fn script() -> Vec<MessageEvent> {
 }
 
 fn id(channel: &str, root: &str) -> String {
-    format!("{channel}-{root}")
+    thread_id_of(TEAM, channel, root)
 }
 
 fn expected_threads() -> Vec<(String, String)> {
@@ -334,6 +334,225 @@ async fn the_same_input_again_changes_nothing() {
     assert_eq!(c1.len(), 6);
     assert_eq!(c1[5].transition_id, agent_reply);
     assert_eq!(c1[5], c1[1], "the same record again");
+    running.stop().await;
+    pool.close().await;
+    db.drop_database().await;
+}
+
+/// A shared channel served by two installations: the same channel and root ts under
+/// two installing teams are two independent threads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_channel_under_two_teams_gives_two_threads() {
+    use AuthorKind::{Agent, Customer};
+    const SHARED: &str = "C0SHARED";
+    const PARTNER: &str = "T0PARTNER";
+    let in_team = |mut e: MessageEvent, team: &str| {
+        e.team_id = team.to_owned();
+        e
+    };
+    let input = vec![
+        post("Ev-a-1", SHARED, R1, Customer, "U0CUST"),
+        in_team(post("Ev-b-1", SHARED, R1, Customer, "U0CUST"), PARTNER),
+        reply("Ev-a-2", SHARED, "1700000000.000200", R1, Agent, "U0AGENT"),
+        in_team(
+            reply(
+                "Ev-b-2",
+                SHARED,
+                "1700000000.000300",
+                R1,
+                Customer,
+                "U0CUST",
+            ),
+            PARTNER,
+        ),
+        react(
+            "Ev-a-3",
+            SHARED,
+            R1,
+            "white_check_mark",
+            Agent,
+            "U0AGENT",
+            "U0CUST",
+        ),
+    ];
+    let mock = mock_cluster();
+    let db = TestDatabase::create().await;
+    let running = start(config(&mock, &db, &[])).await;
+    produce(&mock, &input).await;
+    // No record may go to the DLQ.
+    wait_handled(&running, input.len(), Duration::from_secs(60)).await;
+    let pool = pool(&db).await;
+
+    let a = thread_id_of(TEAM, SHARED, R1);
+    let b = thread_id_of(PARTNER, SHARED, R1);
+    assert_eq!(
+        threads(&pool).await,
+        vec![(a.clone(), "done".into()), (b.clone(), "todo".into())]
+    );
+    let messages: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT team_id, ts, thread_id FROM thread_state.thread_messages ORDER BY team_id, ts",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let row = |team: &str, ts: &str, thread: &str| (team.into(), ts.into(), thread.to_owned());
+    assert_eq!(
+        messages,
+        vec![
+            row(TEAM, R1, &a),
+            row(TEAM, "1700000000.000200", &a),
+            row(PARTNER, R1, &b),
+            row(PARTNER, "1700000000.000300", &b),
+        ]
+    );
+    assert_eq!(count(&pool, "facts").await, input.len() as i64);
+    let expected = vec![
+        t(&a, None, "todo", "opened", R1),
+        t(&b, None, "todo", "opened", R1),
+        t(
+            &a,
+            Some("todo"),
+            "waiting",
+            "agent_reply",
+            "1700000000.000200",
+        ),
+        t(&a, Some("waiting"), "done", "reaction", R1),
+    ];
+    assert_eq!(
+        transitions(&pool).await,
+        [(SHARED.to_owned(), expected.clone())]
+            .into_iter()
+            .collect()
+    );
+    let events = thread_events(&mock, expected.len()).await;
+    assert_eq!(total(&events), expected.len());
+    assert_eq!(as_t(&events[SHARED]), expected);
+    let teams: Vec<&str> = events[SHARED].iter().map(|e| e.team_id.as_str()).collect();
+    assert_eq!(teams, vec![TEAM, PARTNER, TEAM, TEAM]);
+    assert_eq!(
+        events[SHARED][1].transition_id,
+        format!("{b}/{R1}/posted"),
+        "transition ids derive from the team-scoped thread id"
+    );
+
+    running.stop().await;
+    pool.close().await;
+    db.drop_database().await;
+}
+
+/// Degraded events follow their author's kind; without an author they count as a
+/// customer's; a broken edit, delete or reply notice has no thread effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn degraded_events_follow_their_author() {
+    use AuthorKind::{Agent, Bot, Customer};
+    const THREADED: &str = "C0DEGRADED1";
+    const TOP: &str = "C0DEGRADED2";
+    let input = vec![
+        post("Ev-d-1", THREADED, R1, Customer, "U0CUST"),
+        // An agent's reply we could not read: the thread waits on the customer.
+        degraded_as(
+            "Ev-d-2",
+            THREADED,
+            "1700000000.000200",
+            "huddle_thread",
+            Some(R1),
+            Some((Agent, "U0AGENT")),
+        ),
+        // Broken notices about messages, by a customer, even in the thread: no effect.
+        degraded_as(
+            "Ev-d-3",
+            THREADED,
+            "1700000000.000300",
+            "message_replied",
+            Some(R1),
+            Some((Customer, "U0CUST")),
+        ),
+        degraded_as(
+            "Ev-d-4",
+            THREADED,
+            "1700000000.000400",
+            "message_deleted",
+            Some(R1),
+            None,
+        ),
+        degraded_as(
+            "Ev-d-5",
+            TOP,
+            "1700000100.000100",
+            "message_changed",
+            None,
+            Some((Customer, "U0CUST")),
+        ),
+        degraded_as(
+            "Ev-d-6",
+            TOP,
+            "1700000100.000200",
+            "message_changed",
+            None,
+            None,
+        ),
+        // A bot's unreadable message opens nothing.
+        degraded_as(
+            "Ev-d-7",
+            TOP,
+            "1700000100.000300",
+            "huddle_thread",
+            None,
+            Some((Bot, "B0BOT")),
+        ),
+        // Unreadable and unattributable: it must surface as a customer's.
+        degraded("Ev-d-8", TOP, "1700000100.000400"),
+    ];
+    let mock = mock_cluster();
+    let db = TestDatabase::create().await;
+    let running = start(config(&mock, &db, &[])).await;
+    produce(&mock, &input).await;
+    wait_handled(&running, input.len(), Duration::from_secs(60)).await;
+    let pool = pool(&db).await;
+
+    let x = id(THREADED, R1);
+    let y = id(TOP, "1700000100.000400");
+    assert_eq!(
+        threads(&pool).await,
+        vec![(x.clone(), "waiting".into()), (y.clone(), "todo".into())]
+    );
+    assert_eq!(
+        thread_messages(&pool).await,
+        vec![
+            (R1.to_owned(), x.clone()),
+            ("1700000000.000200".to_owned(), x.clone()),
+            ("1700000100.000400".to_owned(), y.clone()),
+        ]
+    );
+    assert_eq!(count(&pool, "facts").await, input.len() as i64);
+    let expected: BTreeMap<String, Vec<T>> = [
+        (
+            THREADED.to_owned(),
+            vec![
+                t(&x, None, "todo", "opened", R1),
+                t(
+                    &x,
+                    Some("todo"),
+                    "waiting",
+                    "agent_reply",
+                    "1700000000.000200",
+                ),
+            ],
+        ),
+        (
+            TOP.to_owned(),
+            vec![t(&y, None, "todo", "opened", "1700000100.000400")],
+        ),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(transitions(&pool).await, expected);
+    let events = thread_events(&mock, 3).await;
+    assert_eq!(total(&events), 3);
+    assert_eq!(events[THREADED][1].author_kind.as_deref(), Some("agent"));
+    assert_eq!(events[THREADED][1].trigger_fact, "degraded:Ev-d-2");
+    assert_eq!(events[TOP][0].author_kind.as_deref(), Some("unknown"));
+
     running.stop().await;
     pool.close().await;
     db.drop_database().await;

@@ -282,6 +282,32 @@ pub fn degraded(event_id: &str, channel: &str, ts: &str) -> MessageEvent {
     e
 }
 
+/// A degraded event of `subtype`, by `by` (kind and user id; no author when `None`),
+/// in the thread of `thread_ts` when given.
+pub fn degraded_as(
+    event_id: &str,
+    channel: &str,
+    ts: &str,
+    subtype: &str,
+    thread_ts: Option<&str>,
+    by: Option<(AuthorKind, &str)>,
+) -> MessageEvent {
+    let mut e = degraded(event_id, channel, ts);
+    e.kind = Kind::Degraded(Degraded {
+        event_type: Some("message".into()),
+        subtype: Some(subtype.to_owned()),
+    });
+    e.thread_ts = thread_ts.map(str::to_owned);
+    e.author = by.and_then(|(kind, user)| author(kind, user));
+    e
+}
+
+/// The thread id of the thread rooted at `root` in `channel` of the installing team
+/// `team`.
+pub fn thread_id_of(team: &str, channel: &str, root: &str) -> String {
+    format!("{team}-{channel}-{root}")
+}
+
 /// Produces `events` to `slack.messages.v1` in order, key = channel.
 pub async fn produce(mock: &Mock, events: &[MessageEvent]) {
     let producer: FutureProducer = ClientConfig::new()
