@@ -244,6 +244,46 @@ pub async fn migrate(
     result
 }
 
+/// Connects to `schema` and brings it up to date: what each consumer group does when
+/// it starts.
+///
+/// # Errors
+///
+/// As [`connect`] and [`migrate`].
+pub async fn connect_migrated(
+    settings: &StoreSettings,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<PgPool, StoreError> {
+    let pool = connect(settings, schema).await?;
+    migrate(&pool, schema, migrator).await?;
+    Ok(pool)
+}
+
+/// Migrates `schema` and disconnects (`slackline migrate`).
+///
+/// # Errors
+///
+/// As [`connect`] and [`migrate`].
+pub async fn migrate_schema(
+    settings: &StoreSettings,
+    schema: &str,
+    migrator: &sqlx::migrate::Migrator,
+) -> Result<(), StoreError> {
+    let pool = connect_migrated(settings, schema, migrator).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// `/readyz` for a service that needs its database: ready while [`ping`] succeeds.
+pub fn readiness(pool: &PgPool) -> slackline_service::Readiness {
+    let pool = pool.clone();
+    slackline_service::Readiness::new(move || {
+        let pool = pool.clone();
+        async move { ping(&pool).await.map_err(|e| e.to_string()) }
+    })
+}
+
 /// Checks that the database answers (for `/readyz`).
 ///
 /// # Errors

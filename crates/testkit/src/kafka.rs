@@ -121,3 +121,29 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     }
     lag
 }
+
+/// librdkafka's mock cluster, as the tests hold it.
+pub type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
+
+/// Sends `tracing` output to the test's output when `RUST_LOG` is set.
+pub fn init_logs() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// A fresh mock cluster of one broker holding every slackline topic
+/// ([`slackline_kafka::topics::all_topics`]) with `partitions` partitions per flow
+/// topic, so each test has topics of its own. Panics when the cluster cannot start.
+pub fn mock_cluster_with_topics(partitions: i32) -> Mock {
+    init_logs();
+    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for topic in slackline_kafka::topics::all_topics(partitions) {
+        mock.create_topic(&topic.name, topic.partitions, 1)
+            .expect("create topic");
+    }
+    mock
+}

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use prometheus::Registry;
 use slackline_consumer::{ConsumerError, GroupService};
-use slackline_service::{Readiness, Shutdown};
+use slackline_service::Shutdown;
 use slackline_store::{StoreError, StoreSettings};
 
 pub use config::{EmailConfig, NotifierConfig, TargetsConfig};
@@ -63,10 +63,7 @@ pub enum NotifierError {
 ///
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
-    let pool = slackline_store::connect(settings, SCHEMA).await?;
-    let result = slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await;
-    pool.close().await;
-    result
+    slackline_store::migrate_schema(settings, SCHEMA, &MIGRATOR).await
 }
 
 /// Connects and migrates the database, builds the targets, then starts the consumer
@@ -82,8 +79,7 @@ pub async fn start(
     shutdown: Shutdown,
 ) -> Result<GroupService, NotifierError> {
     let targets = targets::build_targets(&config.targets)?;
-    let pool = slackline_store::connect(&config.store, SCHEMA).await?;
-    slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let registry = Registry::new();
     let names: Vec<&str> = targets.iter().map(targets::Target::name).collect();
     let metrics = NotifierMetrics::register(&registry, &names)?;
@@ -92,17 +88,7 @@ pub async fn start(
     } else {
         tracing::info!(targets = ?names, "notification targets");
     }
-    let readiness = {
-        let pool = pool.clone();
-        Readiness::new(move || {
-            let pool = pool.clone();
-            async move {
-                slackline_store::ping(&pool)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-    };
+    let readiness = slackline_store::readiness(&pool);
     let handler = Arc::new(Handler::new(SentStore::new(pool), targets, metrics));
     let service = GroupService::start(
         &config.kafka,

@@ -4,7 +4,14 @@
 use prometheus::{IntCounterVec, Opts, Registry};
 
 /// Every skip reason, so each series exists at 0 from the start.
-const SKIP_REASONS: [&str; 5] = ["not_a_post", "agent", "bot", "no_target", "already_sent"];
+const SKIP_REASONS: [&str; 6] = [
+    "not_a_post",
+    "agent",
+    "bot",
+    "no_target",
+    "already_sent",
+    "ambiguous",
+];
 
 /// Counters of what happened to each notification.
 #[derive(Debug, Clone)]
@@ -44,7 +51,8 @@ impl NotifierMetrics {
             Opts::new(
                 "slackline_notifier_skipped_total",
                 "Events or targets without a send: not_a_post, agent, bot, no_target \
-                 (per event), already_sent (per target)",
+                 (per event), already_sent, ambiguous (per target: marked ambiguous earlier, \
+                 not sent again)",
             ),
             &["reason"],
         )?;
@@ -52,7 +60,7 @@ impl NotifierMetrics {
             Opts::new(
                 "slackline_notifier_ambiguous_total",
                 "Sends that may or may not have been delivered (a process died mid-send, \
-                 or no answer came); never sent again",
+                 no answer came, or 502/504); never sent again, the event goes to the DLQ",
             ),
             &["target"],
         )?;

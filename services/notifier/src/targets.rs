@@ -5,12 +5,14 @@
 //! whether the failed attempt may have been delivered anyway:
 //!
 //! - **not delivered**: the target refused or answered with an error before taking
-//!   the notification (connection refused or failed, a 5xx, a 429, another 4xx, an
-//!   SMTP 4xx/5xx reply). 5xx, 429, SMTP 4xx and connection failures are retryable;
-//!   other 4xx and SMTP 5xx are permanent (the event goes to the DLQ).
+//!   the notification (connection refused or failed, a 5xx other than 502/504, a 429,
+//!   a 408, another 4xx, an SMTP 4xx/5xx reply). 500, 503 and other 5xx, 429, 408,
+//!   SMTP 4xx and connection failures are retryable; other 4xx and SMTP 5xx are
+//!   permanent (the event goes to the DLQ).
 //! - **ambiguous**: the request may have reached the target but no answer came (a
 //!   timeout after the connection was made, a connection cut mid-request or
-//!   mid-session). It is not sent again.
+//!   mid-session), or a proxy answered 502 or 504 (the webhook behind it may have
+//!   processed it). It is not sent again.
 
 use std::time::Duration;
 
@@ -218,20 +220,31 @@ impl Webhook {
             .and_then(Result::ok)
             .unwrap_or_default();
         let snippet: String = body.chars().take(200).collect();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let after = retry_after(&headers, &body).unwrap_or_else(|| "unspecified".into());
-            return Err(SendError::retryable(format!(
-                "rate limited (429), retry after {after}"
-            )));
+        Err(classify_status(
+            status,
+            retry_after(&headers, &body),
+            &snippet,
+        ))
+    }
+}
+
+/// A webhook's answer that is not a success: 502 and 504 come from a proxy that may
+/// have passed the request on (ambiguous); 500, 503, 429 and 408 were not taken
+/// (retryable); other statuses are permanent.
+fn classify_status(status: StatusCode, retry_after: Option<String>, snippet: &str) -> SendError {
+    match status {
+        StatusCode::TOO_MANY_REQUESTS => {
+            let after = retry_after.unwrap_or_else(|| "unspecified".into());
+            SendError::retryable(format!("rate limited (429), retry after {after}"))
         }
-        if status.is_server_error() {
-            return Err(SendError::retryable(format!(
-                "answered {status}: {snippet}"
-            )));
+        StatusCode::BAD_GATEWAY | StatusCode::GATEWAY_TIMEOUT => SendError::Ambiguous {
+            reason: format!("answered {status} (a proxy may have passed it on): {snippet}"),
+        },
+        StatusCode::REQUEST_TIMEOUT => {
+            SendError::retryable(format!("answered {status}: {snippet}"))
         }
-        Err(SendError::permanent(format!(
-            "answered {status}: {snippet}"
-        )))
+        s if s.is_server_error() => SendError::retryable(format!("answered {status}: {snippet}")),
+        _ => SendError::permanent(format!("answered {status}: {snippet}")),
     }
 }
 
@@ -361,6 +374,51 @@ mod tests {
         assert_eq!(
             slack_escape("a <!channel> & b>"),
             "a &lt;!channel&gt; &amp; b&gt;"
+        );
+    }
+
+    fn status(code: u16) -> SendError {
+        classify_status(StatusCode::from_u16(code).unwrap(), None, "body")
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        for code in [500, 503, 429, 408] {
+            assert!(
+                matches!(
+                    status(code),
+                    SendError::NotDelivered {
+                        retryable: true,
+                        ..
+                    }
+                ),
+                "{code}: {:?}",
+                status(code)
+            );
+        }
+        for code in [502, 504] {
+            assert!(
+                matches!(status(code), SendError::Ambiguous { .. }),
+                "{code}: {:?}",
+                status(code)
+            );
+        }
+        for code in [400, 401, 403, 404, 410, 413] {
+            assert!(
+                matches!(
+                    status(code),
+                    SendError::NotDelivered {
+                        retryable: false,
+                        ..
+                    }
+                ),
+                "{code}: {:?}",
+                status(code)
+            );
+        }
+        assert_eq!(
+            classify_status(StatusCode::TOO_MANY_REQUESTS, Some("3s".into()), ""),
+            SendError::retryable("rate limited (429), retry after 3s")
         );
     }
 

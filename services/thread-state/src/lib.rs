@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use prometheus::Registry;
 use slackline_consumer::{ConsumerError, GroupService};
-use slackline_service::{Readiness, Shutdown};
+use slackline_service::Shutdown;
 use slackline_store::{StoreError, StoreSettings};
 
 pub use config::{Grouping, GroupingMode, ThreadStateConfig};
@@ -61,10 +61,7 @@ pub enum ThreadStateError {
 ///
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
-    let pool = slackline_store::connect(settings, SCHEMA).await?;
-    let result = slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await;
-    pool.close().await;
-    result
+    slackline_store::migrate_schema(settings, SCHEMA, &MIGRATOR).await
 }
 
 /// Connects, migrates, and starts the consumer group with its admin server; stops
@@ -77,24 +74,13 @@ pub async fn start(
     config: ThreadStateConfig,
     shutdown: Shutdown,
 ) -> Result<GroupService, ThreadStateError> {
-    let pool = slackline_store::connect(&config.store, SCHEMA).await?;
-    slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let producer = config
         .kafka
         .producer("slackline-thread-state", config.delivery_timeout)?;
     let registry = Registry::new();
     let metrics = ThreadStateMetrics::register(&registry)?;
-    let readiness = {
-        let pool = pool.clone();
-        Readiness::new(move || {
-            let pool = pool.clone();
-            async move {
-                slackline_store::ping(&pool)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-    };
+    let readiness = slackline_store::readiness(&pool);
     let handler = Arc::new(handler::Handler {
         pool,
         producer,

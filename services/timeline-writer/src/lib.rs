@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 use prometheus::Registry;
 use slackline_consumer::{ConsumerError, GroupService};
-use slackline_service::{Readiness, Shutdown};
+use slackline_service::Shutdown;
 use slackline_store::{StoreError, StoreSettings};
 
 pub use config::TimelineWriterConfig;
@@ -58,10 +58,7 @@ pub enum TimelineWriterError {
 ///
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
-    let pool = slackline_store::connect(settings, SCHEMA).await?;
-    let result = slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await;
-    pool.close().await;
-    result
+    slackline_store::migrate_schema(settings, SCHEMA, &MIGRATOR).await
 }
 
 /// Connects and migrates the database, then starts the consumer group and the admin
@@ -75,21 +72,10 @@ pub async fn start(
     config: TimelineWriterConfig,
     shutdown: Shutdown,
 ) -> Result<GroupService, TimelineWriterError> {
-    let pool = slackline_store::connect(&config.store, SCHEMA).await?;
-    slackline_store::migrate(&pool, SCHEMA, &MIGRATOR).await?;
+    let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let registry = Registry::new();
     let metrics = TimelineMetrics::register(&registry)?;
-    let readiness = {
-        let pool = pool.clone();
-        Readiness::new(move || {
-            let pool = pool.clone();
-            async move {
-                slackline_store::ping(&pool)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-    };
+    let readiness = slackline_store::readiness(&pool);
     let handler = Arc::new(Handler::new(pool, metrics));
     let service = GroupService::start(
         &config.kafka,

@@ -16,8 +16,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use prometheus::Registry;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use slackline_consumer::GroupService;
 use slackline_events::{
@@ -33,25 +32,11 @@ use tokio::task::JoinHandle;
 pub const PARTITIONS: i32 = 2;
 pub const TEAM: &str = "T0AGENTS";
 
-pub type Mock = MockCluster<'static, DefaultProducerContext>;
-
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
+pub use slackline_testkit::kafka::Mock;
 
 /// A mock cluster with every slackline topic (2 partitions per flow topic).
 pub fn mock_cluster() -> Mock {
-    init_logs();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    for topic in topics::all_topics(PARTITIONS) {
-        mock.create_topic(&topic.name, topic.partitions, 1).unwrap();
-    }
-    mock
+    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
 }
 
 // ---------------------------------------------------------------- webhook receiver

@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use slackline_consumer::GroupService;
 use slackline_events::{
@@ -24,26 +23,11 @@ use sqlx::{PgPool, Row};
 pub const PARTITIONS: i32 = 2;
 pub const TEAM: &str = "T0AGENTS";
 
-pub type Mock = MockCluster<'static, DefaultProducerContext>;
-
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
+pub use slackline_testkit::kafka::Mock;
 
 /// A mock cluster with every slackline topic (`all_topics(2)`).
 pub fn mock_cluster() -> Mock {
-    init_logs();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    for topic in topics::all_topics(PARTITIONS) {
-        mock.create_topic(&topic.name, topic.partitions, 1)
-            .expect("create topic");
-    }
-    mock
+    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
 }
 
 /// The service's config for tests: the mock cluster, the test database, short retry

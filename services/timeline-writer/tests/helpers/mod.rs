@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 
 use prometheus::Registry;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::Value;
 use slackline_consumer::{GroupService, RuntimeConfig};
@@ -33,26 +32,11 @@ pub const TEAM: &str = "T0HOME";
 pub const CUSTOMER: &str = "U0CUST1";
 pub const AGENT: &str = "U0AG1";
 
-pub type Mock = MockCluster<'static, DefaultProducerContext>;
-
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
-    }
-}
+pub use slackline_testkit::kafka::Mock;
 
 /// A fresh cluster with every slackline topic.
 pub fn mock_cluster() -> Mock {
-    init_logs();
-    let mock = MockCluster::new(1).expect("mock cluster");
-    for spec in topics::all_topics(PARTITIONS) {
-        mock.create_topic(&spec.name, spec.partitions, 1).unwrap();
-    }
-    mock
+    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
 }
 
 /// A config for tests: quick group joins, short retry delays.
