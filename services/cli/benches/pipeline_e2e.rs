@@ -13,14 +13,18 @@
 //! senders (default 32) post `BENCH_MESSAGES` signed customer messages (default
 //! 10000) over `BENCH_CHANNELS` channels (default 100); each channel belongs to one
 //! sender, which posts its messages one after another, as Slack does per channel.
-//! A warm-up of 500 messages runs first.
+//! A warm-up of 500 messages runs first. `BENCH_RATE` (messages/s) paces the senders,
+//! to measure latency below saturation; without it they send as fast as the edge
+//! answers, to measure throughput.
 //!
 //! Printed: the send rate; the end-to-end rate (messages / time from the first send
 //! until thread-state, timeline-writer and the notifier have all finished every
 //! message, observed by polling every 50 ms); when each group finished; latency
 //! p50/p90/p99/max from each message's 200 (client clock) to its timeline row's
 //! `written_at` (PostgreSQL's clock on the same machine); peak RSS (`VmHWM`) and CPU
-//! seconds of each process. The run fails if any request is not answered 200 or any
+//! seconds of each process. Like `slackline dev`, the services get
+//! `KAFKA_PROPERTIES=fetch.wait.max.ms=25` (unless set): the mock broker holds an
+//! empty fetch for the whole wait. The run fails if any request is not answered 200 or any
 //! group does not end with exactly one effect per message.
 //!
 //! ```text
@@ -309,7 +313,9 @@ fn workload(
 async fn send(
     url: &str,
     load: Vec<Vec<(String, String, Vec<u8>)>>,
+    rate: Option<f64>,
 ) -> anyhow::Result<(HashMap<(String, String), f64>, Instant, f64)> {
+    let senders = load.len().max(1) as f64;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
@@ -321,8 +327,17 @@ async fn send(
         let http = http.clone();
         let url = url.to_owned();
         let acked = acked.clone();
+        // With a rate, each sender posts at rate / senders per second.
+        let mut pace = rate.map(|rate| {
+            let mut interval = tokio::time::interval(Duration::from_secs_f64(senders / rate));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        });
         tasks.push(tokio::spawn(async move {
             for (channel, ts, body) in messages {
+                if let Some(pace) = pace.as_mut() {
+                    pace.tick().await;
+                }
                 let status = slackline::send::send_body(&http, &url, SECRET, body, None).await?;
                 if status != 200 {
                     anyhow::bail!("edge answered {status}");
@@ -396,6 +411,9 @@ fn bench() -> anyhow::Result<()> {
     let messages: usize = env_or("BENCH_MESSAGES", 10_000);
     let channels: usize = env_or("BENCH_CHANNELS", 100);
     let senders: usize = env_or("BENCH_CONCURRENCY", 32);
+    let rate: Option<f64> = std::env::var("BENCH_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok());
     let warmup = 500;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -418,10 +436,18 @@ fn bench() -> anyhow::Result<()> {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .chain([(
-            "ARCHIVE_URL".to_owned(),
-            format!("file://{}", archive.path().display()),
-        )])
+        .chain([
+            (
+                "ARCHIVE_URL".to_owned(),
+                format!("file://{}", archive.path().display()),
+            ),
+            // As `slackline dev` does against the mock cluster (see its docs).
+            (
+                "KAFKA_PROPERTIES".to_owned(),
+                std::env::var("KAFKA_PROPERTIES")
+                    .unwrap_or_else(|_| slackline::dev::MOCK_KAFKA_PROPERTIES.to_owned()),
+            ),
+        ])
         .collect();
         let mut servers = Vec::new();
         for service in SERVICES {
@@ -434,7 +460,7 @@ fn bench() -> anyhow::Result<()> {
             .await?;
 
         // Warm-up: connections, caches, the groups' first assignments.
-        let (_, started, _) = send(&url, workload("W", warmup, channels.min(warmup), senders)).await?;
+        let (_, started, _) = send(&url, workload("W", warmup, channels.min(warmup), senders), None).await?;
         wait_done(&pool, &hook, warmup as i64, started).await?;
         let cpu_before: Vec<f64> = servers
             .iter()
@@ -443,7 +469,7 @@ fn bench() -> anyhow::Result<()> {
             .collect::<Result<_, _>>()?;
 
         let (acked, started, send_secs) =
-            send(&url, workload("M", messages, channels, senders)).await?;
+            send(&url, workload("M", messages, channels, senders), rate).await?;
         let done = wait_done(&pool, &hook, (warmup + messages) as i64, started).await?;
         let total = done.iter().cloned().fold(0.0, f64::max);
 
@@ -462,7 +488,8 @@ fn bench() -> anyhow::Result<()> {
         ensure!(latencies.len() == messages, "{} latencies for {messages} messages", latencies.len());
         latencies.sort_by(f64::total_cmp);
 
-        println!("pipeline_e2e: {messages} customer messages over {channels} channels, {senders} senders, after {warmup} warm-up");
+        let offered = rate.map_or_else(|| "as fast as the edge answers".to_owned(), |r| format!("offered at {r} msg/s"));
+        println!("pipeline_e2e: {messages} customer messages over {channels} channels, {senders} senders, {offered}, after {warmup} warm-up");
         println!("  edge accepted (200):        {:>8.0} msg/s ({send_secs:.2} s)", messages as f64 / send_secs);
         println!("  end to end (all 3 groups):  {:>8.0} msg/s ({total:.2} s)", messages as f64 / total);
         println!("  done at: thread-state {:.2} s, timeline-writer {:.2} s, notifier {:.2} s", done[0], done[1], done[2]);

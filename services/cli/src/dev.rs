@@ -33,6 +33,13 @@ use crate::postgres::{DatabaseChoice, DevDatabase};
 /// The signing secret `dev` uses when `SLACK_SIGNING_SECRETS` is not set.
 pub const DEV_SECRET: &str = "slackline-dev-signing-secret";
 
+/// librdkafka's mock broker answers an empty fetch only after the consumer's whole
+/// `fetch.wait.max.ms` (500 ms by default), even when records arrive meanwhile; a
+/// real broker answers as soon as there is data. Against the mock cluster every
+/// consumer hop would add up to half a second, so `dev` asks for short fetch waits
+/// (unless `KAFKA_PROPERTIES` says otherwise).
+pub const MOCK_KAFKA_PROPERTIES: &str = "fetch.wait.max.ms=25";
+
 /// The file in the state directory holding the database URL of the last `dev` run.
 pub const DATABASE_URL_FILE: &str = "database-url";
 
@@ -183,6 +190,12 @@ impl DevStack {
 /// The environment of one consumer group: the user's, then what `dev` decides.
 fn group_env(options: &DevOptions, bootstrap: &str, database_url: &str, admin: SocketAddr) -> Env {
     let mut pairs = options.service_env.clone();
+    if !pairs.iter().any(|(k, _)| k == "KAFKA_PROPERTIES") {
+        pairs.push((
+            "KAFKA_PROPERTIES".to_owned(),
+            MOCK_KAFKA_PROPERTIES.to_owned(),
+        ));
+    }
     pairs.extend([
         ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
         ("DATABASE_URL".to_owned(), database_url.to_owned()),
@@ -190,6 +203,14 @@ fn group_env(options: &DevOptions, bootstrap: &str, database_url: &str, admin: S
         ("LOG_FORMAT".to_owned(), "text".to_owned()),
     ]);
     Env::from_pairs(pairs)
+}
+
+/// The normalizer's Kafka settings: [`MOCK_KAFKA_PROPERTIES`].
+fn mock_kafka_settings(bootstrap: &str) -> KafkaSettings {
+    let mut settings = KafkaSettings::new(bootstrap);
+    settings.properties =
+        slackline_kafka::parse_properties(MOCK_KAFKA_PROPERTIES).unwrap_or_default();
+    settings
 }
 
 fn admin_addr(options: &DevOptions, offset: u16) -> SocketAddr {
@@ -272,7 +293,7 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
     .await?;
     let normalizer = Normalizer::start(
         NormalizerConfig {
-            kafka: KafkaSettings::new(&bootstrap),
+            kafka: mock_kafka_settings(&bootstrap),
             raw_topic: slackline_kafka::topics::RAW_EVENTS.to_owned(),
             messages_topic: slackline_kafka::topics::MESSAGES.to_owned(),
             dlq_topic: slackline_kafka::topics::RAW_DLQ.to_owned(),
