@@ -278,7 +278,10 @@ fn service_env(notify_url: &str) -> Vec<(String, String)> {
             "300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300",
         ),
         ("QUICK_RETRIES", "1"),
-        ("KAFKA_PROPERTIES", "session.timeout.ms=6000;fetch.wait.max.ms=25"),
+        (
+            "KAFKA_PROPERTIES",
+            "session.timeout.ms=6000;fetch.wait.max.ms=25",
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
