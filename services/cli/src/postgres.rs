@@ -276,6 +276,16 @@ fn start_cluster(dir: &Path) -> Result<(Cluster, u16, String), PostgresError> {
         "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
         root.display()
     );
+    // A `dev` that was killed leaves its cluster running: stop it first (it is ours;
+    // the new one gets a new port). `pg_ctl status` fails when nothing runs.
+    if run(&bin, "pg_ctl", &["-D", &data_arg, "status"], as_postgres).is_ok() {
+        run(
+            &bin,
+            "pg_ctl",
+            &["-D", &data_arg, "-m", "fast", "-w", "stop"],
+            as_postgres,
+        )?;
+    }
     run(
         &bin,
         "pg_ctl",

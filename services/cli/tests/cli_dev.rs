@@ -198,6 +198,18 @@ async fn dev_starts_and_stops_a_throwaway_postgres_cluster() {
         .unwrap();
     assert_eq!(name, postgres::DEV_DATABASE);
     pool.close().await;
+    // A second `dev` while the first one's cluster still runs (as after a `dev` that
+    // was killed): it takes the cluster over, on a new port, with the same data.
+    std::mem::forget(database);
+    let database = postgres::provide(&DatabaseChoice::Embedded, dir.path())
+        .await
+        .unwrap();
+    let pool = slackline_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database.url)
+        .await
+        .unwrap();
+    pool.close().await;
     let url = database.url.clone();
     drop(database);
     // Stopped: nothing answers on its port any more.
