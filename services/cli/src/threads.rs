@@ -213,7 +213,7 @@ pub fn entry_json(thread_id: &str, entry: &EntryRow) -> serde_json::Value {
 pub fn print_threads(out: &mut impl Write, threads: &[ThreadRow]) -> std::io::Result<()> {
     let line = |cells: [&str; 6]| {
         format!(
-            "{:<34} {:<12} {:<8} {:<13} {:<19} {}",
+            "{:<40} {:<12} {:<8} {:<13} {:<19} {}",
             cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
         )
     };
