@@ -147,3 +147,59 @@ pub fn mock_cluster_with_topics(partitions: i32) -> Mock {
     }
     mock
 }
+
+/// Produces (key, payload, event id) records to `topic` in order, each with the
+/// `slack-event-id` header, and waits for every acknowledgement. Panics on a Kafka
+/// error: this is test code.
+pub async fn produce_records(mock: &Mock, topic: &str, records: &[(String, Vec<u8>, String)]) {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("log_level", "3")
+        .create()
+        .expect("create the test producer");
+    let mut pending = Vec::new();
+    for (key, payload, event_id) in records {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "slack-event-id",
+            value: Some(event_id.as_str()),
+        });
+        let record = FutureRecord::to(topic)
+            .key(key)
+            .payload(payload)
+            .headers(headers);
+        pending.push(
+            producer
+                .send_result(record)
+                .map_err(|(e, _)| e)
+                .expect("enqueue a record"),
+        );
+    }
+    for delivery in pending {
+        delivery
+            .await
+            .expect("delivery report")
+            .map_err(|(e, _)| e)
+            .expect("record acknowledged");
+    }
+}
+
+/// Produces message events to `slack.messages.v1` in order, Avro-encoded, key =
+/// channel (`unknown` without one), as the normalizer does.
+pub async fn produce_messages(mock: &Mock, events: &[slackline_events::MessageEvent]) {
+    let records: Vec<(String, Vec<u8>, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.channel_id.clone().unwrap_or_else(|| "unknown".into()),
+                slackline_events::encode_message(e).expect("every event encodes"),
+                e.event_id.clone(),
+            )
+        })
+        .collect();
+    produce_records(mock, slackline_kafka::topics::MESSAGES, &records).await;
+}

@@ -9,6 +9,7 @@
 
 mod garage;
 pub mod kafka;
+pub mod metrics;
 pub mod postgres;
 pub mod smtp;
 pub mod webhook;

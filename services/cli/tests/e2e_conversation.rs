@@ -21,6 +21,7 @@ use slackline::{dev, send, threads};
 use slackline_service::Shutdown;
 use slackline_slack::SigningSecrets;
 use slackline_testkit::kafka::group_lag;
+use slackline_testkit::metrics::metric;
 use slackline_testkit::postgres::TestDatabase;
 use slackline_testkit::webhook::WebhookReceiver;
 
@@ -482,24 +483,6 @@ fn expected_notifications() -> usize {
     9 + 1
 }
 
-/// The sum of a counter family's series whose label `filter.0` is `filter.1` (all
-/// series when the name is empty).
-fn counter(registry: &prometheus::Registry, name: &str, filter: (&str, &str)) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|family| family.name() == name)
-        .flat_map(|family| family.get_metric().iter())
-        .filter(|m| {
-            filter.0.is_empty()
-                || m.get_label()
-                    .iter()
-                    .any(|l| l.name() == filter.0 && l.value() == filter.1)
-        })
-        .map(|m| m.get_counter().get_value())
-        .sum()
-}
-
 async fn read_pool(db: &TestDatabase) -> slackline_store::sqlx::PgPool {
     slackline_store::sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
@@ -571,28 +554,28 @@ async fn five_channel_conversation_ends_in_exact_threads_and_replays_change_noth
     assert_eq!(hook.bodies().len(), expected_notifications());
     // ... because each group recognised the facts, not because nothing arrived.
     let facts = script.bodies.len() as f64;
-    let thread_state_dups = counter(
+    let thread_state_dups = metric(
         &stack.thread_state.registry,
         "slackline_thread_state_facts_total",
-        ("outcome", "duplicate"),
+        &[("outcome", "duplicate")],
     );
     assert_eq!(
         thread_state_dups, facts,
         "every fact a duplicate for thread-state"
     );
-    let timeline_dups = counter(
+    let timeline_dups = metric(
         &stack.timeline_writer.registry,
         "slackline_timeline_duplicates_skipped_total",
-        ("", ""),
+        &[],
     );
     assert_eq!(
         timeline_dups, facts,
         "every fact a duplicate for timeline-writer"
     );
-    let already_sent = counter(
+    let already_sent = metric(
         &stack.notifier.registry,
         "slackline_notifier_skipped_total",
-        ("reason", "already_sent"),
+        &[("reason", "already_sent")],
     );
     assert_eq!(already_sent, expected_notifications() as f64);
 

@@ -242,14 +242,7 @@ async fn read_events(
 }
 
 fn metric(normalizer: &Normalizer, name: &str) -> u64 {
-    normalizer
-        .registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
+    slackline_testkit::metrics::metric(&normalizer.registry, name, &[]) as u64
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -292,15 +292,11 @@ async fn the_same_input_again_changes_nothing() {
     produce(&mock, &again).await;
     wait_handled(&running, input.len() + again.len(), Duration::from_secs(60)).await;
     assert_state(&mock, &pool, input.len() as i64).await;
-    let duplicates: f64 = running
-        .registry()
-        .gather()
-        .iter()
-        .filter(|f| f.name() == "slackline_thread_state_facts_total")
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| m.get_label().iter().any(|l| l.value() == "duplicate"))
-        .map(|m| m.get_counter().get_value())
-        .sum();
+    let duplicates = slackline_testkit::metrics::metric(
+        running.registry(),
+        "slackline_thread_state_facts_total",
+        &[("outcome", "duplicate")],
+    );
     assert_eq!(duplicates, again.len() as f64);
     assert_eq!(
         counter(

@@ -261,23 +261,7 @@ pub async fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> b
 
 /// The value of a metric of `group` (counter or gauge), summed over other labels.
 pub fn metric(registry: &Registry, name: &str, group: &str) -> f64 {
-    let mut sum = 0.0;
-    for f in registry.gather().iter().filter(|f| f.name() == name) {
-        let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
-        for m in f.get_metric() {
-            if m.get_label()
-                .iter()
-                .any(|l| l.name() == "group" && l.value() == group)
-            {
-                sum += if counter {
-                    m.get_counter().get_value()
-                } else {
-                    m.get_gauge().get_value()
-                };
-            }
-        }
-    }
-    sum
+    slackline_testkit::metrics::metric(registry, name, &[("group", group)])
 }
 
 /// Whether a series of `name` for `group` exists (even at 0).

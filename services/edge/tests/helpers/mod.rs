@@ -149,18 +149,6 @@ pub async fn read_topic(
 
 /// The value of a counter (with its labels) from the edge's registry.
 pub fn counter(edge: &Edge, name: &str, label: Option<(&str, &str)>) -> u64 {
-    edge.registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .filter(|m| {
-            label.is_none_or(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == k && l.value() == v)
-            })
-        })
-        .map(|m| m.get_counter().get_value() as u64)
-        .sum()
+    let labels: Vec<(&str, &str)> = label.into_iter().collect();
+    slackline_testkit::metrics::metric(&edge.registry, name, &labels) as u64
 }

@@ -15,15 +15,10 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use prometheus::Registry;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use slackline_consumer::GroupService;
 use slackline_events::{
-    encode_message, Author, AuthorKind, Degraded, Edited, Kind, MessageEvent, Mode, Posted,
-    Reaction,
+    Author, AuthorKind, Degraded, Edited, Kind, MessageEvent, Mode, Posted, Reaction,
 };
-use slackline_kafka::topics;
 use slackline_notifier::NotifierConfig;
 use slackline_service::{Env, Shutdown};
 use tokio::sync::oneshot;
@@ -377,31 +372,9 @@ pub fn customer_batch(channels: &[&str], count: usize) -> Vec<MessageEvent> {
 }
 
 /// Produces `events` to `slack.messages.v1`, key = channel, in order.
-pub async fn produce(mock: &Mock, events: &[MessageEvent]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut pending = Vec::new();
-    for event in events {
-        let payload = encode_message(event).unwrap();
-        let key = event.channel_id.clone().unwrap_or_else(|| "unknown".into());
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "slack-event-id",
-            value: Some(event.event_id.as_str()),
-        });
-        let record = FutureRecord::to(topics::MESSAGES)
-            .key(&key)
-            .payload(&payload)
-            .headers(headers);
-        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
-    for d in pending {
-        d.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-}
+// Not every test binary sharing this module produces records.
+#[allow(unused_imports)]
+pub use slackline_testkit::kafka::produce_messages as produce;
 
 // ---------------------------------------------------------------- the service
 
@@ -497,20 +470,7 @@ impl Running {
 }
 
 pub fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> u64 {
-    let mut sum = 0.0;
-    for family in registry.gather().iter().filter(|f| f.name() == name) {
-        for m in family.get_metric() {
-            let matches = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if matches {
-                sum += m.get_counter().get_value();
-            }
-        }
-    }
-    sum as u64
+    slackline_testkit::metrics::metric(registry, name, labels) as u64
 }
 
 /// Waits until `cond` holds, panicking with `what` (and the state `describe` gives)

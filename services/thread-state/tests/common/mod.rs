@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use slackline_consumer::GroupService;
 use slackline_events::{
-    decode_thread_event, encode_message, Author, AuthorKind, Degraded, Edited, Kind, Member,
-    MessageEvent, Mode, Posted, Reaction, ThreadEvent,
+    decode_thread_event, Author, AuthorKind, Degraded, Edited, Kind, Member, MessageEvent, Mode,
+    Posted, Reaction, ThreadEvent,
 };
 use slackline_kafka::topics;
 use slackline_service::{Env, Shutdown};
@@ -89,13 +87,7 @@ impl Running {
 
 /// The value of a counter (summed over labels), 0 when absent.
 pub fn counter(registry: &Registry, name: &str) -> f64 {
-    registry
-        .gather()
-        .iter()
-        .filter(|f| f.name() == name)
-        .flat_map(|f| f.get_metric().iter())
-        .map(|m| m.get_counter().get_value())
-        .sum()
+    slackline_testkit::metrics::metric(registry, name, &[])
 }
 
 /// Waits until the service has handled `n` records in all (none may go to the DLQ).
@@ -293,27 +285,7 @@ pub fn thread_id_of(team: &str, channel: &str, root: &str) -> String {
 }
 
 /// Produces `events` to `slack.messages.v1` in order, key = channel.
-pub async fn produce(mock: &Mock, events: &[MessageEvent]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .set("log_level", "3")
-        .create()
-        .unwrap();
-    let mut pending = Vec::new();
-    for event in events {
-        let payload = encode_message(event).unwrap();
-        let key = event.channel_id.clone().unwrap_or_else(|| "unknown".into());
-        let record = FutureRecord::to(topics::MESSAGES)
-            .key(&key)
-            .payload(&payload);
-        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
-    for delivery in pending {
-        delivery.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
-}
+pub use slackline_testkit::kafka::produce_messages as produce;
 
 // ---------------------------------------------------------------------------------
 // Reading the results

@@ -9,14 +9,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use prometheus::Registry;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde_json::Value;
 use slackline_consumer::{GroupService, RuntimeConfig};
 use slackline_events::{
-    encode_message, Author, AuthorKind, Degraded, Deleted, Edited, FileRef, Kind, Member,
-    MessageEvent, Mode, Posted, Reaction,
+    Author, AuthorKind, Degraded, Deleted, Edited, FileRef, Kind, Member, MessageEvent, Mode,
+    Posted, Reaction,
 };
 use slackline_kafka::{topics, KafkaSettings};
 use slackline_service::{LogFormat, Shutdown};
@@ -110,68 +107,14 @@ impl Writer {
     }
 }
 
-/// The value of a counter or gauge, summed over the series whose labels include
-/// every pair of `labels`.
-pub fn metric(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut sum = 0.0;
-    for f in registry.gather().iter().filter(|f| f.name() == name) {
-        let counter = f.get_field_type() == prometheus::proto::MetricType::COUNTER;
-        for m in f.get_metric() {
-            let matches = labels.iter().all(|(k, v)| {
-                m.get_label()
-                    .iter()
-                    .any(|l| l.name() == *k && l.value() == *v)
-            });
-            if matches {
-                sum += if counter {
-                    m.get_counter().get_value()
-                } else {
-                    m.get_gauge().get_value()
-                };
-            }
-        }
-    }
-    sum
-}
+pub use slackline_testkit::metrics::metric;
 
 /// Produces each event to `slack.messages.v1` with key = channel, in order.
-pub async fn produce(mock: &Mock, events: &[MessageEvent]) {
-    let records: Vec<(String, Vec<u8>, String)> = events
-        .iter()
-        .map(|e| {
-            (
-                e.channel_id.clone().unwrap_or_else(|| "unknown".into()),
-                encode_message(e).unwrap(),
-                e.event_id.clone(),
-            )
-        })
-        .collect();
-    produce_raw(mock, &records).await;
-}
+pub use slackline_testkit::kafka::produce_messages as produce;
 
 /// Produces (key, payload, event id) records to `slack.messages.v1`, in order.
 pub async fn produce_raw(mock: &Mock, records: &[(String, Vec<u8>, String)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .unwrap();
-    let mut pending = Vec::new();
-    for (key, payload, event_id) in records {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "slack-event-id",
-            value: Some(event_id.as_str()),
-        });
-        let record = FutureRecord::to(topics::MESSAGES)
-            .key(key)
-            .payload(payload)
-            .headers(headers);
-        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
-    }
-    for d in pending {
-        d.await.unwrap().map_err(|(e, _)| e).unwrap();
-    }
+    slackline_testkit::kafka::produce_records(mock, topics::MESSAGES, records).await;
 }
 
 /// Every row of `timeline.entries` except `written_at`, as JSON objects, ordered by
