@@ -193,6 +193,27 @@ pub fn corpus_events_dir() -> Option<std::path::PathBuf> {
     None
 }
 
+/// Waits until `cond` holds, polling every 25 ms; panics naming `what` after
+/// `timeout`.
+///
+/// # Panics
+///
+/// When `cond` does not hold within `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !cond().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

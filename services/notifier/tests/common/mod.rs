@@ -4,11 +4,10 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -473,22 +472,9 @@ pub fn counter(registry: &Registry, name: &str, labels: &[(&str, &str)]) -> u64 
     slackline_testkit::metrics::metric(registry, name, labels) as u64
 }
 
-/// Waits until `cond` holds, panicking with `what` (and the state `describe` gives)
-/// after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+// Not every test binary sharing this module waits on a condition.
+#[allow(unused_imports)]
+pub use slackline_testkit::wait_until;
 
 /// How often each text occurs.
 pub fn occurrences(texts: &[String]) -> BTreeMap<String, usize> {

@@ -4,7 +4,6 @@
 //! channel), and the `timeline.entries` table read back as JSON.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -157,21 +156,9 @@ pub fn project(rows: &[Value], columns: &[&str]) -> Vec<Value> {
         .collect()
 }
 
-/// Waits until `cond` holds, polling; panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+// Not every test binary sharing this module waits on a condition.
+#[allow(unused_imports)]
+pub use slackline_testkit::wait_until;
 
 // ---- message events ----
 
