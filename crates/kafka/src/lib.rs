@@ -5,7 +5,9 @@
 //! `acks=all` for guarantee 1; manual offset storage for consumers). [`topics`] lists
 //! every topic slackline uses with its partitions and configs, and creates them.
 //! [`headers`] names the record headers that carry an event's provenance.
+//! [`embedded`] runs a local single-node Apache Kafka broker for tests and `dev`.
 
+pub mod embedded;
 pub mod headers;
 pub mod topics;
 

@@ -50,31 +50,117 @@ pub struct TopicSpec {
 
 const DAY_MS: i64 = 24 * 60 * 60 * 1000;
 
-/// Every slackline topic for a cluster with `partitions` partitions per flow topic.
+/// Every slackline topic for a cluster with `partitions` partitions per flow topic,
+/// under their standard names.
 pub fn all_topics(partitions: i32) -> Vec<TopicSpec> {
-    let flow = |name: &str, retention_days: i64| TopicSpec {
-        name: name.to_owned(),
-        partitions,
-        configs: vec![("retention.ms", (retention_days * DAY_MS).to_string())],
-    };
-    // Dead letters wait for a human: keep them long, few partitions suffice.
-    let dlq = |name: String| TopicSpec {
-        name,
-        partitions: 1.max(partitions / 4),
-        configs: vec![("retention.ms", (90 * DAY_MS).to_string())],
-    };
-    let mut topics = vec![
-        flow(RAW_EVENTS, 7),
-        flow(MESSAGES, 14),
-        flow(THREAD_EVENTS, 14),
-        flow(REPLIES, 7),
-        dlq(RAW_DLQ.to_owned()),
-    ];
-    for group in GROUPS {
-        topics.push(flow(&format!("{group}.retry"), 14));
-        topics.push(dlq(format!("{group}.dlq")));
+    TopicNames::default().specs(partitions)
+}
+
+/// slackline's topic and consumer-group names, all under one prefix (empty by
+/// default). A prefix lets several pipelines share one cluster: the tests give each
+/// test its own, on one broker. A group's retry and DLQ topics are named after the
+/// prefixed group (`{prefix}{group}.retry`), as the consumer runtime derives them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicNames {
+    prefix: String,
+}
+
+impl TopicNames {
+    /// Names under `prefix` (used as is: include a separator such as `.` or `-`).
+    pub fn with_prefix(prefix: impl Into<String>) -> Self {
+        TopicNames {
+            prefix: prefix.into(),
+        }
     }
-    topics
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `base` under the prefix (a topic or a group id).
+    pub fn name(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    /// [`RAW_EVENTS`] under the prefix.
+    pub fn raw_events(&self) -> String {
+        self.name(RAW_EVENTS)
+    }
+
+    /// [`MESSAGES`] under the prefix.
+    pub fn messages(&self) -> String {
+        self.name(MESSAGES)
+    }
+
+    /// [`THREAD_EVENTS`] under the prefix.
+    pub fn thread_events(&self) -> String {
+        self.name(THREAD_EVENTS)
+    }
+
+    /// [`REPLIES`] under the prefix.
+    pub fn replies(&self) -> String {
+        self.name(REPLIES)
+    }
+
+    /// [`RAW_DLQ`] under the prefix.
+    pub fn raw_dlq(&self) -> String {
+        self.name(RAW_DLQ)
+    }
+
+    /// A consumer group id under the prefix.
+    pub fn group(&self, group: &str) -> String {
+        self.name(group)
+    }
+
+    /// A group's retry topic.
+    pub fn retry(&self, group: &str) -> String {
+        format!("{}.retry", self.group(group))
+    }
+
+    /// A group's DLQ topic.
+    pub fn dlq(&self, group: &str) -> String {
+        format!("{}.dlq", self.group(group))
+    }
+
+    /// Every topic with its partitions and configs.
+    pub fn specs(&self, partitions: i32) -> Vec<TopicSpec> {
+        let flow = |name: String, retention_days: i64| TopicSpec {
+            name,
+            partitions,
+            configs: vec![("retention.ms", (retention_days * DAY_MS).to_string())],
+        };
+        // Dead letters wait for a human: keep them long, few partitions suffice.
+        let dlq = |name: String| TopicSpec {
+            name,
+            partitions: 1.max(partitions / 4),
+            configs: vec![("retention.ms", (90 * DAY_MS).to_string())],
+        };
+        let mut topics = vec![
+            flow(self.raw_events(), 7),
+            flow(self.messages(), 14),
+            flow(self.thread_events(), 14),
+            flow(self.replies(), 7),
+            dlq(self.raw_dlq()),
+        ];
+        for group in GROUPS {
+            topics.push(flow(self.retry(group), 14));
+            topics.push(dlq(self.dlq(group)));
+        }
+        topics
+    }
+}
+
+/// Creates `topics` where missing on the cluster of `settings` (idempotent): the
+/// path of `slackline topics create`, `slackline dev --kafka=embedded` and the tests.
+pub async fn create(
+    settings: &crate::KafkaSettings,
+    topics: &[TopicSpec],
+    replication: i32,
+) -> Result<Vec<Created>, KafkaError> {
+    let admin: AdminClient<DefaultClientContext> =
+        settings.client_config("slackline-topics").create()?;
+    create_topics(&admin, topics, replication, Duration::from_secs(30)).await
 }
 
 /// What happened to one topic in [`create_topics`].
@@ -138,5 +224,17 @@ mod tests {
         for t in topics.iter().filter(|t| !t.name.ends_with(".dlq")) {
             assert_eq!(t.partitions, 6, "{}", t.name);
         }
+    }
+
+    #[test]
+    fn a_prefix_names_every_topic_and_group_alike() {
+        let names = TopicNames::with_prefix("t1.");
+        assert_eq!(names.messages(), "t1.slack.messages.v1");
+        assert_eq!(names.group("notifier"), "t1.notifier");
+        assert_eq!(names.retry("notifier"), "t1.notifier.retry");
+        assert_eq!(names.dlq("notifier"), "t1.notifier.dlq");
+        let specs = names.specs(3);
+        assert_eq!(specs.len(), all_topics(3).len());
+        assert!(specs.iter().all(|t| t.name.starts_with("t1.")));
     }
 }

@@ -7,6 +7,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
+pub use crate::cluster::{Mock, TestCluster};
+
 /// One record as read back.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -122,9 +124,6 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     lag
 }
 
-/// librdkafka's mock cluster, as the tests hold it.
-pub type Mock = rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>;
-
 /// Sends `tracing` output to the test's output when `RUST_LOG` is set.
 pub fn init_logs() {
     if std::env::var_os("RUST_LOG").is_some() {
@@ -135,28 +134,19 @@ pub fn init_logs() {
     }
 }
 
-/// A fresh mock cluster of one broker holding every slackline topic
-/// ([`slackline_kafka::topics::all_topics`]) with `partitions` partitions per flow
-/// topic, so each test has topics of its own. Panics when the cluster cannot start.
-pub fn mock_cluster_with_topics(partitions: i32) -> Mock {
-    init_logs();
-    let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
-    for topic in slackline_kafka::topics::all_topics(partitions) {
-        mock.create_topic(&topic.name, topic.partitions, 1)
-            .expect("create topic");
-    }
-    mock
-}
-
 /// Produces (key, payload, event id) records to `topic` in order, each with the
 /// `slack-event-id` header, and waits for every acknowledgement. Panics on a Kafka
 /// error: this is test code.
-pub async fn produce_records(mock: &Mock, topic: &str, records: &[(String, Vec<u8>, String)]) {
+pub async fn produce_records(
+    cluster: &TestCluster,
+    topic: &str,
+    records: &[(String, Vec<u8>, String)],
+) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", cluster.bootstrap_servers())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("log_level", "3")
@@ -188,9 +178,9 @@ pub async fn produce_records(mock: &Mock, topic: &str, records: &[(String, Vec<u
     }
 }
 
-/// Produces message events to `slack.messages.v1` in order, Avro-encoded, key =
-/// channel (`unknown` without one), as the normalizer does.
-pub async fn produce_messages(mock: &Mock, events: &[slackline_events::MessageEvent]) {
+/// Produces message events to the cluster's `slack.messages.v1` in order,
+/// Avro-encoded, key = channel (`unknown` without one), as the normalizer does.
+pub async fn produce_messages(cluster: &TestCluster, events: &[slackline_events::MessageEvent]) {
     let records: Vec<(String, Vec<u8>, String)> = events
         .iter()
         .map(|e| {
@@ -201,5 +191,5 @@ pub async fn produce_messages(mock: &Mock, events: &[slackline_events::MessageEv
             )
         })
         .collect();
-    produce_records(mock, slackline_kafka::topics::MESSAGES, &records).await;
+    produce_records(cluster, &cluster.names().messages(), &records).await;
 }

@@ -1,4 +1,6 @@
-//! Test-only helpers for slackline's integration tests: a throwaway [Garage] S3 server
+//! Test-only helpers for slackline's integration tests: Kafka ([`cluster::TestCluster`]:
+//! the shared Apache Kafka broker, or the mock cluster for injected faults), a throwaway
+//! [Garage] S3 server
 //! per test, a recording SMTP sink ([`smtp::SmtpSink`]), [`free_port`] for loopback
 //! listeners, and [`unique_name`] for topics, buckets and databases that must not
 //! collide when cargo nextest runs tests in parallel processes.
@@ -7,6 +9,7 @@
 //! from both sync and async tests. Nothing here is meant for production code: the
 //! crate is a dev-dependency only.
 
+pub mod cluster;
 mod garage;
 pub mod kafka;
 pub mod metrics;

@@ -1,15 +1,15 @@
 //! A throwaway PostgreSQL database per test on the machine's server, so tests run in
 //! parallel without sharing tables.
 //!
-//! The server is `TEST_DATABASE_URL` (default: the local server with trust auth,
-//! `postgres://postgres@127.0.0.1:5432/postgres`). Each [`TestDatabase`] is a new
+//! The server is `TEST_DATABASE_URL` (default: the local server and the test role that
+//! `scripts/test` creates, `postgres://slackline:slackline@127.0.0.1:5432/postgres`). Each [`TestDatabase`] is a new
 //! database named `slackline_test_<unique>`; [`TestDatabase::drop_database`] removes
 //! it, and `./scripts/test` removes any that a crashed run left behind.
 
 use sqlx::{Connection, PgConnection};
 
 /// The server tests create their databases on, when `TEST_DATABASE_URL` is unset.
-pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub const DEFAULT_ADMIN_URL: &str = "postgres://slackline:slackline@127.0.0.1:5432/postgres";
 
 /// A database of one's own.
 #[derive(Debug, Clone)]

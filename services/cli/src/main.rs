@@ -191,6 +191,9 @@ enum TopicsCommand {
         /// Replication factor.
         #[arg(long, default_value_t = 3)]
         replication_factor: i32,
+        /// A prefix for every topic name (several pipelines on one cluster).
+        #[arg(long, default_value = "")]
+        prefix: String,
     },
 }
 
@@ -366,10 +369,13 @@ async fn main() -> anyhow::Result<()> {
                     bootstrap,
                     partitions,
                     replication_factor,
+                    prefix,
                 },
         } => {
             let settings = kafka_settings(bootstrap)?;
-            for created in topics::create(&settings, partitions, replication_factor).await? {
+            let names = slackline_kafka::topics::TopicNames::with_prefix(prefix);
+            for created in topics::create(&settings, &names, partitions, replication_factor).await?
+            {
                 match created {
                     slackline_kafka::topics::Created::Created(name) => println!("created {name}"),
                     slackline_kafka::topics::Created::Existed(name) => println!("exists  {name}"),
