@@ -159,6 +159,7 @@ impl TestCluster {
             return;
         }
         let settings = self.settings();
+        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         // Its own thread and runtime: callable from sync code and from any async test.
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -171,6 +172,9 @@ impl TestCluster {
         })
         .join()
         .expect("topic creation thread");
+        // CreateTopics answers once the controller has the topic; wait until the
+        // broker's metadata has it too, so a service started next finds it.
+        crate::kafka::wait_for_topics(&self.bootstrap, &names, Duration::from_secs(30));
     }
 }
 
@@ -283,15 +287,21 @@ fn report(what: &str) {
     } else {
         "kafka"
     };
+    // Once per process and line; the script prints the distinct lines.
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.iter().any(|l| l == what) {
+            return;
+        }
+        seen.push(what.to_owned());
+    }
     let dir = PathBuf::from(dir);
     let _ = std::fs::create_dir_all(&dir);
-    // One file per binary and kind; a line per distinct reason.
+    // One file per binary and kind. One write of one short line in append mode, so
+    // lines from parallel test processes never interleave.
     let path = dir.join(format!("{binary}.{kind}"));
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    if existing.lines().any(|l| l == what) {
-        return;
-    }
     if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&path) {
-        let _ = writeln!(f, "{what}");
+        let _ = f.write_all(format!("{what}\n").as_bytes());
     }
 }

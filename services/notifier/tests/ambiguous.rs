@@ -18,8 +18,6 @@ use slackline_testkit::postgres::TestDatabase;
 use slackline_testkit::smtp::SmtpSink;
 use tokio::net::TcpListener;
 
-const DLQ: &str = "notifier.dlq";
-
 /// Accepts connections, reads nothing, answers nothing, keeps them open.
 struct Silent {
     url: String,
@@ -56,17 +54,29 @@ impl Silent {
     }
 }
 
-async fn dlq_records(mock: &Mock, want: usize, timeout: Duration) -> Vec<DlqRecord> {
-    read_topic(&mock.bootstrap_servers(), DLQ, 1, want, timeout)
-        .await
-        .iter()
-        .map(|r| serde_json::from_slice(&r.payload).unwrap())
-        .collect()
+/// The DLQ topic's partitions (`names().specs(2)`: a quarter of the flow's, at least 1).
+const DLQ_PARTITIONS: i32 = 1;
+
+/// The records of the cluster's `notifier.dlq`, once `want` arrived or `timeout`
+/// passed.
+async fn dlq_records(cluster: &TestCluster, want: usize, timeout: Duration) -> Vec<DlqRecord> {
+    let dlq = cluster.names().dlq(GROUP);
+    read_topic(
+        &cluster.bootstrap_servers(),
+        &dlq,
+        DLQ_PARTITIONS,
+        want,
+        timeout,
+    )
+    .await
+    .iter()
+    .map(|r| serde_json::from_slice(&r.payload).unwrap())
+    .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhook_that_never_answers_is_not_resent_and_lands_in_the_dlq() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Silent::start().await;
     let discord = Receiver::discord().await;
@@ -76,7 +86,7 @@ async fn a_webhook_that_never_answers_is_not_resent_and_lands_in_the_dlq() {
         discord: Some(discord.url()),
         smtp: Some(smtp.url()),
     };
-    let mut config = config(&mock, &db.url, &targets);
+    let mut config = config(&cluster, &db.url, &targets);
     // NOTIFY_HTTP_TIMEOUT_MS
     config.targets.http_timeout = Duration::from_millis(300);
     let events = vec![
@@ -85,12 +95,14 @@ async fn a_webhook_that_never_answers_is_not_resent_and_lands_in_the_dlq() {
     ];
     let facts: Vec<String> = events.iter().map(|e| FactKey::of(e).to_string()).collect();
     let mut service = start(config).await;
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
 
-    let records = dlq_records(&mock, 2, Duration::from_secs(60)).await;
+    let records = dlq_records(&cluster, 2, Duration::from_secs(60)).await;
     assert_eq!(records.len(), 2, "{records:?}");
     for (record, fact) in records.iter().zip(&facts) {
         assert!(!record.retryable, "{record:?}");
+        assert_eq!(record.group, cluster.names().group(GROUP));
+        assert_eq!(record.original.topic, cluster.names().messages());
         assert!(record.error.starts_with("slack: "), "{}", record.error);
         assert!(record.error.contains(fact), "{} names {fact}", record.error);
         assert!(!record.error.contains("secret-token"), "{}", record.error);
@@ -114,7 +126,7 @@ async fn a_webhook_that_never_answers_is_not_resent_and_lands_in_the_dlq() {
     );
 
     // A redrive of both records: not sent again and not dead-lettered again.
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
     wait_until("the redrive handled", Duration::from_secs(60), || async {
         service.counter(
             "slackline_notifier_skipped_total",
@@ -136,8 +148,13 @@ async fn a_webhook_that_never_answers_is_not_resent_and_lands_in_the_dlq() {
     service.stop().await;
     assert_eq!(slack.accepted(), 2);
     assert_eq!((discord.count(), smtp.mails().len()), (2, 2));
+    // Stopped: whatever it produced is in the topic.
     assert_eq!(
-        dlq_records(&mock, 3, Duration::from_secs(3)).await.len(),
+        slackline_testkit::kafka::topic_len(
+            &cluster.bootstrap_servers(),
+            &cluster.names().dlq(GROUP),
+            DLQ_PARTITIONS
+        ),
         2,
         "no new DLQ record"
     );

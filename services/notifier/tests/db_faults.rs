@@ -14,7 +14,7 @@ const CHANNELS: [&str; 4] = ["C1", "C2", "C3", "C4"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminated_connections_cost_no_notification_and_duplicate_none() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Receiver::slack().await;
     let discord = Receiver::discord().await;
@@ -37,8 +37,8 @@ async fn terminated_connections_cost_no_notification_and_duplicate_none() {
             )
         })
         .collect();
-    let mut service = start(config(&mock, &db.url, &targets)).await;
-    produce(&mock, &events).await;
+    let mut service = start(config(&cluster, &db.url, &targets)).await;
+    produce(&cluster, &events).await;
 
     wait_until(
         "the first notifications",

@@ -14,7 +14,7 @@ use slackline_testkit::smtp::SmtpSink;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_target_gets_exactly_the_expected_notifications() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Receiver::slack().await;
     let discord = Receiver::discord().await;
@@ -39,14 +39,14 @@ async fn every_target_gets_exactly_the_expected_notifications() {
         customer_reaction("EvC3", "C3", "300.000001"),
         customer_edit("EvC4", "C3", "300.000001", "300.000004"),
     ];
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
 
     let targets = Targets {
         slack: Some(slack.url()),
         discord: Some(discord.url()),
         smtp: Some(smtp.url()),
     };
-    let mut service = start(config(&mock, &db.url, &targets)).await;
+    let mut service = start(config(&cluster, &db.url, &targets)).await;
 
     let expected = vec![
         expected_post_text("C1", "100.000001", "printer is on fire"),
@@ -149,12 +149,12 @@ async fn every_target_gets_exactly_the_expected_notifications() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_targets_events_are_counted() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    produce(&mock, &customer_batch(&["C1", "C2"], 3)).await;
-    produce(&mock, &[bot_post("EvBot", "C1", "9.000001")]).await;
+    produce(&cluster, &customer_batch(&["C1", "C2"], 3)).await;
+    produce(&cluster, &[bot_post("EvBot", "C1", "9.000001")]).await;
 
-    let mut service = start(config(&mock, &db.url, &Targets::default())).await;
+    let mut service = start(config(&cluster, &db.url, &Targets::default())).await;
     wait_until("every event counted", Duration::from_secs(60), || async {
         service.counter(
             "slackline_notifier_skipped_total",

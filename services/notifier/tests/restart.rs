@@ -15,7 +15,7 @@ const PER_CHANNEL: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_mid_batch_and_a_second_copy_notify_each_fact_once() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Receiver::slack().await;
     let discord = Receiver::discord().await;
@@ -41,9 +41,9 @@ async fn restart_mid_batch_and_a_second_copy_notify_each_fact_once() {
             )
         })
         .collect();
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
 
-    let mut first = start(config(&mock, &db.url, &targets)).await;
+    let mut first = start(config(&cluster, &db.url, &targets)).await;
     wait_until(
         "the first notifications",
         Duration::from_secs(60),
@@ -57,7 +57,7 @@ async fn restart_mid_batch_and_a_second_copy_notify_each_fact_once() {
         "the first instance should stop partway ({after_first} of {total})"
     );
 
-    let mut second = start(config(&mock, &db.url, &targets)).await;
+    let mut second = start(config(&cluster, &db.url, &targets)).await;
     let mail_texts = || -> Vec<String> {
         smtp.mails()
             .iter()
@@ -94,7 +94,7 @@ async fn restart_mid_batch_and_a_second_copy_notify_each_fact_once() {
     };
     let sent_before = second.counter("slackline_notifier_sent_total", &[]);
     let skipped_before = already_sent();
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
     wait_until("the copy handled", Duration::from_secs(120), || async {
         already_sent() >= skipped_before + 3 * total as u64
     })

@@ -42,7 +42,7 @@ fn assert_in_channel_order(target: &str, texts: &[String], expected: &[String]) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discord_answering_503_gets_everything_once_in_order_later() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Receiver::slack().await;
     let discord = Receiver::discord().await;
@@ -54,8 +54,8 @@ async fn discord_answering_503_gets_everything_once_in_order_later() {
     };
     let events = customer_batch(&CHANNELS, PER_CHANNEL);
     let expected = expected(&events);
-    let mut service = start(config(&mock, &db.url, &targets)).await;
-    produce(&mock, &events).await;
+    let mut service = start(config(&cluster, &db.url, &targets)).await;
+    produce(&cluster, &events).await;
 
     // Down for a while: several retry rounds of each channel's first event.
     wait_until(
@@ -108,7 +108,7 @@ async fn discord_answering_503_gets_everything_once_in_order_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_refusing_connections_gets_everything_once_in_order_later() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let mut slack = Receiver::slack().await;
     slack.stop().await;
@@ -118,8 +118,8 @@ async fn slack_refusing_connections_gets_everything_once_in_order_later() {
     };
     let events = customer_batch(&CHANNELS, PER_CHANNEL);
     let expected = expected(&events);
-    let mut service = start(config(&mock, &db.url, &targets)).await;
-    produce(&mock, &events).await;
+    let mut service = start(config(&cluster, &db.url, &targets)).await;
+    produce(&cluster, &events).await;
 
     wait_until(
         "connections refused for a while",
@@ -150,7 +150,7 @@ async fn slack_refusing_connections_gets_everything_once_in_order_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn email_relay_stopped_then_restarted_gets_each_mail_once() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = Receiver::slack().await;
     let mut smtp = SmtpSink::start().await.unwrap();
@@ -162,8 +162,8 @@ async fn email_relay_stopped_then_restarted_gets_each_mail_once() {
     };
     let events = customer_batch(&CHANNELS, PER_CHANNEL);
     let expected = expected(&events);
-    let mut service = start(config(&mock, &db.url, &targets)).await;
-    produce(&mock, &events).await;
+    let mut service = start(config(&cluster, &db.url, &targets)).await;
+    produce(&cluster, &events).await;
 
     wait_until(
         "the relay refusing for a while",

@@ -84,9 +84,9 @@ fn script() -> (Vec<MessageEvent>, BTreeMap<String, Vec<T>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_and_duplicate_nothing() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let running = start(config(&mock, &db, &[])).await;
+    let running = start(config(&cluster, &db, &[])).await;
     let (input, expected) = script();
 
     // Kill every connection of the database every few milliseconds until the batch
@@ -105,7 +105,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
             (rounds, killed)
         })
     };
-    produce(&mock, &input).await;
+    produce(&cluster, &input).await;
     wait_handled(&running, input.len(), Duration::from_secs(120)).await;
     stop.store(true, Ordering::Relaxed);
     let (rounds, killed) = killer.await.unwrap();
@@ -140,7 +140,7 @@ async fn killed_connections_lose_and_duplicate_nothing() {
     // publish one again (at least once; consumers deduplicate by transition id), so
     // such a repeat, if any, must be the identical record right after the first.
     let n = CHANNELS.len() * THREADS * 4;
-    let events = thread_events(&mock, 2 * n).await;
+    let events = thread_events(&cluster, n).await;
     let mut repeats = 0;
     let mut deduped: BTreeMap<String, Vec<ThreadEvent>> = BTreeMap::new();
     for (channel, list) in &events {

@@ -67,10 +67,10 @@ fn script() -> Vec<MessageEvent> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_window_and_manual_channels() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let running = start(config(
-        &mock,
+        &cluster,
         &db,
         &[
             ("GROUPING_CHANNELS", "C0WINDOW:time-window,C0MANUAL:manual"),
@@ -79,7 +79,7 @@ async fn time_window_and_manual_channels() {
     ))
     .await;
     let input = script();
-    produce(&mock, &input).await;
+    produce(&cluster, &input).await;
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
 
@@ -171,7 +171,7 @@ async fn time_window_and_manual_channels() {
     .into_iter()
     .collect();
     assert_eq!(transitions(&pool).await, expected);
-    let events = thread_events(&mock, 10).await;
+    let events = thread_events(&cluster, 10).await;
     assert_eq!(total(&events), 10);
     let per_channel: BTreeMap<String, Vec<T>> =
         events.iter().map(|(c, e)| (c.clone(), as_t(e))).collect();

@@ -1,5 +1,5 @@
 //! slack-thread mode end to end: a scripted conversation over three channels through
-//! the mock cluster and PostgreSQL, the exact rows, transitions and thread events; and
+//! a real Kafka broker and PostgreSQL, the exact rows, transitions and thread events; and
 //! the same input again (plus a duplicate fact under another event id) changing
 //! nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -161,7 +161,7 @@ fn expected_transitions() -> BTreeMap<String, Vec<T>> {
 const TRANSITIONS: usize = 12;
 
 /// Checks every table and the topic against the script's expectations.
-async fn assert_state(mock: &Mock, pool: &sqlx::PgPool, facts: i64) {
+async fn assert_state(cluster: &TestCluster, pool: &sqlx::PgPool, facts: i64) {
     assert_eq!(threads(pool).await, expected_threads());
     assert_eq!(
         thread_details(pool).await,
@@ -221,7 +221,7 @@ async fn assert_state(mock: &Mock, pool: &sqlx::PgPool, facts: i64) {
     assert_eq!(count(pool, "facts").await, facts);
     assert_eq!(transitions(pool).await, expected_transitions());
 
-    let events = thread_events(mock, TRANSITIONS).await;
+    let events = thread_events(cluster, TRANSITIONS).await;
     assert_eq!(total(&events), TRANSITIONS, "{events:#?}");
     let per_channel: BTreeMap<String, Vec<T>> =
         events.iter().map(|(c, e)| (c.clone(), as_t(e))).collect();
@@ -254,14 +254,14 @@ async fn assert_state(mock: &Mock, pool: &sqlx::PgPool, facts: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scripted_conversation_gives_exact_threads_transitions_and_events() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let running = start(config(&mock, &db, &[])).await;
+    let running = start(config(&cluster, &db, &[])).await;
     let input = script();
-    produce(&mock, &input).await;
+    produce(&cluster, &input).await;
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
-    assert_state(&mock, &pool, input.len() as i64).await;
+    assert_state(&cluster, &pool, input.len() as i64).await;
     running.stop().await;
     pool.close().await;
     db.drop_database().await;
@@ -269,14 +269,14 @@ async fn scripted_conversation_gives_exact_threads_transitions_and_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_input_again_changes_nothing() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let running = start(config(&mock, &db, &[])).await;
+    let running = start(config(&cluster, &db, &[])).await;
     let input = script();
-    produce(&mock, &input).await;
+    produce(&cluster, &input).await;
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
-    assert_state(&mock, &pool, input.len() as i64).await;
+    assert_state(&cluster, &pool, input.len() as i64).await;
 
     // Replay everything, plus two posted facts again under other event ids (as an
     // app_mention of the same message would be): the customer's root, and the agent's
@@ -289,9 +289,9 @@ async fn the_same_input_again_changes_nothing() {
     assert_eq!(mention.event_id, "Ev-c1-2");
     mention.event_id = "Ev-c1-2-app-mention".into();
     again.push(mention);
-    produce(&mock, &again).await;
+    produce(&cluster, &again).await;
     wait_handled(&running, input.len() + again.len(), Duration::from_secs(60)).await;
-    assert_state(&mock, &pool, input.len() as i64).await;
+    assert_state(&cluster, &pool, input.len() as i64).await;
     let duplicates = slackline_testkit::metrics::metric(
         running.registry(),
         "slackline_thread_state_facts_total",
@@ -308,10 +308,10 @@ async fn the_same_input_again_changes_nothing() {
 
     // A restarted service (same group, offsets committed) changes nothing either.
     running.stop().await;
-    let running = start(config(&mock, &db, &[])).await;
-    produce(&mock, &input[..3]).await;
+    let running = start(config(&cluster, &db, &[])).await;
+    produce(&cluster, &input[..3]).await;
     wait_handled(&running, 3, Duration::from_secs(60)).await;
-    assert_state(&mock, &pool, input.len() as i64).await;
+    assert_state(&cluster, &pool, input.len() as i64).await;
 
     // A crash between the commit and Kafka's acknowledgement leaves a transition
     // unpublished: the redelivered fact publishes it (and only it).
@@ -321,10 +321,10 @@ async fn the_same_input_again_changes_nothing() {
         .execute(&pool)
         .await
         .unwrap();
-    produce(&mock, &input[2..3]).await;
+    produce(&cluster, &input[2..3]).await;
     wait_handled(&running, 4, Duration::from_secs(60)).await;
     let _ = transitions(&pool).await; // every transition is marked published again
-    let events = thread_events(&mock, TRANSITIONS + 1).await;
+    let events = thread_events(&cluster, TRANSITIONS + 1).await;
     assert_eq!(total(&events), TRANSITIONS + 1);
     let c1 = &events[C1];
     assert_eq!(c1.len(), 6);
@@ -371,10 +371,10 @@ async fn a_shared_channel_under_two_teams_gives_two_threads() {
             "U0CUST",
         ),
     ];
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let running = start(config(&mock, &db, &[])).await;
-    produce(&mock, &input).await;
+    let running = start(config(&cluster, &db, &[])).await;
+    produce(&cluster, &input).await;
     // No record may go to the DLQ.
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
@@ -420,7 +420,7 @@ async fn a_shared_channel_under_two_teams_gives_two_threads() {
             .into_iter()
             .collect()
     );
-    let events = thread_events(&mock, expected.len()).await;
+    let events = thread_events(&cluster, expected.len()).await;
     assert_eq!(total(&events), expected.len());
     assert_eq!(as_t(&events[SHARED]), expected);
     let teams: Vec<&str> = events[SHARED].iter().map(|e| e.team_id.as_str()).collect();
@@ -499,10 +499,10 @@ async fn degraded_events_follow_their_author() {
         // Unreadable and unattributable: it must surface as a customer's.
         degraded("Ev-d-8", TOP, "1700000100.000400"),
     ];
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let running = start(config(&mock, &db, &[])).await;
-    produce(&mock, &input).await;
+    let running = start(config(&cluster, &db, &[])).await;
+    produce(&cluster, &input).await;
     wait_handled(&running, input.len(), Duration::from_secs(60)).await;
     let pool = pool(&db).await;
 
@@ -543,7 +543,7 @@ async fn degraded_events_follow_their_author() {
     .into_iter()
     .collect();
     assert_eq!(transitions(&pool).await, expected);
-    let events = thread_events(&mock, 3).await;
+    let events = thread_events(&cluster, 3).await;
     assert_eq!(total(&events), 3);
     assert_eq!(events[THREADED][1].author_kind.as_deref(), Some("agent"));
     assert_eq!(events[THREADED][1].trigger_fact, "degraded:Ev-d-2");

@@ -207,11 +207,11 @@ fn expected_conversation() -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_becomes_exactly_its_timeline() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let writer = Writer::start(config(&mock, &db)).await;
+    let writer = Writer::start(config(&cluster, &db)).await;
     let events = conversation();
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
     writer.wait_finished(events.len() as u64).await;
 
     let got = project(&rows(&db).await, &COLUMNS);
@@ -253,11 +253,11 @@ async fn a_conversation_becomes_exactly_its_timeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_retries_and_second_event_ids_change_nothing() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
     let events = conversation();
-    let writer = Writer::start(config(&mock, &db)).await;
-    produce(&mock, &events).await;
+    let writer = Writer::start(config(&cluster, &db)).await;
+    produce(&cluster, &events).await;
     writer.wait_finished(events.len() as u64).await;
     let before = rows(&db).await;
     assert_eq!(before.len(), 12);
@@ -273,7 +273,7 @@ async fn replays_retries_and_second_event_ids_change_nothing() {
     edit.event_id = "Ev104-again".into();
     again.push(mention);
     again.push(edit);
-    produce(&mock, &again).await;
+    produce(&cluster, &again).await;
     let total = (events.len() + again.len()) as u64;
     writer.wait_finished(total).await;
     assert_eq!(rows(&db).await, before, "a replay changed the timeline");
@@ -306,19 +306,13 @@ async fn replays_retries_and_second_event_ids_change_nothing() {
 
     // A rewound group: another group id reads the whole topic again into the same
     // database.
-    for topic in [
-        "timeline-writer-rewound.retry",
-        "timeline-writer-rewound.dlq",
-    ] {
-        mock.create_topic(topic, PARTITIONS, 1).unwrap();
+    const REWOUND: &str = "timeline-writer-rewound";
+    let names = cluster.names();
+    for topic in [names.retry(REWOUND), names.dlq(REWOUND)] {
+        cluster.create_topic(&topic, PARTITIONS);
     }
-    let mut config = config(&mock, &db);
-    config.runtime = slackline_consumer::RuntimeConfig {
-        group_id: "timeline-writer-rewound".into(),
-        retry_topic: "timeline-writer-rewound.retry".into(),
-        dlq_topic: "timeline-writer-rewound.dlq".into(),
-        ..config.runtime
-    };
+    let mut config = config(&cluster, &db);
+    config.runtime = runtime(&cluster, REWOUND);
     let rewound = Writer::start(config).await;
     rewound.wait_finished(total).await;
     assert_eq!(rows(&db).await, before, "a rewind changed the timeline");

@@ -35,9 +35,9 @@ fn edit_row(channel: &str, ts: &str, edited_ts: &str, text: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_and_deletes_before_their_post_are_applied_when_it_arrives() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let writer = Writer::start(config(&mock, &db)).await;
+    let writer = Writer::start(config(&cluster, &db)).await;
 
     // Phase 1: what arrives before the posts. M1: two edits, the newer first, and
     // the older one redelivered under another event id. M3: its delete. M4 (another
@@ -51,7 +51,7 @@ async fn edits_and_deletes_before_their_post_are_applied_when_it_arrives() {
         edited("Ev5", "C2", M4, "1700000500.000000", AGENT, "a"),
         edited("Ev6", "C2", M4, "1700000600.000000", AGENT, "b"),
     ];
-    produce(&mock, &early).await;
+    produce(&cluster, &early).await;
     writer.wait_finished(early.len() as u64).await;
     let got = project(&rows(&db).await, &COLUMNS);
     assert_eq!(
@@ -87,7 +87,7 @@ async fn edits_and_deletes_before_their_post_are_applied_when_it_arrives() {
         edited("Ev1-retry", "C1", M1, "1700000300.000000", CUSTOMER, "v2"),
         edited("Ev16", "C2", M4, "1700000550.000000", AGENT, "a"),
     ];
-    produce(&mock, &late).await;
+    produce(&cluster, &late).await;
     writer
         .wait_finished((early.len() + late.len()) as u64)
         .await;

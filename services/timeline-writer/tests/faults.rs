@@ -30,9 +30,9 @@ const COLUMNS: [&str; 9] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_connections_lose_nothing_and_duplicate_nothing() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let mut config = config(&mock, &db);
+    let mut config = config(&cluster, &db);
     // Enough rounds that a record outlives any run of kills (it would otherwise end
     // in the DLQ, which the test rules out below).
     config.runtime.quick_retries = 5;
@@ -128,7 +128,7 @@ async fn killed_connections_lose_nothing_and_duplicate_nothing() {
             (rounds, killed)
         })
     };
-    produce(&mock, &events).await;
+    produce(&cluster, &events).await;
     writer.wait_finished(events.len() as u64).await;
     stop.store(true, Ordering::SeqCst);
     let (rounds, killed) = killer.await.unwrap();
@@ -179,9 +179,9 @@ async fn killed_connections_lose_nothing_and_duplicate_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_that_is_not_a_message_event_goes_to_the_dlq() {
-    let mock = mock_cluster();
+    let cluster = cluster();
     let db = TestDatabase::create().await;
-    let writer = Writer::start(config(&mock, &db)).await;
+    let writer = Writer::start(config(&cluster, &db)).await;
 
     let garbage = b"\xc3\x01 certainly not avro".to_vec();
     let event = |e: slackline_events::MessageEvent| {
@@ -213,28 +213,37 @@ async fn a_record_that_is_not_a_message_event_goes_to_the_dlq() {
             "third channel",
         )),
     ];
-    produce_raw(&mock, &records).await;
+    produce_raw(&cluster, &records).await;
     writer.wait_finished(records.len() as u64).await;
 
     let dlq = slackline_testkit::kafka::read_topic(
-        &mock.bootstrap_servers(),
-        DLQ,
+        &cluster.bootstrap_servers(),
+        &cluster.names().dlq(GROUP),
         1,
         1,
         Duration::from_secs(30),
     )
     .await;
     assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        slackline_testkit::kafka::topic_len(
+            &cluster.bootstrap_servers(),
+            &cluster.names().dlq(GROUP),
+            1
+        ),
+        1,
+        "one DLQ record, no more"
+    );
     assert_eq!(dlq[0].key.as_deref(), Some("C1"));
     let record: DlqRecord = serde_json::from_slice(&dlq[0].payload).unwrap();
-    assert_eq!(record.group, GROUP);
+    assert_eq!(record.group, cluster.names().group(GROUP));
     assert!(!record.retryable);
     assert!(
         record.error.contains("not a message event"),
         "{}",
         record.error
     );
-    assert_eq!(record.original.topic, "slack.messages.v1");
+    assert_eq!(record.original.topic, cluster.names().messages());
     assert_eq!(record.original.key.as_deref(), Some("C1"));
     assert_eq!(
         base64::engine::general_purpose::STANDARD

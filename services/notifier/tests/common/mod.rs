@@ -1,5 +1,5 @@
-//! Shared set-up for the notifier's tests: a mock Kafka cluster with every slackline
-//! topic, a throwaway database, webhook receivers on real sockets, message events,
+//! Shared set-up for the notifier's tests: the shared Kafka broker with every
+//! slackline topic under the test's own prefix, a throwaway database, webhook receivers on real sockets, message events,
 //! and the service with short retry delays.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -26,11 +26,15 @@ use tokio::task::JoinHandle;
 pub const PARTITIONS: i32 = 2;
 pub const TEAM: &str = "T0AGENTS";
 
-pub use slackline_testkit::kafka::Mock;
+/// The service's consumer group, unprefixed (the cluster's is `names().group(GROUP)`).
+pub const GROUP: &str = slackline_notifier::config::GROUP;
 
-/// A mock cluster with every slackline topic (2 partitions per flow topic).
-pub fn mock_cluster() -> Mock {
-    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
+pub use slackline_testkit::kafka::TestCluster;
+
+/// The shared Kafka broker with every slackline topic (2 partitions per flow topic)
+/// under a prefix of this test's own.
+pub fn cluster() -> TestCluster {
+    TestCluster::kafka_with_topics(PARTITIONS)
 }
 
 // ---------------------------------------------------------------- webhook receiver
@@ -386,10 +390,16 @@ pub struct Targets {
 }
 
 /// The service's config for tests: through `from_env` (so the variables are the real
-/// ones), then quick retries and commits.
-pub fn config(mock: &Mock, database_url: &str, targets: &Targets) -> NotifierConfig {
+/// ones) with the cluster's topics and group, then quick retries and commits.
+pub fn config(cluster: &TestCluster, database_url: &str, targets: &Targets) -> NotifierConfig {
+    let names = cluster.names();
     let mut pairs: Vec<(String, String)> = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), mock.bootstrap_servers()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".into(),
+            cluster.bootstrap_servers(),
+        ),
+        ("GROUP_ID".into(), names.group(GROUP)),
+        ("SOURCE_TOPIC".into(), names.messages()),
         ("DATABASE_URL".into(), database_url.to_owned()),
         ("ADMIN_ADDR".into(), "127.0.0.1:0".into()),
         ("NOTIFY_HTTP_TIMEOUT_MS".into(), "3000".into()),
@@ -419,6 +429,9 @@ pub fn config(mock: &Mock, database_url: &str, targets: &Targets) -> NotifierCon
         ("log_level".into(), "3".into()),
     ];
     let runtime = &mut config.runtime;
+    // The runtime derives the retry and DLQ topics from the group: the cluster's.
+    assert_eq!(runtime.retry_topic, names.retry(GROUP));
+    assert_eq!(runtime.dlq_topic, names.dlq(GROUP));
     runtime.retry_delays = vec![Duration::from_millis(300); 20];
     runtime.quick_retries = 2;
     runtime.quick_backoff = Duration::from_millis(20);

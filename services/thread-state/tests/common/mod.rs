@@ -1,5 +1,5 @@
-//! Shared set-up for thread-state's tests: a mock Kafka cluster with every slackline
-//! topic, a throwaway database, the service started through `start`, message-event
+//! Shared set-up for thread-state's tests: the shared Kafka broker with every
+//! slackline topic under the test's own prefix, a throwaway database, the service started through `start`, message-event
 //! builders, and readers of the resulting rows and thread events.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -12,7 +12,6 @@ use slackline_events::{
     decode_thread_event, Author, AuthorKind, Degraded, Edited, Kind, Member, MessageEvent, Mode,
     Posted, Reaction, ThreadEvent,
 };
-use slackline_kafka::topics;
 use slackline_service::{Env, Shutdown};
 use slackline_testkit::postgres::TestDatabase;
 use slackline_thread_state::ThreadStateConfig;
@@ -21,18 +20,33 @@ use sqlx::{PgPool, Row};
 pub const PARTITIONS: i32 = 2;
 pub const TEAM: &str = "T0AGENTS";
 
-pub use slackline_testkit::kafka::Mock;
+pub use slackline_testkit::kafka::TestCluster;
 
-/// A mock cluster with every slackline topic (`all_topics(2)`).
-pub fn mock_cluster() -> Mock {
-    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
+/// The service's consumer group, unprefixed.
+pub const GROUP: &str = slackline_thread_state::config::GROUP;
+
+/// The shared Kafka broker with every slackline topic (2 partitions per flow topic)
+/// under a prefix of this test's own.
+pub fn cluster() -> TestCluster {
+    TestCluster::kafka_with_topics(PARTITIONS)
 }
 
-/// The service's config for tests: the mock cluster, the test database, short retry
-/// delays, plus `extra` variables.
-pub fn config(mock: &Mock, db: &TestDatabase, extra: &[(&str, &str)]) -> ThreadStateConfig {
+/// The service's config for tests: the cluster's topics and group (under its
+/// prefix), the test database, short retry delays, plus `extra` variables.
+pub fn config(
+    cluster: &TestCluster,
+    db: &TestDatabase,
+    extra: &[(&str, &str)],
+) -> ThreadStateConfig {
+    let names = cluster.names();
     let mut pairs: Vec<(String, String)> = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), mock.bootstrap_servers()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".into(),
+            cluster.bootstrap_servers(),
+        ),
+        ("GROUP_ID".into(), names.group(GROUP)),
+        ("SOURCE_TOPIC".into(), names.messages()),
+        ("THREAD_EVENTS_TOPIC".into(), names.thread_events()),
         (
             "KAFKA_PROPERTIES".into(),
             "session.timeout.ms=6000;heartbeat.interval.ms=200;log_level=3".into(),
@@ -48,6 +62,9 @@ pub fn config(mock: &Mock, db: &TestDatabase, extra: &[(&str, &str)]) -> ThreadS
     );
     let mut config = ThreadStateConfig::from_env(Env::from_pairs(pairs)).expect("config");
     let r = &mut config.runtime;
+    // The runtime derives the retry and DLQ topics from the group: the cluster's.
+    assert_eq!(r.retry_topic, names.retry(GROUP));
+    assert_eq!(r.dlq_topic, names.dlq(GROUP));
     r.quick_retries = 3;
     r.quick_backoff = Duration::from_millis(10);
     r.retry_delays = vec![Duration::from_millis(200); 3];
@@ -396,19 +413,46 @@ pub async fn transitions(pool: &PgPool) -> BTreeMap<String, Vec<T>> {
     out
 }
 
-/// Every record of `support.thread-events`, decoded, per channel (the key) in order;
-/// waits for `want` records, then reads on briefly to catch any extra ones.
-pub async fn thread_events(mock: &Mock, want: usize) -> BTreeMap<String, Vec<ThreadEvent>> {
-    let first = slackline_testkit::kafka::read_topic(
-        &mock.bootstrap_servers(),
-        topics::THREAD_EVENTS,
-        PARTITIONS,
-        want + 1,
-        Duration::from_secs(3),
+/// Every record of the cluster's `support.thread-events`, decoded, per channel (the
+/// key) in order. Waits until the topic holds at least `at_least` records, lets a
+/// moment pass for any extra one, then reads every record the topic holds (its
+/// watermarks), so that extras show.
+pub async fn thread_events(
+    cluster: &TestCluster,
+    at_least: usize,
+) -> BTreeMap<String, Vec<ThreadEvent>> {
+    let bootstrap = cluster.bootstrap_servers();
+    let topic = cluster.names().thread_events();
+    let len = || {
+        let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                slackline_testkit::kafka::topic_len(&bootstrap, &topic, PARTITIONS)
+            })
+            .await
+            .unwrap()
+        }
+    };
+    slackline_testkit::wait_until(
+        &format!("{at_least} records on {topic}"),
+        Duration::from_secs(60),
+        || async { len().await >= at_least as i64 },
     )
     .await;
+    // Read on briefly, as a late extra record would arrive.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = usize::try_from(len().await).unwrap();
+    let records = slackline_testkit::kafka::read_topic(
+        &bootstrap,
+        &topic,
+        PARTITIONS,
+        held,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(records.len(), held, "read back every record of {topic}");
     let mut out: BTreeMap<String, Vec<ThreadEvent>> = BTreeMap::new();
-    for record in first {
+    for record in records {
         let event = decode_thread_event(&record.payload).expect("a thread event");
         assert_eq!(
             record.key.as_deref(),

@@ -1,7 +1,8 @@
-//! Shared set-up for the timeline-writer's tests: a mock Kafka cluster with every
-//! slackline topic (`all_topics(2)`), a throwaway database, the service started with
-//! `start(config, shutdown)`, message events produced to `slack.messages.v1` (key =
-//! channel), and the `timeline.entries` table read back as JSON.
+//! Shared set-up for the timeline-writer's tests: the shared Kafka broker with every
+//! slackline topic (2 partitions per flow topic) under the test's own prefix, a
+//! throwaway database, the service started with `start(config, shutdown)`, message
+//! events produced to the cluster's `slack.messages.v1` (key = channel), and the
+//! `timeline.entries` table read back as JSON.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use slackline_events::{
     Author, AuthorKind, Degraded, Deleted, Edited, FileRef, Kind, Member, MessageEvent, Mode,
     Posted, Reaction,
 };
-use slackline_kafka::{topics, KafkaSettings};
+use slackline_kafka::KafkaSettings;
 use slackline_service::{LogFormat, Shutdown};
 use slackline_store::StoreSettings;
 use slackline_testkit::postgres::TestDatabase;
@@ -22,28 +23,28 @@ use slackline_timeline_writer::TimelineWriterConfig;
 use sqlx::{Connection, PgConnection};
 
 pub const PARTITIONS: i32 = 2;
-pub const GROUP: &str = "timeline-writer";
-pub const DLQ: &str = "timeline-writer.dlq";
+/// The service's consumer group, unprefixed (the cluster's is `names().group(GROUP)`).
+pub const GROUP: &str = slackline_timeline_writer::config::GROUP;
 pub const TEAM: &str = "T0HOME";
 pub const CUSTOMER: &str = "U0CUST1";
 pub const AGENT: &str = "U0AG1";
 
-pub use slackline_testkit::kafka::Mock;
+pub use slackline_testkit::kafka::TestCluster;
 
-/// A fresh cluster with every slackline topic.
-pub fn mock_cluster() -> Mock {
-    slackline_testkit::kafka::mock_cluster_with_topics(PARTITIONS)
+/// The shared Kafka broker with every slackline topic under this test's prefix.
+pub fn cluster() -> TestCluster {
+    TestCluster::kafka_with_topics(PARTITIONS)
 }
 
-/// A config for tests: quick group joins, short retry delays.
-pub fn config(mock: &Mock, db: &TestDatabase) -> TimelineWriterConfig {
-    let mut kafka = KafkaSettings::new(mock.bootstrap_servers());
-    kafka.properties = vec![
-        ("session.timeout.ms".into(), "6000".into()),
-        ("heartbeat.interval.ms".into(), "200".into()),
-        ("log_level".into(), "3".into()),
-    ];
-    let mut runtime = RuntimeConfig::new(GROUP, topics::MESSAGES);
+/// The runtime of consumer group `group` (unprefixed) on the cluster's messages
+/// topic, with the cluster's retry and DLQ topics of that group, quick commits and
+/// short retry delays.
+pub fn runtime(cluster: &TestCluster, group: &str) -> RuntimeConfig {
+    let names = cluster.names();
+    let mut runtime = RuntimeConfig::new(names.group(group), names.messages());
+    // The runtime derives the retry and DLQ topics from the group: the cluster's.
+    assert_eq!(runtime.retry_topic, names.retry(group));
+    assert_eq!(runtime.dlq_topic, names.dlq(group));
     runtime.quick_retries = 3;
     runtime.quick_backoff = Duration::from_millis(20);
     runtime.retry_delays = vec![Duration::from_millis(200); 3];
@@ -52,6 +53,19 @@ pub fn config(mock: &Mock, db: &TestDatabase) -> TimelineWriterConfig {
     runtime.store_interval = Duration::from_millis(20);
     runtime.commit_interval = Duration::from_millis(100);
     runtime.lag_interval = Duration::from_millis(200);
+    runtime
+}
+
+/// A config for tests: the cluster's topics and group, quick group joins, short
+/// retry delays.
+pub fn config(cluster: &TestCluster, db: &TestDatabase) -> TimelineWriterConfig {
+    let mut kafka = KafkaSettings::new(cluster.bootstrap_servers());
+    kafka.properties = vec![
+        ("session.timeout.ms".into(), "6000".into()),
+        ("heartbeat.interval.ms".into(), "200".into()),
+        ("log_level".into(), "3".into()),
+    ];
+    let runtime = runtime(cluster, GROUP);
     TimelineWriterConfig {
         kafka,
         store: StoreSettings::new(&db.url),
@@ -111,9 +125,10 @@ pub use slackline_testkit::metrics::metric;
 /// Produces each event to `slack.messages.v1` with key = channel, in order.
 pub use slackline_testkit::kafka::produce_messages as produce;
 
-/// Produces (key, payload, event id) records to `slack.messages.v1`, in order.
-pub async fn produce_raw(mock: &Mock, records: &[(String, Vec<u8>, String)]) {
-    slackline_testkit::kafka::produce_records(mock, topics::MESSAGES, records).await;
+/// Produces (key, payload, event id) records to the cluster's `slack.messages.v1`, in
+/// order.
+pub async fn produce_raw(cluster: &TestCluster, records: &[(String, Vec<u8>, String)]) {
+    slackline_testkit::kafka::produce_records(cluster, &cluster.names().messages(), records).await;
 }
 
 /// Every row of `timeline.entries` except `written_at`, as JSON objects, ordered by
