@@ -490,6 +490,17 @@ fn free_port() -> Result<u16, EmbeddedError> {
 
 /// A KRaft cluster id: 16 random bytes, URL-safe base64 without padding.
 fn cluster_id() -> String {
+    // A leading '-' would read as an option to the storage tool (Kafka's own
+    // `Uuid.randomUuid` never starts with one either).
+    loop {
+        let id = random_cluster_id();
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn random_cluster_id() -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut bytes = [0u8; 16];
     let mut seed = std::collections::hash_map::RandomState::new();
@@ -556,6 +567,12 @@ mod tests {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
         assert_ne!(a, cluster_id());
+    }
+
+    #[test]
+    fn cluster_ids_never_start_with_a_dash() {
+        // One in 64 random ids would: the storage tool then reads it as an option.
+        assert!((0..2000).all(|_| !cluster_id().starts_with('-')));
     }
 
     #[test]

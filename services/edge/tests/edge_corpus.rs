@@ -1,5 +1,5 @@
 //! Every real Slack payload of the shared corpus, signed and posted through the edge
-//! (to Garage and the mock cluster), is answered 200, archived and produced: the edge
+//! (to Garage and the shared Apache Kafka broker), is answered 200, archived and produced: the edge
 //! refuses no verified body for its content. Bare inner events are wrapped in an
 //! envelope, as Slack would deliver them.
 //!
@@ -39,9 +39,9 @@ async fn every_corpus_payload_is_accepted_archived_and_produced() {
         .await
         .unwrap()
         .expect("garage starts");
-    let topic = slackline_testkit::unique_name("raw");
-    let mock = mock_cluster(&topic);
-    let bootstrap = mock.bootstrap_servers();
+    let cluster = kafka_cluster();
+    let topic = cluster.names().raw_events();
+    let bootstrap = cluster.bootstrap_servers();
     let url = garage.archive_url("corpus");
     let s3 = s3_settings(&garage);
     let archive = Archive::open(&url, &s3).await.unwrap();

@@ -1,5 +1,6 @@
-//! The edge over real HTTP with a file archive and a mock Kafka cluster: what it
-//! accepts, what it refuses, how it keys, and that shutdown loses nothing accepted.
+//! The edge over real HTTP with a file archive and the shared Apache Kafka broker:
+//! what it accepts, what it refuses, how it keys, and that shutdown loses nothing
+//! accepted (on the mock cluster, which can slow every request down on cue).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod helpers;
@@ -11,7 +12,6 @@ use slackline_archive::{Archive, ArchiveRecord, S3Settings};
 use slackline_slack::sign;
 
 struct Fixture {
-    _mock: rdkafka::mocking::MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
     bootstrap: String,
     topic: String,
     archive: Archive,
@@ -19,19 +19,24 @@ struct Fixture {
     edge: slackline_edge::Edge,
     shutdown: slackline_service::Shutdown,
     http: reqwest::Client,
+    // Last: the edge's clients go before a mock cluster does.
+    cluster: TestCluster,
 }
 
+/// The edge on the shared Apache Kafka broker.
 async fn fixture() -> Fixture {
-    let topic = slackline_testkit::unique_name("raw");
-    let mock = mock_cluster(&topic);
-    let bootstrap = mock.bootstrap_servers();
+    fixture_on(kafka_cluster()).await
+}
+
+async fn fixture_on(cluster: TestCluster) -> Fixture {
+    let topic = cluster.names().raw_events();
+    let bootstrap = cluster.bootstrap_servers();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let archive = Archive::open(&url, &S3Settings::default()).await.unwrap();
     let (edge, shutdown) =
         start_edge(config(&bootstrap, &topic, &url, S3Settings::default())).await;
     Fixture {
-        _mock: mock,
         bootstrap,
         topic,
         archive,
@@ -39,6 +44,7 @@ async fn fixture() -> Fixture {
         edge,
         shutdown,
         http: reqwest::Client::new(),
+        cluster,
     }
 }
 
@@ -347,22 +353,25 @@ async fn events_of_one_channel_land_in_one_partition_in_send_order() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn graceful_shutdown_loses_no_in_flight_request() {
-    let f = fixture().await;
+    // The mock cluster: every produce request must take 300 ms (broker round-trip
+    // time on cue) so that requests are in flight when the signal arrives; a real
+    // broker on loopback answers before the signal.
+    let f = fixture_on(mock_cluster(
+        "per-request latency: 300 ms broker round-trip time keeps requests in flight at the shutdown signal",
+    ))
+    .await;
     // Warm up: connections and the idempotent producer id are in place.
     assert_eq!(
         post(&f.http, f.edge.addr, &message_event("C0", "EvWarm", "hi")).await,
         200
     );
     // Slow Kafka down so requests are in flight when the signal arrives.
-    f._mock
-        .broker_round_trip_time(1, Duration::from_millis(300))
-        .unwrap();
-    f._mock
-        .broker_round_trip_time(2, Duration::from_millis(300))
-        .unwrap();
-    f._mock
-        .broker_round_trip_time(3, Duration::from_millis(300))
-        .unwrap();
+    for broker in 1..=3 {
+        f.cluster
+            .faults()
+            .broker_round_trip_time(broker, Duration::from_millis(300))
+            .unwrap();
+    }
     let n = 30;
     let requests: Vec<_> = (0..n)
         .map(|i| {

@@ -1,19 +1,19 @@
-//! Shared set-up for the edge's integration tests: a mock Kafka cluster (real wire
-//! protocol over TCP), an archive, an edge on port 0, and a way to read back what
-//! reached Kafka.
+//! Shared set-up for the edge's integration tests: a Kafka cluster (the shared Apache
+//! Kafka broker, or the mock cluster for a test that injects faults) with this test's
+//! raw topic, an archive, an edge on port 0, and a way to read back what reached
+//! Kafka.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use slackline_archive::S3Settings;
 use slackline_edge::{Edge, EdgeConfig};
 use slackline_kafka::KafkaSettings;
 use slackline_service::{LogFormat, Shutdown};
 use slackline_slack::{sign, SigningSecrets};
+pub use slackline_testkit::kafka::TestCluster;
 
 pub const SECRET: &str = "test-signing-secret";
 pub const PARTITIONS: i32 = 4;
@@ -28,11 +28,21 @@ pub struct Record {
     pub payload: Vec<u8>,
 }
 
-pub fn mock_cluster(topic: &str) -> MockCluster<'static, DefaultProducerContext> {
-    let mock = MockCluster::new(3).expect("mock cluster");
-    mock.create_topic(topic, PARTITIONS, 3)
-        .expect("create topic");
-    mock
+/// The shared Apache Kafka broker with this test's raw topic
+/// (`cluster.names().raw_events()`, [`PARTITIONS`] partitions).
+pub fn kafka_cluster() -> TestCluster {
+    with_raw_topic(TestCluster::kafka())
+}
+
+/// librdkafka's mock cluster with this test's raw topic: only for a test that injects
+/// a fault a real broker cannot give on cue; `reason` names it.
+pub fn mock_cluster(reason: &str) -> TestCluster {
+    with_raw_topic(TestCluster::mock(reason))
+}
+
+fn with_raw_topic(cluster: TestCluster) -> TestCluster {
+    cluster.create_topic(&cluster.names().raw_events(), PARTITIONS);
+    cluster
 }
 
 pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -> EdgeConfig {
