@@ -4,10 +4,12 @@
 //! [`telemetry::init_telemetry`], and hands a [`shutdown::Shutdown`] to its testable
 //! `run(config, shutdown)`. While running it serves `/metrics`, `/healthz` and
 //! `/readyz` on a separate admin port ([`admin`]) so that probes and scrapes never
-//! queue behind Slack traffic.
+//! queue behind Slack traffic. Settings holding credentials write their `Debug`
+//! through [`redact`], so a logged configuration carries no secret.
 
 pub mod admin;
 pub mod env;
+pub mod redact;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -9,7 +9,8 @@
 //! into an error the consumer runtime retries instead of a hung partition.
 //!
 //! Errors are classified once, in [`StoreError::from`]: a lost connection, a timeout,
-//! an exhausted pool or a server shutting down are retryable
+//! an exhausted pool, a server shutting down, a write refused by a read-only server
+//! during a failover or a lock wait timed out are retryable
 //! ([`StoreError::is_retryable`]); anything else is permanent for that input.
 //! Services treat a unique violation on a fact key as "already done": see
 //! [`is_unique_violation`].
@@ -25,8 +26,9 @@ pub use sqlx;
 /// The default `DATABASE_URL` when none is configured (the local server, trust auth).
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// How to reach PostgreSQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How to reach PostgreSQL. Its `Debug` hides the password of `DATABASE_URL`
+/// (user info and `password=` parameters), so the settings may be logged.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// `DATABASE_URL`: `postgres://user:password@host:port/database?sslmode=...`.
     pub database_url: String,
@@ -37,6 +39,20 @@ pub struct StoreSettings {
     /// `DATABASE_ACQUIRE_TIMEOUT_MS`: longest wait for a pooled connection (which
     /// includes connecting).
     pub acquire_timeout: Duration,
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field(
+                "database_url",
+                &slackline_service::redact::url(&self.database_url),
+            )
+            .field("max_connections", &self.max_connections)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .finish()
+    }
 }
 
 impl StoreSettings {
@@ -92,8 +108,10 @@ impl StoreSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be reached or did not answer in time: the connection
-    /// was lost or refused, a statement timed out, the pool had no connection free, or
-    /// the server is shutting down. Retrying later is the right thing to do.
+    /// was lost or refused, a statement or a lock wait timed out, the pool had no
+    /// connection free, the server is shutting down, or it refused a write because it
+    /// is read-only for now (a primary switch). Retrying later is the right thing to
+    /// do.
     #[error("database unavailable: {0}")]
     Unavailable(String),
     /// The statement failed for a reason retrying will not fix (a constraint, bad
@@ -120,14 +138,31 @@ impl StoreError {
     }
 }
 
-/// SQLSTATE classes and codes that mean "the server or the connection", not "the
-/// statement": connection exceptions (08), insufficient resources (53), operator
-/// intervention (57: admin shutdown, `pg_terminate_backend`, query canceled by
-/// `statement_timeout`), serialization failures and deadlocks (40), system errors (58).
+/// SQLSTATE classes that mean "the server or the connection", not "the statement":
+/// connection exceptions (08), insufficient resources (53), operator intervention
+/// (57: admin shutdown, `pg_terminate_backend`, query canceled by `statement_timeout`,
+/// the server starting up), serialization failures, deadlocks and recovery conflicts
+/// (40), system errors (58).
+const RETRYABLE_CLASSES: [&str; 5] = ["08", "53", "57", "40", "58"];
+
+/// Single codes of other classes that a failover or a busy server causes, which the
+/// same statement survives later:
+/// - `25006` read_only_sql_transaction: a write reached a server that is (still or
+///   already) a standby during a primary switch, or a database put read-only for
+///   maintenance;
+/// - `55P03` lock_not_available: a lock wait hit `lock_timeout` (or `NOWAIT`), as
+///   under a migration or a long maintenance statement;
+/// - `25P03` idle_in_transaction_session_timeout and `25P04` transaction_timeout: the
+///   server ended the session, like a terminated backend;
+/// - `72000` snapshot_too_old: a long statement outlived its snapshot.
+const RETRYABLE_CODES: [&str; 5] = ["25006", "55P03", "25P03", "25P04", "72000"];
+
+/// Whether SQLSTATE `code` is transient ([`RETRYABLE_CLASSES`], [`RETRYABLE_CODES`]).
 fn retryable_sqlstate(code: &str) -> bool {
-    ["08", "53", "57", "40", "58"]
+    RETRYABLE_CLASSES
         .iter()
         .any(|class| code.starts_with(class))
+        || RETRYABLE_CODES.contains(&code)
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -360,5 +395,40 @@ mod tests {
         assert!(retryable_sqlstate("40001"));
         assert!(!retryable_sqlstate("23505"));
         assert!(!retryable_sqlstate("42P01"));
+    }
+
+    #[test]
+    fn failover_and_lock_timeout_codes_are_retryable() {
+        assert!(retryable_sqlstate("25006"), "read_only_sql_transaction");
+        assert!(retryable_sqlstate("55P03"), "lock_not_available");
+        assert!(
+            retryable_sqlstate("25P03"),
+            "idle_in_transaction_session_timeout"
+        );
+        assert!(retryable_sqlstate("25P04"), "transaction_timeout");
+        assert!(retryable_sqlstate("72000"), "snapshot_too_old");
+        // Their classes' other codes are about the statement.
+        assert!(!retryable_sqlstate("25001"), "active_sql_transaction");
+        assert!(!retryable_sqlstate("25P02"), "in_failed_sql_transaction");
+        assert!(
+            !retryable_sqlstate("55000"),
+            "object_not_in_prerequisite_state"
+        );
+        assert!(!retryable_sqlstate("55006"), "object_in_use");
+    }
+
+    #[test]
+    fn debug_hides_the_password() {
+        let settings = StoreSettings::new(
+            "postgres://app:hunter2-pg@db:5432/x?sslmode=require&password=also-secret",
+        );
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains("hunter2-pg"), "{debug}");
+        assert!(!debug.contains("also-secret"), "{debug}");
+        assert!(
+            debug.contains("postgres://app:<redacted>@db:5432/x?sslmode=require"),
+            "{debug}"
+        );
+        assert!(debug.contains("max_connections: 8"), "{debug}");
     }
 }

@@ -1,7 +1,8 @@
 //! The store against a real PostgreSQL: schema-scoped pools, migrations that outlast
 //! the statement timeout and run once under concurrency, and error classification
 //! (killed connection and statement timeout retryable, duplicate key a unique
-//! violation, bad SQL permanent).
+//! violation, bad SQL permanent, a write to a read-only database and a lock wait
+//! timed out retryable).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::time::Duration;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use slackline_store::{connect, is_unique_violation, migrate, ping, StoreError, StoreSettings};
 use slackline_testkit::postgres::TestDatabase;
 use sqlx::migrate::Migrator;
+use sqlx::Connection;
 
 async fn slow_migrator(dir: &std::path::Path) -> Migrator {
     std::fs::write(
@@ -117,4 +119,68 @@ async fn an_unreachable_database_fails_start_up_as_unavailable() {
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Config(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_read_only_database_and_a_lock_timeout_are_retryable() {
+    let db = TestDatabase::create().await;
+    let pool = connect(&StoreSettings::new(&db.url), "failover")
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE things (id int PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    // A primary switch: the sessions now reach a server that refuses writes.
+    db.set_read_only(true).await;
+    let write = || async {
+        sqlx::query("INSERT INTO things VALUES (1)")
+            .execute(&pool)
+            .await
+            .map_err(StoreError::from)
+    };
+    let err = slackline_store::with_retries(5, Duration::from_millis(50), write)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("read-only"), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    // Reads go on, and the write lands once the database is writable again.
+    ping(&pool).await.unwrap();
+    db.set_read_only(false).await;
+    slackline_store::with_retries(20, Duration::from_millis(50), write)
+        .await
+        .unwrap();
+
+    // A lock wait cut by lock_timeout (55P03 lock_not_available).
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE things IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let mut waiter = pool.acquire().await.unwrap();
+    sqlx::query("SET lock_timeout = '100ms'")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    let err = sqlx::query("INSERT INTO things VALUES (2)")
+        .execute(&mut *waiter)
+        .await
+        .unwrap_err();
+    let code = match &err {
+        sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(code.as_deref(), Some("55P03"), "{err}");
+    let err = StoreError::from(err);
+    assert!(err.is_retryable(), "{err}");
+    holder.rollback().await.unwrap();
+    sqlx::query("INSERT INTO things VALUES (2)")
+        .execute(&mut *waiter)
+        .await
+        .unwrap();
+    waiter.detach().close().await.unwrap();
+
+    pool.close().await;
+    db.drop_database().await;
 }

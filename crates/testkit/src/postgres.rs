@@ -88,6 +88,31 @@ impl TestDatabase {
         killed
     }
 
+    /// Makes the database read-only (`true`) or writable again (`false`) for new
+    /// sessions (`ALTER DATABASE … SET default_transaction_read_only`), then kills its
+    /// connections so the clients' next sessions get the new setting: a write then
+    /// fails with SQLSTATE 25006 `read_only_sql_transaction`, as on a standby during a
+    /// primary switch. Returns how many connections were killed.
+    ///
+    /// # Panics
+    ///
+    /// When the server cannot be reached.
+    pub async fn set_read_only(&self, read_only: bool) -> i64 {
+        let mut conn = PgConnection::connect(&self.admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.admin_url));
+        let value = if read_only { "on" } else { "off" };
+        sqlx::query(&format!(
+            "ALTER DATABASE {} SET default_transaction_read_only = {value}",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("ALTER DATABASE {}: {e}", self.name));
+        let _ = conn.close().await;
+        self.terminate_connections().await
+    }
+
     /// Drops the database, closing whatever still uses it.
     ///
     /// # Panics

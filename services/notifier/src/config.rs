@@ -323,6 +323,17 @@ mod tests {
             ("NOTIFY_EMAIL_FROM", "Slackline <slackline@example.com>"),
             ("NOTIFY_EMAIL_TO", "a@example.com, Bea <b@example.com>,"),
             ("NOTIFY_SMTP_TIMEOUT_MS", "3000"),
+            // Real secrets in the shared settings too.
+            (
+                "DATABASE_URL",
+                "postgres://notifier:pg-hunter2@db:5432/slackline?sslmode=require",
+            ),
+            (
+                "KAFKA_PROPERTIES",
+                "security.protocol=SASL_SSL;sasl.mechanisms=PLAIN;sasl.username=svc;\
+                 sasl.password=sasl-hunter2;ssl.key.password=key-hunter2;\
+                 sasl.oauthbearer.client.secret=oauth-hunter2",
+            ),
         ]))
         .unwrap();
         let t = &config.targets;
@@ -340,9 +351,10 @@ mod tests {
         assert_eq!(email.timeout, Duration::from_secs(3));
         // Secrets stay out of logs.
         let debug = format!("{config:?}");
-        for secret in ["secret", "tok", "pass@"] {
-            assert!(!debug.contains(secret), "{debug}");
+        for secret in ["T/B/secret", "1/tok", "user:pass", "hunter2"] {
+            assert!(!debug.contains(secret), "{secret}: {debug}");
         }
+        assert!(debug.contains("notifier:<redacted>@db:5432"), "{debug}");
     }
 
     #[test]

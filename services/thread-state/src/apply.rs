@@ -11,7 +11,7 @@ use sqlx::{PgConnection, PgPool};
 
 use slackline_store::StoreError;
 
-use crate::config::{Grouping, GroupingMode};
+use crate::config::{CommandAuthors, Grouping, GroupingMode, ReactionCommand};
 use crate::store::{self, FactKey, NewMessage, NewThread, NewTransition, Thread};
 
 /// Who did something, for the status rules.
@@ -329,7 +329,18 @@ impl Fact<'_> {
         })
     }
 
-    /// A reaction: may open a thread (manual mode) or set a status (a command).
+    /// Whether this fact's author may give `command`: agents always, customers and
+    /// unattributed authors only when the command is for anyone (bots never get here).
+    fn may_give(&self, command: &ReactionCommand) -> bool {
+        match command.authors {
+            CommandAuthors::Agents => self.role == Role::Agent,
+            CommandAuthors::Anyone => self.role != Role::Bot,
+        }
+    }
+
+    /// A reaction: may open a thread (manual mode) or set a status (a command, when
+    /// its author may give it). A reaction that is no command still belongs to the
+    /// message's thread.
     async fn on_reaction(
         &self,
         conn: &mut PgConnection,
@@ -341,7 +352,12 @@ impl Fact<'_> {
         }
         let (team, channel, ts) = (self.team(), self.channel(), self.ts());
         let thread = store::thread_of_message(conn, team, channel, ts).await?;
-        let command = self.grouping.reaction_commands.get(name).copied();
+        let command = self
+            .grouping
+            .reaction_commands
+            .get(name)
+            .filter(|command| self.may_give(command))
+            .map(|command| command.status);
         match thread {
             None if self.mode == GroupingMode::Manual
                 && name == self.grouping.manual_open_reaction =>

@@ -74,8 +74,68 @@ pub struct Grouping {
     pub window: Duration,
     /// `MANUAL_OPEN_REACTION`: the reaction that opens a thread in `manual` channels.
     pub manual_open_reaction: String,
-    /// `REACTION_COMMANDS`: reactions that set a thread's status.
-    pub reaction_commands: HashMap<String, ThreadStatus>,
+    /// `REACTION_COMMANDS`: reactions that set a thread's status, and whose reaction
+    /// counts. `white_check_mark:done,eyes:waiting`: a comma-separated list of
+    /// `REACTION:STATUS` (status `todo`, `waiting` or `done`; the status is after the
+    /// last `:`, so names with a skin tone such as `+1::skin-tone-2:done` work), each
+    /// optionally followed by `:agents` (the default) or `:anyone`. By default only
+    /// an agent's reaction (an author of the installing workspace) is a command: in a
+    /// Slack Connect channel a customer's ✅ is often a thank-you, and a reaction whose
+    /// author could not be attributed (`unknown`) might be a customer's.
+    /// `white_check_mark:done:anyone` lets customers' (and unattributed) reactions set
+    /// the status too. Bots' reactions are never commands. Any reaction is recorded
+    /// as a fact either way. Slack's reaction events carry no workspace: the
+    /// normalizer attributes a reactor through `users.info`, so without
+    /// `SLACK_BOT_TOKENS` (or while that lookup fails) reactors stay `unknown` and only
+    /// `:anyone` commands act.
+    pub reaction_commands: HashMap<String, ReactionCommand>,
+}
+
+/// Whose reaction is a command (the `:agents` / `:anyone` suffix of a
+/// `REACTION_COMMANDS` entry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandAuthors {
+    /// Agents only: authors of the installing workspace (the default).
+    Agents,
+    /// Agents, customers and authors Slack did not attribute; never bots.
+    Anyone,
+}
+
+impl CommandAuthors {
+    /// The suffix naming it in `REACTION_COMMANDS`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandAuthors::Agents => "agents",
+            CommandAuthors::Anyone => "anyone",
+        }
+    }
+}
+
+/// A `REACTION_COMMANDS` entry: the status a reaction sets, and whose reaction counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReactionCommand {
+    /// The status the reaction sets.
+    pub status: ThreadStatus,
+    /// Whose reaction is a command.
+    pub authors: CommandAuthors,
+}
+
+impl ReactionCommand {
+    /// A command that agents give (the default).
+    pub fn agents(status: ThreadStatus) -> Self {
+        ReactionCommand {
+            status,
+            authors: CommandAuthors::Agents,
+        }
+    }
+
+    /// A command that anyone but a bot gives.
+    pub fn anyone(status: ThreadStatus) -> Self {
+        ReactionCommand {
+            status,
+            authors: CommandAuthors::Anyone,
+        }
+    }
 }
 
 impl Default for Grouping {
@@ -85,9 +145,12 @@ impl Default for Grouping {
             channels: HashMap::new(),
             window: Duration::from_secs(30 * 60),
             manual_open_reaction: "ticket".to_owned(),
-            reaction_commands: [("white_check_mark".to_owned(), ThreadStatus::Done)]
-                .into_iter()
-                .collect(),
+            reaction_commands: [(
+                "white_check_mark".to_owned(),
+                ReactionCommand::agents(ThreadStatus::Done),
+            )]
+            .into_iter()
+            .collect(),
         }
     }
 }
@@ -174,20 +237,34 @@ fn parse_channels(raw: &str) -> Result<HashMap<String, GroupingMode>, String> {
     Ok(out)
 }
 
-/// `white_check_mark:done,eyes:waiting` (the status after the last `:`, so names with
-/// a skin tone such as `+1::skin-tone-2` work).
-fn parse_commands(raw: &str) -> Result<HashMap<String, ThreadStatus>, String> {
+/// `white_check_mark:done,eyes:waiting:anyone` (see [`Grouping::reaction_commands`]):
+/// an optional `:agents` / `:anyone` last, then the status after the last `:`, so
+/// names with a skin tone such as `+1::skin-tone-2` work.
+fn parse_commands(raw: &str) -> Result<HashMap<String, ReactionCommand>, String> {
     let mut out = HashMap::new();
     for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        let Some((name, status)) = entry.rsplit_once(':') else {
-            return Err(format!("expected REACTION:STATUS, got {entry:?}"));
+        let (rest, authors) = [CommandAuthors::Agents, CommandAuthors::Anyone]
+            .into_iter()
+            .find_map(|authors| {
+                let rest = entry
+                    .strip_suffix(authors.as_str())?
+                    .trim_end()
+                    .strip_suffix(':')?;
+                Some((rest, authors))
+            })
+            .unwrap_or((entry, CommandAuthors::Agents));
+        let Some((name, status)) = rest.rsplit_once(':') else {
+            return Err(format!(
+                "expected REACTION:STATUS or REACTION:STATUS:anyone, got {entry:?}"
+            ));
         };
         let name = name.trim().trim_matches(':');
         if name.is_empty() {
             return Err(format!("no reaction name in {entry:?}"));
         }
         let status: ThreadStatus = status.trim().parse().map_err(|e| format!("{e}"))?;
-        if out.insert(name.to_owned(), status).is_some() {
+        let command = ReactionCommand { status, authors };
+        if out.insert(name.to_owned(), command).is_some() {
             return Err(format!("reaction {name} is listed twice"));
         }
     }
@@ -278,7 +355,7 @@ mod tests {
         assert_eq!(g.manual_open_reaction, "ticket");
         assert_eq!(
             g.reaction_commands.get("white_check_mark"),
-            Some(&ThreadStatus::Done)
+            Some(&ReactionCommand::agents(ThreadStatus::Done))
         );
         assert_eq!(g.reaction_commands.len(), 1);
     }
@@ -303,8 +380,57 @@ mod tests {
         assert_eq!(g.window, Duration::from_secs(300));
         assert_eq!(g.manual_open_reaction, "admission_tickets");
         assert_eq!(g.reaction_commands.len(), 3);
-        assert_eq!(g.reaction_commands["eyes"], ThreadStatus::Waiting);
-        assert_eq!(g.reaction_commands["+1::skin-tone-2"], ThreadStatus::Todo);
+        assert_eq!(
+            g.reaction_commands["white_check_mark"],
+            ReactionCommand::agents(ThreadStatus::Done)
+        );
+        assert_eq!(
+            g.reaction_commands["eyes"],
+            ReactionCommand::agents(ThreadStatus::Waiting)
+        );
+        assert_eq!(
+            g.reaction_commands["+1::skin-tone-2"],
+            ReactionCommand::agents(ThreadStatus::Todo)
+        );
+    }
+
+    #[test]
+    fn reaction_commands_name_whose_reactions_count() {
+        let config = with(&[(
+            "REACTION_COMMANDS",
+            "white_check_mark:done:anyone, eyes:waiting:agents, +1::skin-tone-2:todo:anyone, \
+             anyone:done, x:todo",
+        )])
+        .unwrap();
+        let commands = config.grouping.reaction_commands;
+        assert_eq!(commands.len(), 5);
+        assert_eq!(
+            commands["white_check_mark"],
+            ReactionCommand::anyone(ThreadStatus::Done)
+        );
+        assert_eq!(
+            commands["eyes"],
+            ReactionCommand::agents(ThreadStatus::Waiting)
+        );
+        assert_eq!(
+            commands["+1::skin-tone-2"],
+            ReactionCommand::anyone(ThreadStatus::Todo)
+        );
+        // A reaction may be named like the suffix.
+        assert_eq!(
+            commands["anyone"],
+            ReactionCommand::agents(ThreadStatus::Done)
+        );
+        assert_eq!(commands["x"], ReactionCommand::agents(ThreadStatus::Todo));
+        for bad in [
+            "white_check_mark:anyone",
+            "white_check_mark:done:everyone",
+            ":done:anyone",
+            "a:done:anyone,a:todo",
+        ] {
+            let err = with(&[("REACTION_COMMANDS", bad)]).unwrap_err().to_string();
+            assert!(err.contains("REACTION_COMMANDS"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! `thread_state`: `threads`, `thread_messages`, `facts` and `transitions`. Grouping is
 //! per channel (`slack-thread`, `time-window`, `manual`); a customer message moves a
 //! thread to `todo`, an agent message to `waiting`, and configured reactions set a
-//! status (see [`config::Grouping`]).
+//! status when an agent (or, if configured, anyone) reacts (see
+//! [`config::Grouping::reaction_commands`]).
 //!
 //! Guarantee 2: each fact is applied in one transaction that first inserts its message
 //! key into `facts`; a fact recorded before changes nothing. After the commit, the
@@ -28,7 +29,7 @@ use slackline_consumer::{ConsumerError, GroupService};
 use slackline_service::Shutdown;
 use slackline_store::{StoreError, StoreSettings};
 
-pub use config::{Grouping, GroupingMode, ThreadStateConfig};
+pub use config::{CommandAuthors, Grouping, GroupingMode, ReactionCommand, ThreadStateConfig};
 pub use handler::TRANSITION_ID_HEADER;
 pub use metrics::ThreadStateMetrics;
 
@@ -64,8 +65,9 @@ pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
     slackline_store::migrate_schema(settings, SCHEMA, &MIGRATOR).await
 }
 
-/// Connects, migrates, and starts the consumer group with its admin server; stops
-/// when `shutdown` fires. Readiness is a database ping.
+/// Logs the configuration (its `Debug` hides the database password and secret Kafka
+/// properties), connects, migrates, and starts the consumer group with its admin
+/// server; stops when `shutdown` fires. Readiness is a database ping.
 ///
 /// # Errors
 ///
@@ -74,6 +76,7 @@ pub async fn start(
     config: ThreadStateConfig,
     shutdown: Shutdown,
 ) -> Result<GroupService, ThreadStateError> {
+    tracing::info!(?config, "thread-state starting");
     let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let producer = config
         .kafka
