@@ -1,9 +1,17 @@
-//! Throughput of the consumer runtime on librdkafka's mock cluster, in one process.
+//! Throughput of the consumer runtime, in one process, on the cluster `BENCH_KAFKA`
+//! names:
+//!
+//! * `mock` (the default): librdkafka's mock cluster in this process (3 brokers,
+//!   replication 3);
+//! * `embedded`: a private single-node Apache Kafka broker (`EmbeddedBroker`, the
+//!   version the tests use) started in a temporary folder and stopped at the end;
+//! * anything else: the bootstrap servers of a running cluster (topics and groups
+//!   are created under a prefix unique to the run, replication 1).
 //!
 //! Three runs over the same pre-produced topic (`BENCH_EVENTS` events, default
-//! 100 000, ~110-byte JSON values, 1 000 keys, 12 partitions, 3 brokers, replication
-//! 3), each with its own consumer group. (The mock cluster keeps at most 5 MB per
-//! partition, so the binary refuses runs larger than about 250 000 events.)
+//! 100 000, ~110-byte JSON values, 1 000 keys, 12 partitions), each with its own
+//! consumer group. (The mock cluster keeps at most 5 MB per partition, so on the mock
+//! the binary refuses runs larger than about 250 000 events.)
 //!
 //! * **plain rdkafka loop**: a `BaseConsumer` polling on one thread and storing the
 //!   offset of every message (`enable.auto.offset.store=false`, auto commit): the
@@ -17,12 +25,13 @@
 //!   while the other 90 % are handled. Reported: events/s of the healthy keys.
 //!
 //! Each rate is measured from the first to the last event of the run, so the group
-//! join (about 3 s on the mock cluster) is not counted. The CPU column is the whole
-//! process (the mock brokers included) per event over the same interval. The tokio
-//! runtime has one worker thread; librdkafka runs its own threads, as in production.
+//! join is not counted. The CPU column is this process per event over the same
+//! interval: with the mock cluster that includes the mock brokers, with a real broker
+//! it does not (the broker is another process). The tokio runtime has one worker
+//! thread; librdkafka runs its own threads, as in production.
 //!
 //! Run with `cargo bench -p slackline-consumer --bench runtime_throughput` (and
-//! optionally `BENCH_EVENTS=300000`).
+//! optionally `BENCH_KAFKA=embedded`, `BENCH_EVENTS=300000`).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +44,8 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use slackline_consumer::{ConsumerMetrics, ConsumerRuntime, Event, HandlerError, RuntimeConfig};
+use slackline_kafka::embedded::{BrokerConfig, EmbeddedBroker};
+use slackline_kafka::topics::TopicSpec;
 use slackline_kafka::KafkaSettings;
 use slackline_service::Shutdown;
 
@@ -94,35 +105,177 @@ struct Row {
     cpu: Duration,
 }
 
+/// The cluster the bench runs on.
+enum Cluster {
+    Mock(Mock),
+    Embedded {
+        broker: EmbeddedBroker,
+        // Removed when the bench ends (after the broker stopped).
+        _dir: tempfile::TempDir,
+    },
+    External(String),
+}
+
+impl Cluster {
+    /// From `BENCH_KAFKA`: `mock` (default), `embedded` or bootstrap servers.
+    fn from_env() -> Result<Cluster, String> {
+        let choice = std::env::var("BENCH_KAFKA").unwrap_or_default();
+        match choice.trim() {
+            "" | "mock" => Ok(Cluster::Mock(
+                MockCluster::new(3).map_err(|e| e.to_string())?,
+            )),
+            "embedded" => {
+                let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
+                eprintln!(
+                    "starting an embedded Kafka broker in {} ...",
+                    dir.path().display()
+                );
+                let broker = EmbeddedBroker::start(BrokerConfig::new(dir.path().join("broker")))
+                    .map_err(|e| e.to_string())?;
+                Ok(Cluster::Embedded { broker, _dir: dir })
+            }
+            bootstrap => Ok(Cluster::External(bootstrap.to_owned())),
+        }
+    }
+
+    fn bootstrap(&self) -> String {
+        match self {
+            Cluster::Mock(mock) => mock.bootstrap_servers(),
+            Cluster::Embedded { broker, .. } => broker.bootstrap_servers().to_owned(),
+            Cluster::External(b) => b.clone(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Cluster::Mock(_) => "librdkafka MockCluster (3 brokers, replication 3)".to_owned(),
+            Cluster::Embedded { broker, .. } => format!(
+                "embedded Apache Kafka {} (single node, replication 1, {})",
+                slackline_kafka::embedded::kafka_version(),
+                broker.bootstrap_servers()
+            ),
+            Cluster::External(b) => format!("Kafka at {b} (replication 1)"),
+        }
+    }
+
+    fn is_mock(&self) -> bool {
+        matches!(self, Cluster::Mock(_))
+    }
+
+    async fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        if let Cluster::Mock(mock) = self {
+            return mock
+                .create_topic(name, partitions, 3)
+                .map_err(|e| e.to_string());
+        }
+        let spec = TopicSpec {
+            name: name.to_owned(),
+            partitions,
+            configs: Vec::new(),
+        };
+        slackline_kafka::topics::create(&KafkaSettings::new(self.bootstrap()), &[spec], 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        // CreateTopics answers before the broker's metadata lists the topic, and the
+        // runtime checks its topics once at start.
+        let bootstrap = self.bootstrap();
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || wait_visible(&bootstrap, &name, partitions))
+            .await
+            .map_err(|e| e.to_string())?
+    }
+
+    fn stop(self) {
+        if let Cluster::Embedded { mut broker, _dir } = self {
+            if let Err(e) = broker.stop() {
+                eprintln!("stopping the embedded broker: {e}");
+            }
+        }
+    }
+}
+
+/// Waits until the cluster's metadata lists `topic` with `partitions` led partitions.
+fn wait_visible(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let visible = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|m| {
+                m.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            });
+        if visible {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "topic {topic} not in the metadata 30 s after its creation"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 async fn run() -> Result<(), String> {
     let events: usize = std::env::var("BENCH_EVENTS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
+    let cluster = Cluster::from_env()?;
+    eprintln!("cluster: {}", cluster.describe());
     let per_partition = events.div_ceil(PARTITIONS as usize);
-    if per_partition * RECORD_BYTES > MOCK_PARTITION_BYTES * 9 / 10 || per_partition > 90_000 {
+    if cluster.is_mock()
+        && (per_partition * RECORD_BYTES > MOCK_PARTITION_BYTES * 9 / 10 || per_partition > 90_000)
+    {
         return Err(format!(
             "BENCH_EVENTS={events} does not fit the mock cluster's per-partition log \
              (5 MB, 100 000 records); use at most {}",
             MOCK_PARTITION_BYTES * 9 / 10 / RECORD_BYTES * PARTITIONS as usize
         ));
     }
-    let mock: Mock = MockCluster::new(3).map_err(|e| e.to_string())?;
-    let topic = "bench.source";
-    mock.create_topic(topic, PARTITIONS, 3)
-        .map_err(|e| e.to_string())?;
+    // Names of this run's own: a real cluster may hold earlier runs' topics and groups.
+    let prefix = if cluster.is_mock() {
+        "bench".to_owned()
+    } else {
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or_default();
+        format!("bench-{}-{millis}", std::process::id())
+    };
+    let topic = format!("{prefix}.source");
+    cluster.create_topic(&topic, PARTITIONS).await?;
     eprintln!("producing {events} events over {KEYS} keys ...");
-    produce(&mock, topic, events).await?;
+    produce(&cluster, &topic, events).await?;
 
     let mut rows = Vec::new();
     eprintln!("plain loop ...");
-    rows.push(plain_loop(&mock, topic, events).await?);
+    rows.push(plain_loop(&cluster, &prefix, &topic, events).await?);
     eprintln!("runtime runs ...");
-    rows.push(runtime_run(&mock, topic, events, "runtime, no-op handler", 0).await?);
     rows.push(
         runtime_run(
-            &mock,
-            topic,
+            &cluster,
+            &prefix,
+            &topic,
+            events,
+            "runtime, no-op handler",
+            0,
+        )
+        .await?,
+    );
+    rows.push(
+        runtime_run(
+            &cluster,
+            &prefix,
+            &topic,
             events,
             "runtime, 10% of keys parked (healthy keys' events)",
             10,
@@ -131,9 +284,13 @@ async fn run() -> Result<(), String> {
     );
 
     println!();
-    println!("consumer runtime throughput, MockCluster (3 brokers, {PARTITIONS} partitions), {events} events, {KEYS} keys, 1 tokio worker");
+    println!(
+        "consumer runtime throughput, {} ({PARTITIONS} partitions), {events} events, \
+         {KEYS} keys, 1 tokio worker",
+        cluster.describe()
+    );
     println!();
-    println!("| run | events | seconds | events/s | CPU µs/event (whole process) |");
+    println!("| run | events | seconds | events/s | CPU µs/event (this process) |");
     println!("|---|---:|---:|---:|---:|");
     for r in &rows {
         let secs = r.elapsed.as_secs_f64();
@@ -146,12 +303,13 @@ async fn run() -> Result<(), String> {
             r.cpu.as_secs_f64() * 1e6 / r.events as f64
         );
     }
+    cluster.stop();
     Ok(())
 }
 
-async fn produce(mock: &Mock, topic: &str, events: usize) -> Result<(), String> {
+async fn produce(cluster: &Cluster, topic: &str, events: usize) -> Result<(), String> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", cluster.bootstrap())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
@@ -179,13 +337,19 @@ async fn produce(mock: &Mock, topic: &str, events: usize) -> Result<(), String> 
 }
 
 /// A plain loop: poll, store the offset of each message.
-async fn plain_loop(mock: &Mock, topic: &str, events: usize) -> Result<Row, String> {
-    let bootstrap = mock.bootstrap_servers();
+async fn plain_loop(
+    cluster: &Cluster,
+    prefix: &str,
+    topic: &str,
+    events: usize,
+) -> Result<Row, String> {
+    let bootstrap = cluster.bootstrap();
+    let group = format!("{prefix}-plain");
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &bootstrap)
-            .set("group.id", "bench-plain")
+            .set("group.id", &group)
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
@@ -225,17 +389,18 @@ async fn plain_loop(mock: &Mock, topic: &str, events: usize) -> Result<Row, Stri
 
 /// The runtime; keys whose index is divisible by `parked_every` (if not 0) fail.
 async fn runtime_run(
-    mock: &Mock,
+    cluster: &Cluster,
+    prefix: &str,
     topic: &str,
     events: usize,
     name: &'static str,
     parked_every: usize,
 ) -> Result<Row, String> {
-    let group = format!("bench-runtime-{parked_every}");
-    mock.create_topic(&format!("{group}.retry"), PARTITIONS, 3)
-        .map_err(|e| e.to_string())?;
-    mock.create_topic(&format!("{group}.dlq"), 1, 3)
-        .map_err(|e| e.to_string())?;
+    let group = format!("{prefix}-runtime-{parked_every}");
+    cluster
+        .create_topic(&format!("{group}.retry"), PARTITIONS)
+        .await?;
+    cluster.create_topic(&format!("{group}.dlq"), 1).await?;
     let is_parked = move |key: &[u8]| -> bool {
         parked_every != 0
             && std::str::from_utf8(&key[1..])
@@ -272,7 +437,7 @@ async fn runtime_run(
     let metrics = ConsumerMetrics::register(&registry).map_err(|e| e.to_string())?;
     let shutdown = Shutdown::new();
     let handle = ConsumerRuntime::start(
-        &KafkaSettings::new(mock.bootstrap_servers()),
+        &KafkaSettings::new(cluster.bootstrap()),
         config,
         handler,
         &metrics,

@@ -23,7 +23,12 @@
 //! (eager). The range assignor deals each topic's partitions out over the same
 //! sorted member list in the same way, so with equal partition counts a member owns
 //! source partition p exactly when it owns retry partition p: the pair is always
-//! owned together, by one process. Every assignment is checked
+//! owned together, by one process. Under KIP-848 (`group.protocol=consumer` in
+//! `KAFKA_PROPERTIES`) the broker assigns and librdkafka refuses
+//! `partition.assignment.strategy`; the runtime then asks for the broker's `range`
+//! assignor (`group.remote.assignor=range`), which gives co-partitioned topics the same
+//! partition numbers per member as well, and rebalances are incremental (only the
+//! partitions that move are revoked). Every assignment is checked
 //! ([`ConsumerError::UnpairedAssignment`] stops the runtime otherwise). A record
 //! moved to the retry topic is produced to retry partition p explicitly (not by key
 //! hash), so a key's retry records sit in the same partition number as its source

@@ -87,8 +87,19 @@ impl ConsumerRuntime {
         let producer = settings.producer(&format!("{group}-runtime"), config.produce_timeout)?;
         let mut consumer_config = settings.consumer_config(&format!("{group}-runtime"), &group);
         // Set after the user's properties: the design depends on them (crate docs).
+        // Co-partitioning needs a range assignment: client-side under the classic
+        // protocol; under KIP-848 (`group.protocol=consumer` in KAFKA_PROPERTIES) the
+        // broker assigns, librdkafka refuses `partition.assignment.strategy`, and the
+        // broker's default (`uniform`) would split source p and retry p.
+        if consumer_config
+            .get("group.protocol")
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("consumer"))
+        {
+            consumer_config.set("group.remote.assignor", "range");
+        } else {
+            consumer_config.set("partition.assignment.strategy", "range");
+        }
         consumer_config
-            .set("partition.assignment.strategy", "range")
             .set("enable.auto.commit", "true")
             .set("enable.auto.offset.store", "false")
             .set(
@@ -695,9 +706,13 @@ impl Runtime {
             payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             attempt: d.meta.attempt,
         };
+        // A source record already moved here (by a previous owner, or before a
+        // restart) must not be handled or moved again when it comes from the source:
+        // remember its offset unless the source record was already processed. While
+        // the gate is closed, received source records are held, not processed yet.
         if event.topic == source_topic
             && event.partition == p
-            && st.main.next().is_none_or(|n| event.offset >= n)
+            && (st.gate != Gate::Open || st.main.next().is_none_or(|n| event.offset >= n))
         {
             st.in_retry.insert(event.offset);
         }

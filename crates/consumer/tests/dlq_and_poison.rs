@@ -25,14 +25,14 @@ const PER_KEY: usize = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_go_to_the_dlq_and_their_keys_carry_on() {
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
-    let group = group(&mock);
+    let cluster = kafka();
+    let source = source_topic(&cluster);
+    let group = group(&cluster);
     let keys: Vec<usize> = (0..KEYS).collect();
-    produce_events(&mock, &source, &keys, 0..PER_KEY).await;
+    produce_events(&cluster, &source, &keys, 0..PER_KEY).await;
     // One record that is not even JSON, on key 4.
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", cluster.bootstrap_servers())
         .create()
         .unwrap();
     producer
@@ -63,8 +63,15 @@ async fn poison_events_go_to_the_dlq_and_their_keys_carry_on() {
         &group
     ));
     let store = Arc::new(Mutex::new(Store::default()));
-    let (handle, shutdown) =
-        start(&mock, config, store.clone(), plan, Duration::ZERO, &metrics).await;
+    let (handle, shutdown) = start(
+        &cluster,
+        config,
+        store.clone(),
+        plan,
+        Duration::ZERO,
+        &metrics,
+    )
+    .await;
     assert!(
         has_series(&registry, "slackline_dlq_records_total", &group),
         "the DLQ counter exists at 0 from the start, for alerting"
@@ -110,7 +117,7 @@ async fn poison_events_go_to_the_dlq_and_their_keys_carry_on() {
 
     // The DLQ records: readable JSON with coordinates, payload and headers.
     let dlq = read_topic(
-        &mock,
+        &cluster,
         &format!("{group}.dlq"),
         2,
         4,
@@ -118,8 +125,14 @@ async fn poison_events_go_to_the_dlq_and_their_keys_carry_on() {
     )
     .await;
     assert_eq!(dlq.len(), 4);
-    let source_records =
-        read_topic(&mock, &source, PARTITIONS, input, Duration::from_secs(10)).await;
+    let source_records = read_topic(
+        &cluster,
+        &source,
+        PARTITIONS,
+        input,
+        Duration::from_secs(10),
+    )
+    .await;
     for r in &dlq {
         let record = DlqRecord::from_json(&r.payload).unwrap();
         let json: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
@@ -192,20 +205,20 @@ async fn poison_events_go_to_the_dlq_and_their_keys_carry_on() {
     .await;
     shutdown.trigger();
     handle.wait().await.unwrap();
-    assert_fully_committed(&mock, &group, &source).await;
+    assert_fully_committed(&cluster, &group, &source).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_missing_or_not_co_partitioned_topics() {
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
+    let cluster = kafka();
+    let source = source_topic(&cluster);
     let registry = Registry::new();
     let metrics = ConsumerMetrics::register(&registry).unwrap();
     let handler = |_| async { Ok::<(), HandlerError>(()) };
 
-    let lonely = slackline_testkit::unique_name("grp");
+    let lonely = cluster.topic(&slackline_testkit::unique_name("grp"));
     let err = ConsumerRuntime::start(
-        &settings(&mock),
+        &settings(&cluster),
         RuntimeConfig::new(&lonely, &source),
         handler,
         &metrics,
@@ -219,12 +232,11 @@ async fn refuses_missing_or_not_co_partitioned_topics() {
         "{err}"
     );
 
-    let skewed = slackline_testkit::unique_name("grp");
-    mock.create_topic(&format!("{skewed}.retry"), PARTITIONS + 2, 3)
-        .unwrap();
-    mock.create_topic(&format!("{skewed}.dlq"), 1, 3).unwrap();
+    let skewed = cluster.topic(&slackline_testkit::unique_name("grp"));
+    create_topic(&cluster, &format!("{skewed}.retry"), PARTITIONS + 2);
+    create_topic(&cluster, &format!("{skewed}.dlq"), 1);
     let err = ConsumerRuntime::start(
-        &settings(&mock),
+        &settings(&cluster),
         RuntimeConfig::new(&skewed, &source),
         handler,
         &metrics,

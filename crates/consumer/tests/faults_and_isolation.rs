@@ -1,7 +1,7 @@
 //! Broker faults injected with the mock cluster (request errors on Produce,
-//! OffsetCommit and Fetch; a broker down, then up) lose and reorder nothing; and a
-//! group whose handler fails for the whole test never holds up another group reading
-//! the same topic (guarantee 4).
+//! OffsetCommit and Fetch; a broker down, then up) lose and reorder nothing; and, on
+//! the real broker, a group whose handler fails for the whole test never holds up
+//! another group reading the same topic (guarantee 4).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod helpers;
@@ -18,11 +18,17 @@ use slackline_consumer::{ConsumerMetrics, HandlerError};
 async fn broker_faults_lose_and_reorder_nothing() {
     const KEYS: usize = 6;
     const PER_KEY: usize = 300;
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
-    let group = group(&mock);
+    // Mock cluster: this test injects errors into Produce, OffsetCommit and Fetch
+    // requests on cue (`request_errors`) and takes brokers 2 and 3 of three down and
+    // up again (`broker_down`); a single real broker can give neither on cue.
+    let cluster = TestCluster::mock(
+        "request_errors on Produce/OffsetCommit/Fetch and broker_down of 2 of 3 brokers, on cue",
+    );
+    let mock = cluster.faults();
+    let source = source_topic(&cluster);
+    let group = group(&cluster);
     let keys: Vec<usize> = (0..KEYS).collect();
-    produce_events(&mock, &source, &keys, 0..PER_KEY / 2).await;
+    produce_events(&cluster, &source, &keys, 0..PER_KEY / 2).await;
 
     // Keys 0 and 3 send an event through the retry topic every 20 events, so that
     // retry produces and retry fetches happen while the faults are on.
@@ -36,7 +42,7 @@ async fn broker_faults_lose_and_reorder_nothing() {
     let metrics = ConsumerMetrics::register(&registry).unwrap();
     let store = Arc::new(Mutex::new(Store::default()));
     let (handle, shutdown) = start(
-        &mock,
+        &cluster,
         config,
         store.clone(),
         plan,
@@ -74,7 +80,7 @@ async fn broker_faults_lose_and_reorder_nothing() {
         .repeat(10),
     );
     // The second half arrives while the faults are on.
-    produce_events(&mock, &source, &keys, PER_KEY / 2..PER_KEY).await;
+    produce_events(&cluster, &source, &keys, PER_KEY / 2..PER_KEY).await;
     wait_for("more events", Duration::from_secs(60), || total() >= 900).await;
 
     for broker in [2, 3] {
@@ -93,7 +99,7 @@ async fn broker_faults_lose_and_reorder_nothing() {
     ] {
         mock.clear_request_errors(api);
     }
-    wait_fully_committed(&mock, &group, &source, Duration::from_secs(60)).await;
+    wait_fully_committed(&cluster, &group, &source, Duration::from_secs(60)).await;
     shutdown.trigger();
     handle.wait().await.unwrap();
 
@@ -117,12 +123,12 @@ async fn broker_faults_lose_and_reorder_nothing() {
 async fn a_failing_group_does_not_hold_up_another_group() {
     const KEYS: usize = 8;
     const PER_KEY: usize = 100;
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
-    let failing_group = group(&mock);
-    let healthy_group = group(&mock);
+    let cluster = kafka();
+    let source = source_topic(&cluster);
+    let failing_group = group(&cluster);
+    let healthy_group = group(&cluster);
     let keys: Vec<usize> = (0..KEYS).collect();
-    produce_events(&mock, &source, &keys, 0..PER_KEY).await;
+    produce_events(&cluster, &source, &keys, 0..PER_KEY).await;
 
     // One registry for both (as in a process running two groups).
     let registry = Registry::new();
@@ -136,7 +142,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
     // Slow failures (200 ms a call, three calls a round, 10 ms between rounds): new
     // source records arrive while the key's retry head is being handled.
     let (failing, stop_failing) = start(
-        &mock,
+        &cluster,
         failing_config,
         failing_store.clone(),
         down,
@@ -147,7 +153,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
 
     let healthy_store = Arc::new(Mutex::new(Store::default()));
     let (healthy, stop_healthy) = start(
-        &mock,
+        &cluster,
         fast_config(&healthy_group, &source),
         healthy_store.clone(),
         no_failures(),
@@ -187,7 +193,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
     // A second wave while every key of the failing group is parked: the healthy group
     // handles it, and the failing group moves it behind the parked events at once (its
     // source offsets are committed to the end), not holding it while it retries.
-    produce_events(&mock, &source, &keys, PER_KEY..PER_KEY + 50).await;
+    produce_events(&cluster, &source, &keys, PER_KEY..PER_KEY + 50).await;
     wait_for(
         "the healthy group handled the second wave",
         Duration::from_secs(60),
@@ -200,7 +206,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
         .assert_in_order(&keys, PER_KEY + 50);
     let start_wait = std::time::Instant::now();
     loop {
-        let source_done = committed_and_high(&mock, &failing_group, &source)
+        let source_done = committed_and_high(&cluster, &failing_group, &source)
             .await
             .iter()
             .all(|(c, h)| c == h);
@@ -217,7 +223,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
         metric(&registry, "slackline_consumer_parked_keys", &healthy_group),
         0.0
     );
-    wait_fully_committed(&mock, &healthy_group, &source, Duration::from_secs(30)).await;
+    wait_fully_committed(&cluster, &healthy_group, &source, Duration::from_secs(30)).await;
     // The lag gauge shows the stuck group (its retry records are unfinished) and not
     // the healthy one.
     wait_for("lag reported", Duration::from_secs(10), || {
@@ -233,8 +239,8 @@ async fn a_failing_group_does_not_hold_up_another_group() {
     failing.wait().await.unwrap();
     // Nothing of the failing group was committed past its first (unhandled) events;
     // the healthy group's commits are its own.
-    let failing_committed = committed_and_high(&mock, &failing_group, &source).await;
-    let healthy_committed = committed_and_high(&mock, &healthy_group, &source).await;
+    let failing_committed = committed_and_high(&cluster, &failing_group, &source).await;
+    let healthy_committed = committed_and_high(&cluster, &healthy_group, &source).await;
     for (p, ((fc, _), (hc, high))) in failing_committed.iter().zip(&healthy_committed).enumerate() {
         assert_eq!(*hc, *high, "healthy group, partition {p}");
         // The failing group moved every event to its retry topic (acknowledged), so
@@ -242,7 +248,7 @@ async fn a_failing_group_does_not_hold_up_another_group() {
         assert_eq!(*fc, *high, "failing group source partition {p}");
     }
     let failing_retry =
-        committed_and_high(&mock, &failing_group, &format!("{failing_group}.retry")).await;
+        committed_and_high(&cluster, &failing_group, &format!("{failing_group}.retry")).await;
     assert!(
         failing_retry.iter().all(|(c, h)| c < h),
         "{failing_retry:?}"

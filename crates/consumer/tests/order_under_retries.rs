@@ -18,11 +18,11 @@ const BLOCKED: (usize, usize) = (0, 20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_key_order_survives_retries_and_a_parked_key_does_not_delay_others() {
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
-    let group = group(&mock);
+    let cluster = kafka();
+    let source = source_topic(&cluster);
+    let group = group(&cluster);
     let keys: Vec<usize> = (0..KEYS).collect();
-    produce_events(&mock, &source, &keys, 0..PER_KEY).await;
+    produce_events(&cluster, &source, &keys, 0..PER_KEY).await;
 
     // (k, seq) -> how many calls fail. quick_retries = 2: a round is 3 calls.
     let failing: Vec<((usize, usize), u32)> = vec![
@@ -62,8 +62,15 @@ async fn per_key_order_survives_retries_and_a_parked_key_does_not_delay_others()
     let registry = Registry::new();
     let metrics = ConsumerMetrics::register(&registry).unwrap();
     let store = Arc::new(Mutex::new(Store::default()));
-    let (handle, shutdown) =
-        start(&mock, config, store.clone(), plan, Duration::ZERO, &metrics).await;
+    let (handle, shutdown) = start(
+        &cluster,
+        config,
+        store.clone(),
+        plan,
+        Duration::ZERO,
+        &metrics,
+    )
+    .await;
 
     wait_for("every event handled", Duration::from_secs(60), || {
         store.lock().unwrap().total() == KEYS * PER_KEY
@@ -107,14 +114,25 @@ async fn per_key_order_survives_retries_and_a_parked_key_does_not_delay_others()
     );
 
     // Key 0's later events went through the retry topic behind the blocked one.
+    let retry_topic = format!("{group}.retry");
+    let retry_records: i64 = committed_and_high(&cluster, &group, &retry_topic)
+        .await
+        .iter()
+        .map(|(_, high)| high)
+        .sum();
     let retry = read_topic(
-        &mock,
-        &format!("{group}.retry"),
+        &cluster,
+        &retry_topic,
         PARTITIONS,
-        usize::MAX,
-        Duration::from_secs(2),
+        retry_records as usize,
+        Duration::from_secs(30),
     )
     .await;
+    assert_eq!(
+        retry.len() as i64,
+        retry_records,
+        "the whole retry topic read"
+    );
     let key0: Vec<&Record> = retry
         .iter()
         .filter(|r| r.key.as_deref() == Some("C00"))
@@ -144,5 +162,5 @@ async fn per_key_order_survives_retries_and_a_parked_key_does_not_delay_others()
         "seq 20 of key 0 is at offset {blocked_offset}"
     );
     assert_eq!(key0[1].header("slackline-retry-attempt"), Some("0"));
-    assert_fully_committed(&mock, &group, &source).await;
+    assert_fully_committed(&cluster, &group, &source).await;
 }

@@ -18,11 +18,11 @@ const PER_KEY: usize = 300;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_joining_and_one_leaving_keep_order_and_lose_nothing() {
-    let mock = mock_cluster();
-    let source = source_topic(&mock);
-    let group = group(&mock);
+    let cluster = kafka();
+    let source = source_topic(&cluster);
+    let group = group(&cluster);
     let keys: Vec<usize> = (0..KEYS).collect();
-    produce_events(&mock, &source, &keys, 0..PER_KEY).await;
+    produce_events(&cluster, &source, &keys, 0..PER_KEY).await;
 
     // Keys 0, 3, 6, 9 fail every 15th event for two rounds, so that keys are parked
     // (with events behind them in the retry topic) whenever the group rebalances.
@@ -38,7 +38,7 @@ async fn a_member_joining_and_one_leaving_keep_order_and_lose_nothing() {
     let registry_a = Registry::new();
     let metrics_a = ConsumerMetrics::register(&registry_a).unwrap();
     let (a, stop_a) = start(
-        &mock,
+        &cluster,
         config.clone(),
         store.clone(),
         plan.clone(),
@@ -53,7 +53,7 @@ async fn a_member_joining_and_one_leaving_keep_order_and_lose_nothing() {
 
     let registry_b = Registry::new();
     let metrics_b = ConsumerMetrics::register(&registry_b).unwrap();
-    let (b, stop_b) = start(&mock, config, store.clone(), plan, work, &metrics_b).await;
+    let (b, stop_b) = start(&cluster, config, store.clone(), plan, work, &metrics_b).await;
     wait_for("B handles its share", Duration::from_secs(60), || {
         metric(&registry_b, "slackline_consumer_handled_total", &group) >= 100.0
     })
@@ -70,7 +70,7 @@ async fn a_member_joining_and_one_leaving_keep_order_and_lose_nothing() {
         store.lock().unwrap().total() == KEYS * PER_KEY
     })
     .await;
-    wait_fully_committed(&mock, &group, &source, Duration::from_secs(30)).await;
+    wait_fully_committed(&cluster, &group, &source, Duration::from_secs(30)).await;
     stop_b.trigger();
     b.wait().await.unwrap();
 

@@ -1,8 +1,8 @@
-//! Shared set-up for the consumer runtime's tests: a mock Kafka cluster (real wire
-//! protocol over TCP, three brokers), co-partitioned source/retry/DLQ topics with
-//! unique names, a producer of numbered events per key, and a recording handler whose
-//! failures follow a plan and whose effects are deduplicated by event id (as a real
-//! handler's store would be).
+//! Shared set-up for the consumer runtime's tests: a [`TestCluster`] (the shared
+//! Apache Kafka broker, or the mock cluster for a test that injects faults),
+//! co-partitioned source/retry/DLQ topics under the cluster's prefix, a producer of
+//! numbered events per key, and a recording handler whose failures follow a plan and
+//! whose effects are deduplicated by event id (as a real handler's store would be).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -13,58 +13,119 @@ use std::time::{Duration, Instant};
 use prometheus::Registry;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use slackline_consumer::{
     ConsumerMetrics, ConsumerRuntime, Event, HandlerError, RuntimeConfig, RuntimeHandle,
 };
 use slackline_kafka::KafkaSettings;
 use slackline_service::Shutdown;
+pub use slackline_testkit::kafka::TestCluster;
 
 pub const PARTITIONS: i32 = 4;
 
-pub type Mock = MockCluster<'static, DefaultProducerContext>;
+/// The shared Apache Kafka broker, under a topic and group prefix of this test's own.
+pub fn kafka() -> TestCluster {
+    TestCluster::kafka()
+}
 
-/// Logs to the test output when `RUST_LOG` is set.
-pub fn init_logs() {
-    if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+/// Creates `topic` and waits until the broker's metadata lists it with its partitions
+/// and their leaders: on the real broker CreateTopics answers before the broker's
+/// metadata shows the topic, and the runtime's start checks the topics once.
+pub fn create_topic(cluster: &TestCluster, topic: &str, partitions: i32) {
+    cluster.create_topic(topic, partitions);
+    if cluster.is_mock() {
+        return;
+    }
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("log_level", "3")
+        .create()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let visible = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .is_ok_and(|m| {
+                m.topics().iter().any(|t| {
+                    t.name() == topic
+                        && t.error().is_none()
+                        && t.partitions().len() == partitions as usize
+                        && t.partitions().iter().all(|p| p.leader() >= 0)
+                })
+            });
+        if visible {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "topic {topic} not in the broker's metadata 30 s after its creation"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-pub fn mock_cluster() -> Mock {
-    init_logs();
-    MockCluster::new(3).expect("mock cluster")
-}
-
-/// Creates the source topic.
-pub fn source_topic(mock: &Mock) -> String {
-    let topic = slackline_testkit::unique_name("src");
-    mock.create_topic(&topic, PARTITIONS, 3).unwrap();
+/// Creates a source topic (`PARTITIONS` partitions) under the cluster's prefix.
+pub fn source_topic(cluster: &TestCluster) -> String {
+    let topic = cluster.topic(&slackline_testkit::unique_name("src"));
+    create_topic(cluster, &topic, PARTITIONS);
     topic
 }
 
-/// A unique group with its retry and DLQ topics (co-partitioned with the source).
-pub fn group(mock: &Mock) -> String {
-    let group = slackline_testkit::unique_name("grp");
-    mock.create_topic(&format!("{group}.retry"), PARTITIONS, 3)
-        .unwrap();
-    mock.create_topic(&format!("{group}.dlq"), 2, 3).unwrap();
-    group
+/// A group id under the cluster's prefix with its retry topic (co-partitioned with the
+/// source) and its DLQ topic: the names the runtime derives from the group id.
+pub fn group(cluster: &TestCluster) -> String {
+    let base = slackline_testkit::unique_name("grp");
+    let names = cluster.names();
+    create_topic(cluster, &names.retry(&base), PARTITIONS);
+    create_topic(cluster, &names.dlq(&base), 2);
+    names.group(&base)
 }
 
-/// Settings for tests: quick group joins.
-pub fn settings(mock: &Mock) -> KafkaSettings {
-    let mut s = KafkaSettings::new(mock.bootstrap_servers());
-    s.properties = vec![
-        ("session.timeout.ms".into(), "6000".into()),
-        ("heartbeat.interval.ms".into(), "200".into()),
-        ("log_level".into(), "3".into()),
-    ];
+/// The consumer group protocol a test runs the runtime under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup, client-side assignor, eager range).
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`): broker-side assignment, incremental.
+    Consumer,
+}
+
+impl GroupProtocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+/// Settings for tests: quick group joins (classic protocol).
+pub fn settings(cluster: &TestCluster) -> KafkaSettings {
+    settings_for(cluster, GroupProtocol::Classic, Duration::from_millis(200))
+}
+
+/// Settings for `protocol`, as `KAFKA_PROPERTIES` would give them. The classic
+/// protocol gets a short session and `heartbeat` as its heartbeat interval; KIP-848
+/// takes both from the broker (`group.consumer.heartbeat.interval.ms`), and librdkafka
+/// refuses the classic properties under it.
+pub fn settings_for(
+    cluster: &TestCluster,
+    protocol: GroupProtocol,
+    heartbeat: Duration,
+) -> KafkaSettings {
+    let mut s = cluster.settings();
+    s.properties = match protocol {
+        GroupProtocol::Classic => vec![
+            ("session.timeout.ms".into(), "6000".into()),
+            (
+                "heartbeat.interval.ms".into(),
+                heartbeat.as_millis().to_string(),
+            ),
+        ],
+        GroupProtocol::Consumer => vec![("group.protocol".into(), "consumer".into())],
+    };
+    s.properties.push(("log_level".into(), "3".into()));
     s
 }
 
@@ -99,13 +160,13 @@ pub fn event_id(k: usize, seq: usize) -> String {
 /// Produces `seqs` of each key in `keys`, interleaved round-robin (seq-major), key k
 /// to partition `k % PARTITIONS`, value `{"key","seq"}`, header `slack-event-id`.
 pub async fn produce_events(
-    mock: &Mock,
+    cluster: &TestCluster,
     topic: &str,
     keys: &[usize],
     seqs: std::ops::Range<usize>,
 ) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", mock.bootstrap_servers())
+        .set("bootstrap.servers", cluster.bootstrap_servers())
         .set("enable.idempotence", "true")
         .set("linger.ms", "5")
         .create()
@@ -145,6 +206,9 @@ pub struct Store {
     pub calls: HashMap<String, u32>,
     /// Calls that found the effect already done (redeliveries).
     pub duplicates: u64,
+    /// Every successful call in order, redeliveries included (what a handler that
+    /// is not idempotent would have applied).
+    pub raw: Vec<(usize, usize)>,
 }
 
 impl Store {
@@ -154,6 +218,31 @@ impl Store {
 
     pub fn done(&self, k: usize) -> usize {
         self.effects.get(&k).map_or(0, Vec::len)
+    }
+
+    /// Redeliveries are only what the runtime documents for a restart: the calls
+    /// before `restart` (an index into `raw`) applied each record once, in order; after
+    /// it, each key replays at most once, from where the new runtime starts it (the
+    /// committed offset), and in order from there, so a replay can start only at the
+    /// key's first call after the restart.
+    pub fn assert_replays_only_at_restart(&self, restart: usize) {
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for (i, &(k, seq)) in self.raw.iter().enumerate() {
+            let prev = last.insert(k, seq);
+            let Some(prev) = prev else {
+                continue;
+            };
+            if seq > prev {
+                continue;
+            }
+            let first_after_restart =
+                i >= restart && !self.raw[restart..i].iter().any(|(key, _)| *key == k);
+            assert!(
+                first_after_restart,
+                "key {k}: seq {seq} applied again after seq {prev} (call {i}, restart at call \
+                 {restart}): a redelivery that is not a replay from the committed offset"
+            );
+        }
     }
 
     /// Every key's effects are exactly `0..n`, in order.
@@ -214,6 +303,7 @@ pub fn recording_handler(
             if let Some(e) = plan(k, seq, call, &s) {
                 return Err(e);
             }
+            s.raw.push((k, seq));
             if !s.seen.insert(id) {
                 s.duplicates += 1;
                 return Ok(());
@@ -227,7 +317,19 @@ pub fn recording_handler(
 
 /// Starts a runtime with its own shutdown signal.
 pub async fn start(
-    mock: &Mock,
+    cluster: &TestCluster,
+    config: RuntimeConfig,
+    store: Arc<Mutex<Store>>,
+    plan: Plan,
+    delay: Duration,
+    metrics: &ConsumerMetrics,
+) -> (RuntimeHandle, Shutdown) {
+    start_with(&settings(cluster), config, store, plan, delay, metrics).await
+}
+
+/// [`start`] with explicit Kafka settings.
+pub async fn start_with(
+    settings: &KafkaSettings,
     config: RuntimeConfig,
     store: Arc<Mutex<Store>>,
     plan: Plan,
@@ -236,7 +338,7 @@ pub async fn start(
 ) -> (RuntimeHandle, Shutdown) {
     let shutdown = Shutdown::new();
     let handle = ConsumerRuntime::start(
-        &settings(mock),
+        settings,
         config,
         recording_handler(store, plan, delay),
         metrics,
@@ -282,14 +384,14 @@ pub use slackline_testkit::kafka::Record;
 
 /// Reads every record of `topic` (all `partitions`) until `want` arrived or `timeout`.
 pub async fn read_topic(
-    mock: &Mock,
+    cluster: &TestCluster,
     topic: &str,
     partitions: i32,
     want: usize,
     timeout: Duration,
 ) -> Vec<Record> {
     slackline_testkit::kafka::read_topic(
-        &mock.bootstrap_servers(),
+        &cluster.bootstrap_servers(),
         topic,
         partitions,
         want,
@@ -299,8 +401,12 @@ pub async fn read_topic(
 }
 
 /// The group's committed offsets and the high watermarks of `topic`'s partitions.
-pub async fn committed_and_high(mock: &Mock, group: &str, topic: &str) -> Vec<(i64, i64)> {
-    let bootstrap = mock.bootstrap_servers();
+pub async fn committed_and_high(
+    cluster: &TestCluster,
+    group: &str,
+    topic: &str,
+) -> Vec<(i64, i64)> {
+    let bootstrap = cluster.bootstrap_servers();
     let group = group.to_owned();
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
@@ -337,12 +443,17 @@ pub async fn committed_and_high(mock: &Mock, group: &str, topic: &str) -> Vec<(i
 /// Waits until the group has committed every partition of the source and retry
 /// topics up to its end (commits happen every 100 ms while running): every record,
 /// including redelivered duplicates and forwarded copies, is finished.
-pub async fn wait_fully_committed(mock: &Mock, group: &str, source: &str, timeout: Duration) {
+pub async fn wait_fully_committed(
+    cluster: &TestCluster,
+    group: &str,
+    source: &str,
+    timeout: Duration,
+) {
     let start = Instant::now();
     loop {
         let mut complete = true;
         for topic in [source.to_owned(), format!("{group}.retry")] {
-            for (committed, high) in committed_and_high(mock, group, &topic).await {
+            for (committed, high) in committed_and_high(cluster, group, &topic).await {
                 complete &= high == 0 || committed == high;
             }
         }
@@ -360,9 +471,9 @@ pub async fn wait_fully_committed(mock: &Mock, group: &str, source: &str, timeou
 /// After a clean stop, every partition of source and retry is committed up to its
 /// end: nothing unfinished is left, and nothing was committed that is not finished
 /// (the other tests check the latter through order and completeness).
-pub async fn assert_fully_committed(mock: &Mock, group: &str, source: &str) {
+pub async fn assert_fully_committed(cluster: &TestCluster, group: &str, source: &str) {
     for topic in [source.to_owned(), format!("{group}.retry")] {
-        for (p, (committed, high)) in committed_and_high(mock, group, &topic)
+        for (p, (committed, high)) in committed_and_high(cluster, group, &topic)
             .await
             .into_iter()
             .enumerate()
