@@ -265,6 +265,16 @@ pub fn stop_shared_broker() -> bool {
     true
 }
 
+/// Records in the run's cluster report that this test binary runs a private Apache
+/// Kafka broker of its own at `bootstrap` (a test that kills and restarts its broker,
+/// which it must never do to the shared one).
+pub fn report_private_broker(bootstrap: &str) {
+    report(&format!(
+        "apache-kafka {} (private broker {bootstrap})",
+        embedded::kafka_version()
+    ));
+}
+
 /// Writes `<report dir>/<test binary>` = `what`, once per binary and kind, when
 /// `SLACKLINE_CLUSTER_REPORT_DIR` is set.
 fn report(what: &str) {
@@ -290,7 +300,9 @@ fn report(what: &str) {
     // Once per process and line; the script prints the distinct lines.
     static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     {
-        let mut seen = SEEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = SEEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if seen.iter().any(|l| l == what) {
             return;
         }

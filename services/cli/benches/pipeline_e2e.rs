@@ -2,34 +2,43 @@
 //! messages per second from the edge to all three consumer groups done, latency
 //! from the edge's 200 to the message's timeline row, and each service's peak RSS.
 //!
-//! Every part runs in its own process, as in production: this binary starts copies
-//! of itself with `--serve-kafka` (librdkafka's mock cluster: 3 brokers, every
-//! slackline topic with `BENCH_PARTITIONS` partitions, default 6) and `--serve
-//! <service>` for the edge (file archive in a temporary directory), the normalizer,
-//! thread-state, timeline-writer and the notifier, each configured from its
-//! environment exactly as its own binary is. PostgreSQL is the machine's server (a
-//! fresh database, `TEST_DATABASE_URL`'s server); the notifier posts to a webhook
-//! receiver in this process. The parent is the load generator: `BENCH_CONCURRENCY`
-//! senders (default 32) post `BENCH_MESSAGES` signed customer messages (default
-//! 10000) over `BENCH_CHANNELS` channels (default 100); each channel belongs to one
-//! sender, which posts its messages one after another, as Slack does per channel.
-//! A warm-up of 500 messages runs first. `BENCH_RATE` (messages/s) paces the senders,
-//! to measure latency below saturation; without it they send as fast as the edge
-//! answers, to measure throughput.
+//! Kafka is `BENCH_KAFKA`: `mock` (the default; librdkafka's mock cluster, 3
+//! brokers, in a copy of this binary started with `--serve-kafka`), `embedded` (a
+//! single-node Apache Kafka broker, as `slackline dev --kafka=embedded` runs it, in
+//! a temporary folder; jars fetched by `scripts/fetch-kafka` when missing) or the
+//! bootstrap servers of an existing cluster (topics under a fresh prefix, replication
+//! `BENCH_REPLICATION`, default 1). Every slackline topic has `BENCH_PARTITIONS`
+//! partitions (default 6). The output names the Kafka it ran on: the mock cluster
+//! distorts both throughput and latency (see below), so compare runs on one kind.
 //!
-//! Printed: the send rate; the end-to-end rate (messages / time from the first send
-//! until thread-state, timeline-writer and the notifier have all finished every
-//! message, observed by polling every 50 ms); when each group finished; latency
+//! Every part runs in its own process, as in production: this binary starts copies
+//! of itself with `--serve <service>` for the edge (file archive in a temporary
+//! directory), the normalizer, thread-state, timeline-writer and the notifier, each
+//! configured from its environment exactly as its own binary is. PostgreSQL is the
+//! machine's server (a fresh database, `TEST_DATABASE_URL`'s server); the notifier
+//! posts to a webhook receiver in this process. The parent is the load generator:
+//! `BENCH_CONCURRENCY` senders (default 32) post `BENCH_MESSAGES` signed customer
+//! messages (default 10000) over `BENCH_CHANNELS` channels (default 100); each
+//! channel belongs to one sender, which posts its messages one after another, as
+//! Slack does per channel. A warm-up of 500 messages runs first. `BENCH_RATE`
+//! (messages/s) paces the senders, to measure latency below saturation; without it
+//! they send as fast as the edge answers, to measure throughput.
+//!
+//! Printed: the Kafka; the send rate; the end-to-end rate (messages / time from the
+//! first send until thread-state, timeline-writer and the notifier have all finished
+//! every message, observed by polling every 50 ms); when each group finished; latency
 //! p50/p90/p99/max from each message's 200 (client clock) to its timeline row's
 //! `written_at` (PostgreSQL's clock on the same machine); peak RSS (`VmHWM`) and CPU
-//! seconds of each process. Like `slackline dev`, the services get
-//! `KAFKA_PROPERTIES=fetch.wait.max.ms=25` (unless set): the mock broker holds an
-//! empty fetch for the whole wait. The run fails if any request is not answered 200 or any
-//! group does not end with exactly one effect per message.
+//! seconds of each process (the Kafka process too, unless it is an existing
+//! cluster). Like `slackline dev`, the services get
+//! `KAFKA_PROPERTIES=fetch.wait.max.ms=25` (unless set) on the mock only: the mock
+//! broker holds an empty fetch for the whole wait, a real broker answers as soon as
+//! data arrives and gets the product's defaults. The run fails if any request is not
+//! answered 200 or any group does not end with exactly one effect per message.
 //!
 //! ```text
 //! cargo bench -p slackline --bench pipeline_e2e
-//! BENCH_MESSAGES=30000 cargo bench -p slackline --bench pipeline_e2e
+//! BENCH_KAFKA=embedded BENCH_MESSAGES=30000 cargo bench -p slackline --bench pipeline_e2e
 //! ```
 #![allow(missing_docs)]
 
@@ -42,7 +51,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, ensure, Context};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use slackline_kafka::topics::all_topics;
+use slackline::dev::KafkaChoice;
+use slackline_kafka::embedded::EmbeddedBroker;
+use slackline_kafka::topics::{TopicNames, NORMALIZER_GROUP};
 use slackline_service::{init_telemetry, Env, LogFormat, Shutdown};
 use slackline_store::sqlx::{self, PgPool};
 use slackline_testkit::postgres::TestDatabase;
@@ -116,7 +127,7 @@ fn announce(addr: &str) -> anyhow::Result<Shutdown> {
 fn serve_kafka() -> anyhow::Result<()> {
     let mock: MockCluster<'static, DefaultProducerContext> =
         MockCluster::new(3).context("creating the mock cluster")?;
-    for topic in all_topics(env_or("BENCH_PARTITIONS", 6)) {
+    for topic in TopicNames::default().specs(env_or("BENCH_PARTITIONS", 6)) {
         mock.create_topic(&topic.name, topic.partitions, 3)
             .with_context(|| format!("creating {}", topic.name))?;
     }
@@ -407,7 +418,152 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// The Kafka a run uses, with the process to measure when the bench started one.
+enum BenchKafka {
+    Mock(Server),
+    Embedded(EmbeddedBroker, tempfile::TempDir),
+    External,
+}
+
+impl BenchKafka {
+    fn start(
+        choice: &KafkaChoice,
+        names: &TopicNames,
+        partitions: i32,
+    ) -> anyhow::Result<(BenchKafka, String, String)> {
+        match choice {
+            KafkaChoice::Mock => {
+                let server = Server::spawn("mock-kafka", &["--serve-kafka"], &[])?;
+                let bootstrap = server.addr.clone();
+                Ok((
+                    BenchKafka::Mock(server),
+                    bootstrap,
+                    "librdkafka mock cluster (3 brokers, own process)".to_owned(),
+                ))
+            }
+            KafkaChoice::Embedded => {
+                let dir = tempfile::tempdir().context("broker dir")?;
+                let broker = slackline::dev::start_embedded_broker(dir.path())?;
+                let bootstrap = broker.bootstrap_servers().to_owned();
+                create_topics(&bootstrap, names, partitions, 1)?;
+                Ok((
+                    BenchKafka::Embedded(broker, dir),
+                    bootstrap,
+                    format!(
+                        "Apache Kafka {} (embedded single-node KRaft broker, own JVM)",
+                        slackline_kafka::embedded::kafka_version()
+                    ),
+                ))
+            }
+            KafkaChoice::Bootstrap(bootstrap) => {
+                create_topics(bootstrap, names, partitions, env_or("BENCH_REPLICATION", 1))?;
+                Ok((
+                    BenchKafka::External,
+                    bootstrap.clone(),
+                    format!(
+                        "Apache Kafka at {bootstrap} (existing cluster, topics under {})",
+                        names.prefix()
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// The process to measure.
+    fn process(&self) -> Option<(&str, u32)> {
+        match self {
+            BenchKafka::Mock(server) => Some((server.name.as_str(), server.pid())),
+            BenchKafka::Embedded(broker, _) => broker.pid().map(|pid| ("kafka-broker", pid)),
+            BenchKafka::External => None,
+        }
+    }
+
+    fn stop(self) -> anyhow::Result<()> {
+        match self {
+            BenchKafka::Mock(server) => server.stop(),
+            BenchKafka::Embedded(mut broker, _dir) => Ok(broker.stop()?),
+            BenchKafka::External => Ok(()),
+        }
+    }
+}
+
+/// Creates the run's topics on a real cluster (the path of `slackline topics create`).
+fn create_topics(
+    bootstrap: &str,
+    names: &TopicNames,
+    partitions: i32,
+    replication: i32,
+) -> anyhow::Result<()> {
+    let settings = slackline_kafka::KafkaSettings::new(bootstrap);
+    let specs = names.specs(partitions);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("runtime")?
+        .block_on(slackline_kafka::topics::create(
+            &settings,
+            &specs,
+            replication,
+        ))
+        .context("creating the topics")?;
+    Ok(())
+}
+
+/// The environment of `service`: the common one plus its topic and group names.
+fn service_env(
+    common: &[(String, String)],
+    names: &TopicNames,
+    service: &str,
+) -> Vec<(String, String)> {
+    let mut env = common.to_vec();
+    env.extend(
+        [
+            ("RAW_TOPIC", names.raw_events()),
+            ("MESSAGES_TOPIC", names.messages()),
+            ("RAW_DLQ_TOPIC", names.raw_dlq()),
+            ("NORMALIZER_GROUP_ID", names.group(NORMALIZER_GROUP)),
+            ("SOURCE_TOPIC", names.messages()),
+            ("THREAD_EVENTS_TOPIC", names.thread_events()),
+            ("GROUP_ID", names.group(service)),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
+}
+
 fn bench() -> anyhow::Result<()> {
+    let choice: KafkaChoice = std::env::var("BENCH_KAFKA")
+        .unwrap_or_else(|_| "mock".to_owned())
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("BENCH_KAFKA: {e}"))?;
+    let partitions: i32 = env_or("BENCH_PARTITIONS", 6);
+    // The mock cluster is the bench's own; on a real broker, names of this run only.
+    let names = match choice {
+        KafkaChoice::Mock => TopicNames::default(),
+        _ => TopicNames::with_prefix(format!("{}.", slackline_testkit::unique_name("bench"))),
+    };
+    let (kafka, bootstrap, kafka_description) = BenchKafka::start(&choice, &names, partitions)?;
+    let result = run(
+        &choice,
+        &names,
+        &kafka,
+        &bootstrap,
+        &kafka_description,
+        partitions,
+    );
+    let stopped = kafka.stop();
+    result?;
+    stopped
+}
+
+fn run(
+    choice: &KafkaChoice,
+    names: &TopicNames,
+    kafka: &BenchKafka,
+    bootstrap: &str,
+    kafka_description: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let messages: usize = env_or("BENCH_MESSAGES", 10_000);
     let channels: usize = env_or("BENCH_CHANNELS", 100);
     let senders: usize = env_or("BENCH_CONCURRENCY", 32);
@@ -423,10 +579,16 @@ fn bench() -> anyhow::Result<()> {
     runtime.block_on(async {
         let db = TestDatabase::create().await;
         let hook = WebhookReceiver::start().await;
-        let kafka = Server::spawn("mock-kafka", &["--serve-kafka"], &[])?;
         let archive = tempfile::tempdir().context("archive dir")?;
+        // As `slackline dev` does: short fetch waits on the mock cluster only (see
+        // its docs); a real broker gets the product's defaults.
+        let kafka_properties = match (std::env::var("KAFKA_PROPERTIES"), choice) {
+            (Ok(user), _) => Some(user),
+            (Err(_), KafkaChoice::Mock) => Some(slackline::dev::MOCK_KAFKA_PROPERTIES.to_owned()),
+            (Err(_), _) => None,
+        };
         let env: Vec<(String, String)> = [
-            ("KAFKA_BOOTSTRAP_SERVERS", kafka.addr.as_str()),
+            ("KAFKA_BOOTSTRAP_SERVERS", bootstrap),
             ("DATABASE_URL", db.url.as_str()),
             ("SLACK_SIGNING_SECRETS", SECRET),
             ("EDGE_ADDR", "127.0.0.1:0"),
@@ -436,38 +598,31 @@ fn bench() -> anyhow::Result<()> {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .chain([
-            (
-                "ARCHIVE_URL".to_owned(),
-                format!("file://{}", archive.path().display()),
-            ),
-            // As `slackline dev` does against the mock cluster (see its docs).
-            (
-                "KAFKA_PROPERTIES".to_owned(),
-                std::env::var("KAFKA_PROPERTIES")
-                    .unwrap_or_else(|_| slackline::dev::MOCK_KAFKA_PROPERTIES.to_owned()),
-            ),
-        ])
+        .chain([(
+            "ARCHIVE_URL".to_owned(),
+            format!("file://{}", archive.path().display()),
+        )])
+        .chain(kafka_properties.map(|p| ("KAFKA_PROPERTIES".to_owned(), p)))
         .collect();
         let mut servers = Vec::new();
         for service in SERVICES {
-            servers.push(Server::spawn(service, &["--serve", service], &env)?);
+            servers.push(Server::spawn(service, &["--serve", service], &service_env(&env, names, service))?);
         }
         let url = format!("http://{}/slack/events", servers[0].addr);
         let pool = slackline_store::sqlx::postgres::PgPoolOptions::new()
             .max_connections(2)
             .connect(&db.url)
             .await?;
+        let mut processes: Vec<(&str, u32)> = servers.iter().map(|s| (s.name.as_str(), s.pid())).collect();
+        processes.extend(kafka.process());
 
         // Warm-up: connections, caches, the groups' first assignments.
         let (_, started, _) = send(&url, workload("W", warmup, channels.min(warmup), senders), None).await?;
         wait_done(&pool, &hook, warmup as i64, started).await?;
-        let cpu_before: Vec<f64> = servers
+        let cpu_before: Vec<f64> = processes
             .iter()
-            .map(|s| cpu_secs(s.pid()))
-            .chain([cpu_secs(kafka.pid())])
+            .map(|(_, pid)| cpu_secs(*pid))
             .collect::<Result<_, _>>()?;
-
         let (acked, started, send_secs) =
             send(&url, workload("M", messages, channels, senders), rate).await?;
         let done = wait_done(&pool, &hook, (warmup + messages) as i64, started).await?;
@@ -490,6 +645,7 @@ fn bench() -> anyhow::Result<()> {
 
         let offered = rate.map_or_else(|| "as fast as the edge answers".to_owned(), |r| format!("offered at {r} msg/s"));
         println!("pipeline_e2e: {messages} customer messages over {channels} channels, {senders} senders, {offered}, after {warmup} warm-up");
+        println!("  kafka (BENCH_KAFKA={choice}): {kafka_description}, {partitions} partitions per topic");
         println!("  edge accepted (200):        {:>8.0} msg/s ({send_secs:.2} s)", messages as f64 / send_secs);
         println!("  end to end (all 3 groups):  {:>8.0} msg/s ({total:.2} s)", messages as f64 / total);
         println!("  done at: thread-state {:.2} s, timeline-writer {:.2} s, notifier {:.2} s", done[0], done[1], done[2]);
@@ -501,19 +657,18 @@ fn bench() -> anyhow::Result<()> {
             percentile(&latencies, 1.0)
         );
         println!("  {:<16} {:>12} {:>14}", "process", "peak RSS MiB", "CPU s (run)");
-        for (i, s) in servers.iter().chain([&kafka]).enumerate() {
+        for (i, (name, pid)) in processes.iter().enumerate() {
             println!(
                 "  {:<16} {:>12.1} {:>14.2}",
-                s.name,
-                peak_rss_mib(s.pid())?,
-                cpu_secs(s.pid())? - cpu_before[i]
+                name,
+                peak_rss_mib(*pid)?,
+                cpu_secs(*pid)? - cpu_before[i]
             );
         }
         pool.close().await;
         for s in servers {
             s.stop()?;
         }
-        kafka.stop()?;
         db.drop_database().await;
         Ok(())
     })

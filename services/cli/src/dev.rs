@@ -1,25 +1,33 @@
-//! `slackline dev`: the whole pipeline on one machine with embedded defaults.
+//! `slackline dev`: the whole pipeline on one machine.
 //!
-//! Kafka is librdkafka's mock cluster (three brokers in this process, speaking the
-//! real Kafka protocol over TCP, so any Kafka client can connect to the bootstrap
-//! address printed), the archive is a directory under `./.slackline/`, the edge
-//! listens on the given port, the normalizer turns raw events into Avro message
-//! events, and thread-state, timeline-writer and the notifier consume them into
-//! PostgreSQL ([`crate::postgres`]: `DATABASE_URL`, else the local server, else a
-//! throwaway cluster under the state directory). The three consumer groups read their
-//! own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from [`DevOptions::service_env`],
-//! as their binaries do from the process environment.
+//! Kafka is one of three ([`KafkaChoice`], `--kafka`): librdkafka's mock cluster
+//! (the default: three brokers in this process, speaking the real Kafka protocol
+//! over TCP, nothing to install), a single-node Apache Kafka broker under the state
+//! directory (`embedded`: [`slackline_kafka::embedded`], its jars fetched once by
+//! the repository's `scripts/fetch-kafka`, its log directory kept between runs), or
+//! an existing cluster (`--kafka=host:port`). Every topic is created where missing,
+//! through the path of `slackline topics create`. The archive is a directory under
+//! `./.slackline/`, the edge listens on the given port, the normalizer turns raw
+//! events into Avro message events, and thread-state, timeline-writer and the
+//! notifier consume them into PostgreSQL ([`crate::postgres`]: `DATABASE_URL`, else
+//! the local server, else a throwaway cluster under the state directory). The three
+//! consumer groups read their own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from
+//! [`DevOptions::service_env`], as their binaries do from the process environment;
+//! their topic and group names come from [`DevOptions::topic_names`].
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 use slackline_archive::S3Settings;
 use slackline_consumer::GroupService;
 use slackline_edge::{Edge, EdgeConfig};
-use slackline_kafka::topics::all_topics;
+use slackline_kafka::embedded::{self, BrokerConfig, EmbeddedBroker, EmbeddedError};
+use slackline_kafka::topics::{Created, TopicNames, NORMALIZER_GROUP};
 use slackline_kafka::KafkaSettings;
 use slackline_normalizer::normalize::Rules;
 use slackline_normalizer::{Normalizer, NormalizerConfig};
@@ -36,12 +44,72 @@ pub const DEV_SECRET: &str = "slackline-dev-signing-secret";
 /// librdkafka's mock broker answers an empty fetch only after the consumer's whole
 /// `fetch.wait.max.ms` (500 ms by default), even when records arrive meanwhile; a
 /// real broker answers as soon as there is data. Against the mock cluster every
-/// consumer hop would add up to half a second, so `dev` asks for short fetch waits
-/// (unless `KAFKA_PROPERTIES` says otherwise).
+/// consumer hop would add up to half a second, so `dev` asks the mock's consumers
+/// for short fetch waits (unless `KAFKA_PROPERTIES` says otherwise). A real broker
+/// gets the product's defaults.
 pub const MOCK_KAFKA_PROPERTIES: &str = "fetch.wait.max.ms=25";
 
 /// The file in the state directory holding the database URL of the last `dev` run.
 pub const DATABASE_URL_FILE: &str = "database-url";
+
+/// The embedded broker's folder under the state directory.
+pub const KAFKA_DIR: &str = "kafka";
+
+/// The file in the embedded broker's folder holding the pid of the broker a `dev`
+/// started (so that the next `dev` can stop one a killed `dev` left running).
+pub const KAFKA_PID_FILE: &str = "dev.pid";
+
+/// The consumer groups `dev` runs (besides the normalizer), in start order.
+const GROUPS: [&str; 3] = ["thread-state", "timeline-writer", "notifier"];
+
+/// Environment variables `dev` decides for each consumer group; the user's values
+/// of these are ignored (one value for three groups would be wrong).
+const DEV_OWNED_ENV: [&str; 9] = [
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "DATABASE_URL",
+    "ADMIN_ADDR",
+    "LOG_FORMAT",
+    "GROUP_ID",
+    "SOURCE_TOPIC",
+    "RETRY_TOPIC",
+    "DLQ_TOPIC",
+    "THREAD_EVENTS_TOPIC",
+];
+
+/// Which Kafka `dev` runs on (`--kafka`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KafkaChoice {
+    /// librdkafka's mock cluster in this process (`mock`, the default).
+    #[default]
+    Mock,
+    /// A single-node Apache Kafka broker under the state directory (`embedded`).
+    Embedded,
+    /// An existing cluster at these bootstrap servers.
+    Bootstrap(String),
+}
+
+impl std::str::FromStr for KafkaChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "" => Err("expected mock, embedded or bootstrap servers (host:port)".to_owned()),
+            "mock" => Ok(KafkaChoice::Mock),
+            "embedded" => Ok(KafkaChoice::Embedded),
+            servers => Ok(KafkaChoice::Bootstrap(servers.to_owned())),
+        }
+    }
+}
+
+impl std::fmt::Display for KafkaChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaChoice::Mock => f.write_str("mock"),
+            KafkaChoice::Embedded => f.write_str("embedded"),
+            KafkaChoice::Bootstrap(servers) => f.write_str(servers),
+        }
+    }
+}
 
 /// Options of `slackline dev`.
 #[derive(Debug, Clone)]
@@ -52,8 +120,12 @@ pub struct DevOptions {
     pub port: u16,
     /// The admin port (0 picks a free one).
     pub admin_port: u16,
-    /// State directory (archive).
+    /// State directory (archive, embedded broker, throwaway PostgreSQL).
     pub dir: PathBuf,
+    /// Which Kafka to run on.
+    pub kafka: KafkaChoice,
+    /// Topic and consumer-group names (a prefix lets several stacks share a cluster).
+    pub topic_names: TopicNames,
     /// Partitions per flow topic.
     pub partitions: i32,
     /// Signing secrets the edge accepts.
@@ -67,8 +139,10 @@ pub struct DevOptions {
     /// Which PostgreSQL the consumer groups use.
     pub database: DatabaseChoice,
     /// Environment of the three consumer groups (grouping, reaction commands,
-    /// notification targets, retry delays); Kafka, database, admin address and log
-    /// format are set by `dev` itself.
+    /// notification targets, retry delays, `KAFKA_PROPERTIES`); Kafka bootstrap,
+    /// topic and group names, database, admin address and log format are set by
+    /// `dev` itself. `KAFKA_PROPERTIES` here applies to every Kafka client of the
+    /// stack (security settings for an existing cluster, say).
     pub service_env: Vec<(String, String)>,
 }
 
@@ -78,6 +152,26 @@ pub enum DevError {
     /// The mock cluster failed.
     #[error("mock Kafka cluster: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// The embedded broker cannot be had (jars, java, Maven).
+    #[error("embedded Kafka: {0}")]
+    KafkaSetup(String),
+    /// The embedded broker failed to start or stop.
+    #[error("embedded Kafka: {0}")]
+    Embedded(#[from] EmbeddedError),
+    /// No broker answers at the given bootstrap servers.
+    #[error("no Kafka broker answers at {bootstrap}: {reason}")]
+    Unreachable {
+        /// The bootstrap servers.
+        bootstrap: String,
+        /// What the client said.
+        reason: String,
+    },
+    /// Creating the topics failed.
+    #[error("creating the topics: {0}")]
+    Topics(#[from] slackline_kafka::KafkaError),
+    /// `KAFKA_PROPERTIES` cannot be parsed.
+    #[error("KAFKA_PROPERTIES: {0}")]
+    KafkaProperties(String),
     /// The state directory could not be created.
     #[error("state directory {path}: {source}")]
     Dir {
@@ -115,12 +209,51 @@ pub enum DevError {
     },
 }
 
-/// The running local stack. Keep it alive: dropping it stops the mock cluster.
+/// The Kafka cluster `dev` runs on, when `dev` started it.
+pub enum DevKafka {
+    /// librdkafka's mock cluster (stops when dropped).
+    Mock(MockCluster<'static, DefaultProducerContext>),
+    /// The embedded Apache Kafka broker (stopped cleanly by [`DevKafka::stop`]).
+    Embedded(EmbeddedBroker),
+    /// A cluster `dev` did not start (left as it is).
+    External,
+}
+
+impl DevKafka {
+    /// Stops a cluster `dev` started: the embedded broker cleanly (SIGTERM, waiting
+    /// for it to exit), the mock cluster by dropping it.
+    pub async fn stop(self) -> Result<(), DevError> {
+        match self {
+            DevKafka::Mock(mock) => {
+                drop(mock);
+                Ok(())
+            }
+            DevKafka::Embedded(mut broker) => {
+                let pid_file = broker.dir().join(KAFKA_PID_FILE);
+                tokio::task::spawn_blocking(move || broker.stop())
+                    .await
+                    .map_err(|e| DevError::KafkaSetup(format!("stopping the broker: {e}")))??;
+                let _ = std::fs::remove_file(pid_file);
+                Ok(())
+            }
+            DevKafka::External => Ok(()),
+        }
+    }
+}
+
+/// The running local stack. Keep it alive: dropping it stops the mock cluster (and
+/// kills the embedded broker; [`DevStack::wait`] stops it cleanly).
 pub struct DevStack {
-    /// The mock Kafka cluster.
-    pub mock: MockCluster<'static, DefaultProducerContext>,
+    /// The Kafka cluster (the one `dev` started, if it did).
+    pub kafka: DevKafka,
     /// Its bootstrap servers.
     pub bootstrap: String,
+    /// A line for the operator: which Kafka this is.
+    pub kafka_description: String,
+    /// The stack's topic and group names.
+    pub names: TopicNames,
+    /// What happened to each topic at start (created, or already there).
+    pub topics: Vec<Created>,
     /// The edge.
     pub edge: Edge,
     /// The normalizer.
@@ -153,11 +286,11 @@ impl DevStack {
         format!("http://{}", self.normalizer.admin_addr)
     }
 
-    /// Waits until the stack has stopped (after the shutdown signal). The mock
-    /// cluster goes last, so that every client closes against a live cluster.
+    /// Waits until the stack has stopped (after the shutdown signal). Kafka goes
+    /// last, so that every client closes against a live cluster.
     pub async fn wait(self) -> Result<(), DevError> {
         let DevStack {
-            mock,
+            kafka,
             edge,
             normalizer,
             thread_state,
@@ -173,7 +306,7 @@ impl DevStack {
             ("timeline-writer", timeline_writer.wait().await),
             ("notifier", notifier.wait().await),
         ];
-        drop(mock);
+        let kafka = kafka.stop().await;
         drop(database);
         edge?;
         normalizer?;
@@ -183,34 +316,71 @@ impl DevStack {
                 message: e.to_string(),
             })?;
         }
-        Ok(())
+        kafka
+    }
+}
+
+/// `KAFKA_PROPERTIES` from the services' environment, parsed (`None` when unset).
+fn user_kafka_properties(options: &DevOptions) -> Result<Option<Vec<(String, String)>>, DevError> {
+    options
+        .service_env
+        .iter()
+        .rev()
+        .find(|(k, v)| k == "KAFKA_PROPERTIES" && !v.trim().is_empty())
+        .map(|(_, v)| slackline_kafka::parse_properties(v).map_err(DevError::KafkaProperties))
+        .transpose()
+}
+
+/// The Kafka properties of the stack's consumers: the user's `KAFKA_PROPERTIES`,
+/// else [`MOCK_KAFKA_PROPERTIES`] on the mock cluster, else none (the product's
+/// defaults on a real broker).
+fn consumer_properties(
+    kafka: &KafkaChoice,
+    user: Option<&Vec<(String, String)>>,
+) -> Vec<(String, String)> {
+    match (user, kafka) {
+        (Some(user), _) => user.clone(),
+        (None, KafkaChoice::Mock) => {
+            slackline_kafka::parse_properties(MOCK_KAFKA_PROPERTIES).unwrap_or_default()
+        }
+        (None, _) => Vec::new(),
     }
 }
 
 /// The environment of one consumer group: the user's, then what `dev` decides.
-fn group_env(options: &DevOptions, bootstrap: &str, database_url: &str, admin: SocketAddr) -> Env {
-    let mut pairs = options.service_env.clone();
-    if !pairs.iter().any(|(k, _)| k == "KAFKA_PROPERTIES") {
-        pairs.push((
-            "KAFKA_PROPERTIES".to_owned(),
-            MOCK_KAFKA_PROPERTIES.to_owned(),
-        ));
+fn group_env(
+    options: &DevOptions,
+    group: &str,
+    kafka_properties: &[(String, String)],
+    bootstrap: &str,
+    database_url: &str,
+    admin: SocketAddr,
+) -> Env {
+    let names = &options.topic_names;
+    let mut pairs: Vec<(String, String)> = options
+        .service_env
+        .iter()
+        .filter(|(k, _)| !DEV_OWNED_ENV.contains(&k.as_str()) && k != "KAFKA_PROPERTIES")
+        .cloned()
+        .collect();
+    if !kafka_properties.is_empty() {
+        let joined = kafka_properties
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(";");
+        pairs.push(("KAFKA_PROPERTIES".to_owned(), joined));
     }
     pairs.extend([
         ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
         ("DATABASE_URL".to_owned(), database_url.to_owned()),
         ("ADMIN_ADDR".to_owned(), admin.to_string()),
         ("LOG_FORMAT".to_owned(), "text".to_owned()),
+        ("GROUP_ID".to_owned(), names.group(group)),
+        ("SOURCE_TOPIC".to_owned(), names.messages()),
+        ("THREAD_EVENTS_TOPIC".to_owned(), names.thread_events()),
     ]);
     Env::from_pairs(pairs)
-}
-
-/// The normalizer's Kafka settings: [`MOCK_KAFKA_PROPERTIES`].
-fn mock_kafka_settings(bootstrap: &str) -> KafkaSettings {
-    let mut settings = KafkaSettings::new(bootstrap);
-    settings.properties =
-        slackline_kafka::parse_properties(MOCK_KAFKA_PROPERTIES).unwrap_or_default();
-    settings
 }
 
 fn admin_addr(options: &DevOptions, offset: u16) -> SocketAddr {
@@ -222,8 +392,275 @@ fn admin_addr(options: &DevOptions, offset: u16) -> SocketAddr {
     SocketAddr::new(options.bind, port)
 }
 
-/// Starts the mock cluster with every topic, the database, the edge, the normalizer
-/// and the three consumer groups.
+/// Whether `program` is an executable file in a `PATH` directory.
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+}
+
+/// Whether the JVM the embedded broker runs with is there (`JAVA_HOME`, or `java`
+/// on the `PATH`), as [`EmbeddedBroker`] looks for it.
+fn java_available() -> bool {
+    std::env::var_os("JAVA_HOME")
+        .is_some_and(|home| PathBuf::from(home).join("bin").join("java").is_file())
+        || on_path("java")
+}
+
+/// The repository's `scripts/fetch-kafka`: looked for in the current directory and
+/// its parents, then next to this crate's sources.
+pub fn fetch_kafka_script() -> Option<PathBuf> {
+    let relative = Path::new("scripts").join("fetch-kafka");
+    let from_cwd = std::env::current_dir().ok().and_then(|cwd| {
+        cwd.ancestors()
+            .map(|d| d.join(&relative))
+            .find(|p| p.is_file())
+    });
+    from_cwd.or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .map(|d| d.join(&relative))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Makes sure the embedded broker can run: java is there, and the broker's jars are
+/// in [`embedded::libs_dir`], fetched with `scripts/fetch-kafka` (Maven) when
+/// missing. Blocking (the fetch takes a minute or two, once).
+pub fn ensure_kafka_jars() -> Result<(), DevError> {
+    if !java_available() {
+        return Err(DevError::KafkaSetup(
+            "java not found (JAVA_HOME or PATH): the embedded Apache Kafka broker needs a \
+             Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless); or run \
+             `slackline dev --kafka=mock`"
+                .to_owned(),
+        ));
+    }
+    if embedded::jars_present() {
+        return Ok(());
+    }
+    let version = embedded::kafka_version();
+    let libs = embedded::libs_dir();
+    if !on_path("mvn") {
+        return Err(DevError::KafkaSetup(format!(
+            "the Apache Kafka {version} jars are not in {} and Maven (mvn) is not \
+             installed to fetch them: install Maven (e.g. apt-get install maven) and run \
+             again, or set SLACKLINE_KAFKA_LIBS to a folder holding the jars",
+            libs.display()
+        )));
+    }
+    let Some(script) = fetch_kafka_script() else {
+        return Err(DevError::KafkaSetup(format!(
+            "the Apache Kafka {version} jars are not in {} and scripts/fetch-kafka was not \
+             found: run `slackline dev` from the slackline repository, or run its \
+             scripts/fetch-kafka once",
+            libs.display()
+        )));
+    };
+    eprintln!(
+        "fetching Apache Kafka {version} from Maven Central with {} (once) into {}",
+        script.display(),
+        libs.display()
+    );
+    let status = Command::new("bash")
+        .arg(&script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| DevError::KafkaSetup(format!("running {}: {e}", script.display())))?;
+    if !status.success() {
+        return Err(DevError::KafkaSetup(format!(
+            "{} failed ({status}); its output is above",
+            script.display()
+        )));
+    }
+    if !embedded::jars_present() {
+        return Err(DevError::KafkaSetup(format!(
+            "{} ran, but the jars are still not in {}",
+            script.display(),
+            libs.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether process `pid` runs the broker of `dir` (its command line names
+/// `dir/server.properties`). False for a zombie or a recycled pid.
+fn runs_broker_of(pid: u32, dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let config = dir.join("server.properties");
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == config.as_os_str().as_bytes())
+    })
+}
+
+/// A `dev` that was killed leaves its broker running (the broker has its own
+/// process group, so only `dev` stops it): stop it, so that the new one can take
+/// the log directory over.
+fn stop_leftover_broker(dir: &Path) -> Result<(), DevError> {
+    let pid_file = dir.join(KAFKA_PID_FILE);
+    let Ok(raw) = std::fs::read_to_string(&pid_file) else {
+        return Ok(());
+    };
+    if let Some(pid) = raw
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|pid| runs_broker_of(*pid, dir))
+    {
+        eprintln!(
+            "stopping the Kafka broker (pid {pid}) that an earlier `slackline dev` left \
+             running in {}",
+            dir.display()
+        );
+        embedded::terminate(pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while runs_broker_of(pid, dir) {
+            if Instant::now() > deadline {
+                return Err(DevError::KafkaSetup(format!(
+                    "the broker (pid {pid}) an earlier `slackline dev` left running in {} \
+                     does not stop; stop it and run again",
+                    dir.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+    Ok(())
+}
+
+/// Starts the embedded broker in `dir` (its log directory kept between runs),
+/// fetching its jars first when missing. Blocking: seconds.
+pub fn start_embedded_broker(dir: &Path) -> Result<EmbeddedBroker, DevError> {
+    ensure_kafka_jars()?;
+    std::fs::create_dir_all(dir).map_err(|source| DevError::Dir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    let dir = dir.canonicalize().map_err(|source| DevError::Dir {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    stop_leftover_broker(&dir)?;
+    let broker = EmbeddedBroker::start(BrokerConfig::new(&dir))?;
+    if let Some(pid) = broker.pid() {
+        let pid_file = dir.join(KAFKA_PID_FILE);
+        std::fs::write(&pid_file, format!("{pid}\n")).map_err(|source| DevError::Dir {
+            path: pid_file.display().to_string(),
+            source,
+        })?;
+    }
+    Ok(broker)
+}
+
+/// How many brokers the cluster at `settings` has (it answers a metadata request).
+async fn broker_count(settings: &KafkaSettings) -> Result<usize, DevError> {
+    let config = settings.client_config("slackline-dev");
+    let bootstrap = settings.bootstrap_servers.clone();
+    let unreachable = |reason: String| DevError::Unreachable {
+        bootstrap: bootstrap.clone(),
+        reason,
+    };
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().map_err(|e| e.to_string())?;
+        consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|m| m.brokers().len())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| unreachable(e.to_string()))?
+    .map_err(unreachable)
+}
+
+/// Kafka as the stack runs on it.
+struct StartedKafka {
+    kafka: DevKafka,
+    bootstrap: String,
+    description: String,
+    topics: Vec<Created>,
+}
+
+/// Starts (or reaches) the chosen Kafka and creates the stack's topics where
+/// missing.
+async fn start_kafka(
+    options: &DevOptions,
+    user_properties: Option<&Vec<(String, String)>>,
+) -> Result<StartedKafka, DevError> {
+    let specs = options.topic_names.specs(options.partitions);
+    let settings = |bootstrap: &str| KafkaSettings {
+        bootstrap_servers: bootstrap.to_owned(),
+        properties: user_properties.cloned().unwrap_or_default(),
+    };
+    match &options.kafka {
+        KafkaChoice::Mock => {
+            let mock = MockCluster::new(3)?;
+            let mut topics = Vec::new();
+            // The mock has no CreateTopics; it makes topics through its own API.
+            for topic in specs {
+                mock.create_topic(&topic.name, topic.partitions, 3)?;
+                topics.push(Created::Created(topic.name));
+            }
+            let bootstrap = mock.bootstrap_servers();
+            Ok(StartedKafka {
+                kafka: DevKafka::Mock(mock),
+                bootstrap,
+                description: "librdkafka mock cluster (3 brokers in this process; \
+                              --kafka=embedded for a real broker)"
+                    .to_owned(),
+                topics,
+            })
+        }
+        KafkaChoice::Embedded => {
+            let dir = options.dir.join(KAFKA_DIR);
+            let broker = tokio::task::spawn_blocking(move || start_embedded_broker(&dir))
+                .await
+                .map_err(|e| DevError::KafkaSetup(format!("starting the broker: {e}")))??;
+            let bootstrap = broker.bootstrap_servers().to_owned();
+            let description = format!(
+                "Apache Kafka {} (single-node KRaft broker started by dev; data and \
+                 broker.log in {})",
+                embedded::kafka_version(),
+                broker.dir().display()
+            );
+            let kafka = DevKafka::Embedded(broker);
+            match slackline_kafka::topics::create(&settings(&bootstrap), &specs, 1).await {
+                Ok(topics) => Ok(StartedKafka {
+                    kafka,
+                    bootstrap,
+                    description,
+                    topics,
+                }),
+                Err(e) => {
+                    let _ = kafka.stop().await;
+                    Err(e.into())
+                }
+            }
+        }
+        KafkaChoice::Bootstrap(bootstrap) => {
+            let settings = settings(bootstrap);
+            let brokers = broker_count(&settings).await?;
+            // As many replicas as the cluster can hold, up to the production three.
+            let replication = i32::try_from(brokers).unwrap_or(3).clamp(1, 3);
+            let topics = slackline_kafka::topics::create(&settings, &specs, replication).await?;
+            Ok(StartedKafka {
+                kafka: DevKafka::External,
+                bootstrap: bootstrap.clone(),
+                description: format!(
+                    "Apache Kafka at {bootstrap} (an existing cluster, {brokers} broker(s); \
+                     missing topics created with replication factor {replication})"
+                ),
+                topics,
+            })
+        }
+    }
+}
+
+/// Starts Kafka with every topic, the database, the edge, the normalizer and the
+/// three consumer groups.
 pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, DevError> {
     let archive_dir = options.dir.join("archive");
     std::fs::create_dir_all(&archive_dir).map_err(|source| DevError::Dir {
@@ -234,12 +671,56 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
         path: archive_dir.display().to_string(),
         source,
     })?;
-    let mock = MockCluster::new(3)?;
-    for topic in all_topics(options.partitions) {
-        mock.create_topic(&topic.name, topic.partitions, 3)?;
-    }
-    let bootstrap = mock.bootstrap_servers();
+    let user_properties = user_kafka_properties(&options)?;
+    let started = start_kafka(&options, user_properties.as_ref()).await?;
     let archive_url = format!("file://{}", archive_dir.display());
+    match start_services(
+        options,
+        shutdown,
+        &started.bootstrap,
+        user_properties.as_ref(),
+        &archive_url,
+    )
+    .await
+    {
+        Ok(services) => Ok(DevStack {
+            kafka: started.kafka,
+            bootstrap: started.bootstrap,
+            kafka_description: started.description,
+            names: services.names,
+            topics: started.topics,
+            edge: services.edge,
+            normalizer: services.normalizer,
+            archive_url,
+            thread_state: services.thread_state,
+            timeline_writer: services.timeline_writer,
+            notifier: services.notifier,
+            database: services.database,
+        }),
+        Err(e) => {
+            let _ = started.kafka.stop().await;
+            Err(e)
+        }
+    }
+}
+
+struct Services {
+    names: TopicNames,
+    edge: Edge,
+    normalizer: Normalizer,
+    thread_state: GroupService,
+    timeline_writer: GroupService,
+    notifier: GroupService,
+    database: DevDatabase,
+}
+
+async fn start_services(
+    options: DevOptions,
+    shutdown: Shutdown,
+    bootstrap: &str,
+    user_properties: Option<&Vec<(String, String)>>,
+    archive_url: &str,
+) -> Result<Services, DevError> {
     let database = crate::postgres::provide(&options.database, &options.dir).await?;
     // `slackline threads` and `thread` read this when DATABASE_URL is not set.
     let url_file = options.dir.join(DATABASE_URL_FILE);
@@ -247,15 +728,17 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
         path: url_file.display().to_string(),
         source,
     })?;
-    let group_envs = [2, 3, 4].map(|offset| {
+    let consumer_properties = consumer_properties(&options.kafka, user_properties);
+    let [thread_state_env, timeline_env, notifier_env] = [0, 1, 2].map(|i| {
         group_env(
             &options,
-            &bootstrap,
+            GROUPS[i],
+            &consumer_properties,
+            bootstrap,
             &database.url,
-            admin_addr(&options, offset),
+            admin_addr(&options, 2 + i as u16),
         )
     });
-    let [thread_state_env, timeline_env, notifier_env] = group_envs;
     let thread_state_config = slackline_thread_state::ThreadStateConfig::from_env(thread_state_env)
         .map_err(|source| DevError::Config {
             service: "thread-state",
@@ -273,16 +756,20 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
                 source,
             }
         })?;
+    let names = options.topic_names.clone();
     let normalizer_admin = admin_addr(&options, 1);
     let edge = Edge::start(
         EdgeConfig {
-            kafka: KafkaSettings::new(&bootstrap),
+            kafka: KafkaSettings {
+                bootstrap_servers: bootstrap.to_owned(),
+                properties: user_properties.cloned().unwrap_or_default(),
+            },
             secrets: options.secrets,
-            archive_url: archive_url.clone(),
+            archive_url: archive_url.to_owned(),
             s3: S3Settings::default(),
             edge_addr: SocketAddr::new(options.bind, options.port),
             admin_addr: SocketAddr::new(options.bind, options.admin_port),
-            raw_topic: slackline_kafka::topics::RAW_EVENTS.to_owned(),
+            raw_topic: names.raw_events(),
             deadline: Duration::from_millis(slackline_edge::config::DEFAULT_DEADLINE_MS),
             max_body_bytes: slackline_edge::config::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: Duration::from_secs(5),
@@ -293,11 +780,14 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
     .await?;
     let normalizer = Normalizer::start(
         NormalizerConfig {
-            kafka: mock_kafka_settings(&bootstrap),
-            raw_topic: slackline_kafka::topics::RAW_EVENTS.to_owned(),
-            messages_topic: slackline_kafka::topics::MESSAGES.to_owned(),
-            dlq_topic: slackline_kafka::topics::RAW_DLQ.to_owned(),
-            group_id: slackline_kafka::topics::NORMALIZER_GROUP.to_owned(),
+            kafka: KafkaSettings {
+                bootstrap_servers: bootstrap.to_owned(),
+                properties: consumer_properties,
+            },
+            raw_topic: names.raw_events(),
+            messages_topic: names.messages(),
+            dlq_topic: names.raw_dlq(),
+            group_id: names.group(NORMALIZER_GROUP),
             admin_addr: normalizer_admin,
             slack_api_base_url: options.slack_api_base_url,
             bot_tokens: options.bot_tokens,
@@ -325,15 +815,117 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
             service: "notifier",
             message: e.to_string(),
         })?;
-    Ok(DevStack {
-        mock,
-        bootstrap,
+    Ok(Services {
+        names,
         edge,
         normalizer,
-        archive_url,
         thread_state,
         timeline_writer,
         notifier,
         database,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn kafka_choice_parses_mock_embedded_and_bootstrap_servers() {
+        assert_eq!("mock".parse::<KafkaChoice>(), Ok(KafkaChoice::Mock));
+        assert_eq!("embedded".parse::<KafkaChoice>(), Ok(KafkaChoice::Embedded));
+        assert_eq!(
+            "127.0.0.1:9092,127.0.0.1:9093".parse::<KafkaChoice>(),
+            Ok(KafkaChoice::Bootstrap(
+                "127.0.0.1:9092,127.0.0.1:9093".into()
+            ))
+        );
+        assert!("  ".parse::<KafkaChoice>().is_err());
+        assert_eq!(KafkaChoice::default().to_string(), "mock");
+    }
+
+    #[test]
+    fn only_the_mock_gets_short_fetch_waits() {
+        let mock = consumer_properties(&KafkaChoice::Mock, None);
+        assert_eq!(mock, vec![("fetch.wait.max.ms".into(), "25".into())]);
+        assert!(consumer_properties(&KafkaChoice::Embedded, None).is_empty());
+        assert!(consumer_properties(&KafkaChoice::Bootstrap("b:9092".into()), None).is_empty());
+        let user = vec![("session.timeout.ms".to_owned(), "6000".to_owned())];
+        assert_eq!(consumer_properties(&KafkaChoice::Mock, Some(&user)), user);
+    }
+
+    fn options(kafka: KafkaChoice, service_env: &[(&str, &str)]) -> DevOptions {
+        DevOptions {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            admin_port: 0,
+            dir: PathBuf::from("/tmp/unused"),
+            kafka,
+            topic_names: TopicNames::with_prefix("p1."),
+            partitions: 2,
+            secrets: SigningSecrets::new([DEV_SECRET]).unwrap(),
+            bot_tokens: BotTokens::default(),
+            slack_api_base_url: String::new(),
+            rules: Rules::default(),
+            database: DatabaseChoice::Auto,
+            service_env: service_env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn each_group_gets_its_own_prefixed_names_whatever_the_user_set() {
+        let options = options(
+            KafkaChoice::Embedded,
+            &[
+                ("GROUP_ID", "shared-by-mistake"),
+                ("DLQ_TOPIC", "one.dlq"),
+                ("GROUPING_MODE", "time-window"),
+            ],
+        );
+        let admin = SocketAddr::from(([127, 0, 0, 1], 0));
+        let env = group_env(&options, "notifier", &[], "b:9092", "postgres://x", admin);
+        assert_eq!(env.get("GROUP_ID"), Some("p1.notifier"));
+        assert_eq!(env.get("SOURCE_TOPIC"), Some("p1.slack.messages.v1"));
+        assert_eq!(
+            env.get("THREAD_EVENTS_TOPIC"),
+            Some("p1.support.thread-events")
+        );
+        // The runtime derives `<GROUP_ID>.retry` and `.dlq`.
+        assert_eq!(env.get("DLQ_TOPIC"), None);
+        assert_eq!(env.get("GROUPING_MODE"), Some("time-window"));
+        // A real broker: no KAFKA_PROPERTIES unless the user set some.
+        assert_eq!(env.get("KAFKA_PROPERTIES"), None);
+        let props = consumer_properties(&KafkaChoice::Mock, None);
+        let env = group_env(
+            &options,
+            "notifier",
+            &props,
+            "b:9092",
+            "postgres://x",
+            admin,
+        );
+        assert_eq!(env.get("KAFKA_PROPERTIES"), Some(MOCK_KAFKA_PROPERTIES));
+    }
+
+    #[test]
+    fn user_kafka_properties_are_parsed_or_named() {
+        let ok = options(KafkaChoice::Mock, &[("KAFKA_PROPERTIES", "a=1;b=2")]);
+        assert_eq!(
+            user_kafka_properties(&ok).unwrap(),
+            Some(vec![("a".into(), "1".into()), ("b".into(), "2".into())])
+        );
+        let bad = options(KafkaChoice::Mock, &[("KAFKA_PROPERTIES", "nonsense")]);
+        assert!(user_kafka_properties(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("KAFKA_PROPERTIES"));
+        assert_eq!(
+            user_kafka_properties(&options(KafkaChoice::Mock, &[])).unwrap(),
+            None
+        );
+    }
 }

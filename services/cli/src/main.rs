@@ -25,9 +25,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the pipeline locally: mock Kafka cluster, file archive, PostgreSQL, edge,
-    /// normalizer, thread-state, timeline-writer, notifier.
+    /// Run the pipeline locally: Kafka (mock cluster, embedded Apache Kafka broker or
+    /// an existing cluster), file archive, PostgreSQL, edge, normalizer, thread-state,
+    /// timeline-writer, notifier.
     Dev {
+        /// Kafka: `mock` (librdkafka's mock cluster in this process, nothing to
+        /// install), `embedded` (a single-node Apache Kafka broker under the state
+        /// directory; needs Java 17+, and Maven once to fetch its jars), or the
+        /// bootstrap servers of an existing cluster (`host:port`).
+        #[arg(long, default_value = "mock", value_name = "mock|embedded|BOOTSTRAP")]
+        kafka: dev::KafkaChoice,
+        /// A prefix for every topic and consumer-group name (several stacks on one
+        /// cluster).
+        #[arg(long, default_value = "")]
+        prefix: String,
         /// Edge port (Slack's requests).
         #[arg(long, default_value_t = 3000)]
         port: u16,
@@ -245,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Dev {
+            kafka,
+            prefix,
             port,
             admin_port,
             dir,
@@ -275,6 +288,8 @@ async fn main() -> anyhow::Result<()> {
                 port,
                 admin_port,
                 dir,
+                kafka,
+                topic_names: slackline_kafka::topics::TopicNames::with_prefix(prefix),
                 partitions,
                 secrets,
                 bot_tokens,
@@ -284,11 +299,19 @@ async fn main() -> anyhow::Result<()> {
                 service_env: std::env::vars().collect(),
             };
             let stack = dev::start(options, shutdown).await?;
+            let created = stack
+                .topics
+                .iter()
+                .filter(|t| matches!(t, slackline_kafka::topics::Created::Created(_)))
+                .count();
             println!("slackline dev is running (ctrl-c to stop)");
             println!("  Slack webhook URL:  {}", stack.webhook_url());
+            println!("  Kafka:              {}", stack.kafka_description);
             println!(
-                "  Kafka bootstrap:    {}  (librdkafka mock cluster, 3 brokers)",
-                stack.bootstrap
+                "  Kafka bootstrap:    {}  ({} topics: {created} created, {} already there)",
+                stack.bootstrap,
+                stack.topics.len(),
+                stack.topics.len() - created
             );
             println!(
                 "  edge admin:         {}/metrics  /healthz  /readyz",
@@ -312,7 +335,8 @@ async fn main() -> anyhow::Result<()> {
                 stack.webhook_url()
             );
             println!(
-                "  cargo run -q -p slackline -- tail slack.messages.v1 --bootstrap {} --exit-at-end",
+                "  cargo run -q -p slackline -- tail {} --bootstrap {} --exit-at-end",
+                stack.names.messages(),
                 stack.bootstrap
             );
             println!("  cargo run -q -p slackline -- threads");

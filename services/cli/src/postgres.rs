@@ -1,8 +1,11 @@
 //! The PostgreSQL `slackline dev` uses when `DATABASE_URL` is not set: the local
-//! server when one answers on 127.0.0.1:5432 (database `slackline_dev`, created when
-//! missing), else a throwaway cluster of its own, made with the installed
-//! PostgreSQL's `initdb` and `pg_ctl` under the state directory and stopped with the
-//! stack. It always says which one it uses.
+//! server when one answers on 127.0.0.1:5432 (as `postgres`, then as the tests'
+//! `slackline` role; database `slackline_dev`, created when missing), else a
+//! throwaway cluster of its own, made with the installed PostgreSQL's `initdb` and
+//! `pg_ctl` under the state directory and stopped with the stack. On a machine
+//! without PostgreSQL's binaries, `dev` running as root installs Debian's
+//! `postgresql` package with apt-get (and says so); otherwise it names what to
+//! install. It always says which database it uses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,6 +15,10 @@ use slackline_store::sqlx::{self, Connection, PgConnection};
 
 /// The local server `dev` tries first.
 pub const LOCAL_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The local server as the tests' role (`scripts/test` creates it), tried next.
+pub const LOCAL_TEST_ROLE_URL: &str = "postgres://slackline:slackline@127.0.0.1:5432/postgres";
+/// The local server URLs `dev` tries, in order.
+pub const LOCAL_SERVER_URLS: [&str; 2] = [LOCAL_SERVER_URL, LOCAL_TEST_ROLE_URL];
 /// The database `dev` uses on a server it did not start.
 pub const DEV_DATABASE: &str = "slackline_dev";
 
@@ -29,13 +36,25 @@ pub enum DatabaseChoice {
 /// Errors providing a database.
 #[derive(Debug, thiserror::Error)]
 pub enum PostgresError {
-    /// No `initdb`/`pg_ctl` found.
+    /// No `initdb`/`pg_ctl` found, and `dev` cannot install them.
     #[error(
         "no PostgreSQL server answers on 127.0.0.1:5432 and no PostgreSQL binaries were \
-         found (looked for pg_config and /usr/lib/postgresql/*/bin): install PostgreSQL \
-         or set DATABASE_URL"
+         found (looked for pg_config and /usr/lib/postgresql/*/bin); {why}: install \
+         PostgreSQL's server (Debian/Ubuntu: `sudo apt-get install postgresql`; others: \
+         the package that provides initdb and pg_ctl), or set DATABASE_URL"
     )]
-    NoBinaries,
+    NoBinaries {
+        /// Why `dev` did not install them itself.
+        why: String,
+    },
+    /// Installing PostgreSQL with apt-get failed.
+    #[error("installing PostgreSQL (`{command}`) failed: {output}")]
+    Install {
+        /// The command.
+        command: String,
+        /// What it printed (its end).
+        output: String,
+    },
     /// A PostgreSQL command failed.
     #[error("`{command}` failed: {output}")]
     Command {
@@ -79,24 +98,28 @@ pub async fn provide(choice: &DatabaseChoice, dir: &Path) -> Result<DevDatabase,
             cluster: None,
         }),
         DatabaseChoice::Auto => {
-            let answered = tokio::time::timeout(
-                Duration::from_secs(2),
-                PgConnection::connect(LOCAL_SERVER_URL),
-            )
-            .await;
-            match answered {
-                Ok(Ok(conn)) => {
-                    let url = ensure_database(conn, LOCAL_SERVER_URL).await?;
-                    Ok(DevDatabase {
+            for server_url in LOCAL_SERVER_URLS {
+                let answered =
+                    tokio::time::timeout(Duration::from_secs(2), PgConnection::connect(server_url))
+                        .await;
+                if let Ok(Ok(conn)) = answered {
+                    let url = ensure_database(conn, server_url).await?;
+                    let user = server_url
+                        .trim_start_matches("postgres://")
+                        .split([':', '@'])
+                        .next()
+                        .unwrap_or_default();
+                    return Ok(DevDatabase {
                         url,
                         description: format!(
-                            "the local PostgreSQL server at 127.0.0.1:5432, database {DEV_DATABASE}"
+                            "the local PostgreSQL server at 127.0.0.1:5432 (as {user}), \
+                             database {DEV_DATABASE}"
                         ),
                         cluster: None,
-                    })
+                    });
                 }
-                _ => embedded(dir).await,
             }
+            embedded(dir).await
         }
         DatabaseChoice::Embedded => embedded(dir).await,
     }
@@ -132,6 +155,95 @@ async fn ensure_database(
         .rsplit_once('/')
         .map_or(server_url, |(base, _)| base);
     Ok(format!("{base}/{DEV_DATABASE}"))
+}
+
+/// The directory holding `initdb` and `pg_ctl`, installing PostgreSQL first when
+/// they are missing and `dev` can (as root, with apt-get).
+fn bin_dir_or_install() -> Result<PathBuf, PostgresError> {
+    if let Some(bin) = bin_dir() {
+        return Ok(bin);
+    }
+    let apt_get = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("apt-get"))
+            .find(|p| p.is_file())
+    });
+    match (is_root(), apt_get) {
+        (true, Some(apt_get)) => {
+            eprintln!(
+                "PostgreSQL is not installed: installing Debian's postgresql package \
+                 (apt-get install postgresql) for the throwaway dev cluster"
+            );
+            apt_install(&apt_get)?;
+            bin_dir().ok_or_else(|| PostgresError::NoBinaries {
+                why: "apt-get installed postgresql, but initdb is still not found".to_owned(),
+            })
+        }
+        (root, apt_get) => Err(PostgresError::NoBinaries {
+            why: why_not_installed(root, apt_get.is_some()),
+        }),
+    }
+}
+
+/// Why `dev` does not install PostgreSQL itself: it does only as root with apt-get
+/// (a fresh Debian or Ubuntu machine or container).
+fn why_not_installed(root: bool, apt_get: bool) -> String {
+    if root {
+        if apt_get {
+            "apt-get is there but was not used".to_owned()
+        } else {
+            "no apt-get, so `slackline dev` cannot install it".to_owned()
+        }
+    } else {
+        "not root, so `slackline dev` does not install it".to_owned()
+    }
+}
+
+fn apt_install(apt_get: &Path) -> Result<(), PostgresError> {
+    let attempt = |args: &[&str]| -> Result<(), PostgresError> {
+        let line = format!("apt-get {}", args.join(" "));
+        let out = Command::new(apt_get)
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| PostgresError::Install {
+                command: line.clone(),
+                output: e.to_string(),
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let tail: String = {
+            let start = text.len().saturating_sub(2000);
+            let start = (start..text.len())
+                .find(|i| text.is_char_boundary(*i))
+                .unwrap_or(text.len());
+            text[start..].to_owned()
+        };
+        Err(PostgresError::Install {
+            command: line,
+            output: format!("{}: {tail}", out.status),
+        })
+    };
+    let install = [
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "postgresql",
+    ];
+    if attempt(&install).is_ok() {
+        return Ok(());
+    }
+    // A fresh image has no package lists yet.
+    attempt(&["update", "-q"])?;
+    attempt(&install)
 }
 
 fn bin_dir() -> Option<PathBuf> {
@@ -224,7 +336,7 @@ async fn embedded(dir: &Path) -> Result<DevDatabase, PostgresError> {
 
 /// Makes the cluster when it does not exist yet and starts it on a free port.
 fn start_cluster(dir: &Path) -> Result<(Cluster, u16, String), PostgresError> {
-    let bin = bin_dir().ok_or(PostgresError::NoBinaries)?;
+    let bin = bin_dir_or_install()?;
     let root = dir.join("postgres");
     std::fs::create_dir_all(&root).map_err(|e| io_error("creating the cluster directory", e))?;
     let root = root
@@ -317,5 +429,37 @@ impl Drop for Cluster {
         ) {
             eprintln!("stopping the dev PostgreSQL cluster: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_root_or_apt_get_the_error_says_what_to_install() {
+        let not_root = PostgresError::NoBinaries {
+            why: why_not_installed(false, true),
+        }
+        .to_string();
+        assert!(not_root.contains("not root"), "{not_root}");
+        assert!(
+            not_root.contains("apt-get install postgresql"),
+            "says what to install: {not_root}"
+        );
+        let no_apt = why_not_installed(true, false);
+        assert!(no_apt.contains("no apt-get"), "{no_apt}");
+    }
+
+    #[test]
+    fn local_candidates_are_the_postgres_user_then_the_test_role() {
+        assert_eq!(
+            LOCAL_SERVER_URLS[0],
+            "postgres://postgres@127.0.0.1:5432/postgres"
+        );
+        assert_eq!(
+            LOCAL_SERVER_URLS[1],
+            "postgres://slackline:slackline@127.0.0.1:5432/postgres"
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! `slackline dlq redrive` against the mock cluster: dead letters go back to their
+//! `slackline dlq redrive` on the shared Apache Kafka broker: dead letters go back to their
 //! original topic with key, headers and payload; a dry run produces nothing; records
 //! that are not dead letters are skipped and named.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use rdkafka::message::{Headers, Message};
-use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use slackline::{dlq, tail};
 use slackline_consumer::{DlqOriginal, DlqRecord};
 use slackline_kafka::KafkaSettings;
+use slackline_testkit::cluster::TestCluster;
 
 fn dead_letter(source: &str, key: &str, payload: &[u8]) -> Vec<u8> {
     DlqRecord {
@@ -44,12 +44,12 @@ fn dead_letter(source: &str, key: &str, payload: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dead_letters_go_back_to_their_topic_and_dry_runs_produce_nothing() {
-    let mock = MockCluster::new(3).unwrap();
-    let source = slackline_testkit::unique_name("source");
-    let dlq_topic = slackline_testkit::unique_name("group.dlq");
-    mock.create_topic(&source, 3, 3).unwrap();
-    mock.create_topic(&dlq_topic, 1, 3).unwrap();
-    let bootstrap = mock.bootstrap_servers();
+    let cluster = TestCluster::kafka();
+    let source = cluster.topic("source");
+    let dlq_topic = cluster.names().dlq("group");
+    cluster.create_topic(&source, 3);
+    cluster.create_topic(&dlq_topic, 1);
+    let bootstrap = cluster.bootstrap_servers();
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
         .create()

@@ -1,7 +1,9 @@
 //! End to end through the `slackline dev` wiring: signed HTTP requests to the edge →
 //! archive + `slack.events.raw` → normalizer → `slack.messages.v1` → thread-state,
-//! timeline-writer and the notifier (MockCluster, a file archive, a real PostgreSQL
-//! database per test, a webhook receiver on a real socket).
+//! timeline-writer and the notifier (the shared Apache Kafka broker, each stack under
+//! topic and group names of its own, `dev` creating them as it does on an existing
+//! cluster; a file archive, a real PostgreSQL database per test, a webhook receiver
+//! on a real socket).
 //!
 //! A scripted conversation across five Slack Connect channels (three grouped by Slack
 //! thread, one by time window, one manually) must end with exactly the expected
@@ -18,8 +20,10 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use slackline::postgres::DatabaseChoice;
 use slackline::{dev, send, threads};
+use slackline_kafka::topics::{TopicNames, NORMALIZER_GROUP};
 use slackline_service::Shutdown;
 use slackline_slack::SigningSecrets;
+use slackline_testkit::cluster::TestCluster;
 use slackline_testkit::kafka::group_lag;
 use slackline_testkit::metrics::metric;
 use slackline_testkit::postgres::TestDatabase;
@@ -279,17 +283,16 @@ fn service_env(notify_url: &str) -> Vec<(String, String)> {
             "300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300,300",
         ),
         ("QUICK_RETRIES", "1"),
-        (
-            "KAFKA_PROPERTIES",
-            "session.timeout.ms=6000;fetch.wait.max.ms=25",
-        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect()
 }
 
+/// The dev stack on `cluster`'s broker, under its topic and group names (created by
+/// `dev`, as on any existing cluster).
 async fn start_stack(
+    cluster: &TestCluster,
     dir: &std::path::Path,
     db: &TestDatabase,
     notify_url: &str,
@@ -301,6 +304,8 @@ async fn start_stack(
             port: 0,
             admin_port: 0,
             dir: dir.to_path_buf(),
+            kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
+            topic_names: cluster.names().clone(),
             partitions: PARTITIONS,
             secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
             bot_tokens: Default::default(),
@@ -331,14 +336,16 @@ async fn send_all(stack: &dev::DevStack, bodies: &[(String, Value)], retry_num: 
     }
 }
 
-/// Waits until `groups` have committed everything on their topics.
-async fn wait_caught_up(bootstrap: &str, groups: &[(&str, &str)], within: Duration) {
+/// Waits until `groups` (base names, with their source topics' base names) have
+/// committed everything on their topics, under the stack's names.
+async fn wait_caught_up(stack: &dev::DevStack, groups: &[(&str, &str)], within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let bootstrap = bootstrap.to_owned();
+        let bootstrap = stack.bootstrap.clone();
+        let names: &TopicNames = &stack.names;
         let list: Vec<(String, String)> = groups
             .iter()
-            .map(|(g, t)| ((*g).to_owned(), (*t).to_owned()))
+            .map(|(g, t)| (names.group(g), names.name(t)))
             .collect();
         let lags = tokio::task::spawn_blocking(move || {
             list.iter()
@@ -355,11 +362,10 @@ async fn wait_caught_up(bootstrap: &str, groups: &[(&str, &str)], within: Durati
     }
 }
 
+/// In pipeline order: the normalizer's lag is read first, so once it is 0 the
+/// messages topic already holds everything the groups after it must read.
 const ALL_GROUPS: [(&str, &str); 4] = [
-    (
-        slackline_kafka::topics::NORMALIZER_GROUP,
-        "slack.events.raw",
-    ),
+    (NORMALIZER_GROUP, "slack.events.raw"),
     ("thread-state", "slack.messages.v1"),
     ("timeline-writer", "slack.messages.v1"),
     ("notifier", "slack.messages.v1"),
@@ -504,11 +510,12 @@ async fn five_channel_conversation_ends_in_exact_threads_and_replays_change_noth
     let dir = tempfile::tempdir().unwrap();
     let hook = WebhookReceiver::start().await;
     let shutdown = Shutdown::new();
-    let stack = start_stack(dir.path(), &db, &hook.url, shutdown.clone()).await;
+    let cluster = TestCluster::kafka();
+    let stack = start_stack(&cluster, dir.path(), &db, &hook.url, shutdown.clone()).await;
     let script = conversation();
 
     send_all(&stack, &script.bodies, None).await;
-    wait_caught_up(&stack.bootstrap, &ALL_GROUPS, Duration::from_secs(60)).await;
+    wait_caught_up(&stack, &ALL_GROUPS, Duration::from_secs(60)).await;
 
     let pool = read_pool(&db).await;
     let first = snapshot(&pool).await;
@@ -536,19 +543,22 @@ async fn five_channel_conversation_ends_in_exact_threads_and_replays_change_noth
 
     // Slack retries every delivery: the normalizer drops them as duplicates.
     send_all(&stack, &script.bodies, Some(1)).await;
-    wait_caught_up(&stack.bootstrap, &ALL_GROUPS, Duration::from_secs(60)).await;
+    wait_caught_up(&stack, &ALL_GROUPS, Duration::from_secs(60)).await;
     assert_eq!(snapshot(&pool).await, first);
     shutdown.trigger();
     stack.wait().await.unwrap();
 
-    // A replay reaches every group again: a new stack (fresh Kafka, fresh normalizer
-    // memory, consumer groups from the start) on the same database gets the whole
-    // conversation again. Each group sees every fact a second time and changes
-    // nothing: no thread, status, transition, timeline entry or notification.
+    // A replay reaches every group again: a new stack (fresh topics and consumer
+    // groups under a new prefix, fresh normalizer memory, consumer groups from the
+    // start) on the same database gets the whole conversation again. Each group sees
+    // every fact a second time and changes nothing: no thread, status, transition,
+    // timeline entry or notification.
     let shutdown = Shutdown::new();
-    let stack = start_stack(dir.path(), &db, &hook.url, shutdown.clone()).await;
+    let replay = TestCluster::kafka();
+    assert_ne!(replay.names(), cluster.names());
+    let stack = start_stack(&replay, dir.path(), &db, &hook.url, shutdown.clone()).await;
     send_all(&stack, &script.bodies, None).await;
-    wait_caught_up(&stack.bootstrap, &ALL_GROUPS, Duration::from_secs(60)).await;
+    wait_caught_up(&stack, &ALL_GROUPS, Duration::from_secs(60)).await;
     assert_eq!(snapshot(&pool).await, first);
     assert_eq!(transition_count(&pool).await, transitions);
     assert_eq!(hook.bodies().len(), expected_notifications());
@@ -606,7 +616,8 @@ async fn notifier_target_down_never_delays_threads_or_timeline() {
     let hook = WebhookReceiver::start().await;
     hook.set_failing(true);
     let shutdown = Shutdown::new();
-    let stack = start_stack(dir.path(), &db, &hook.url, shutdown.clone()).await;
+    let cluster = TestCluster::kafka();
+    let stack = start_stack(&cluster, dir.path(), &db, &hook.url, shutdown.clone()).await;
 
     let mut script = Script::default();
     for i in 0..10 {
@@ -623,7 +634,7 @@ async fn notifier_target_down_never_delays_threads_or_timeline() {
     send_all(&stack, &script.bodies, None).await;
 
     // While the target refuses, thread-state and timeline-writer finish everything.
-    wait_caught_up(&stack.bootstrap, &ALL_GROUPS[..3], Duration::from_secs(60)).await;
+    wait_caught_up(&stack, &ALL_GROUPS[..3], Duration::from_secs(60)).await;
     let pool = read_pool(&db).await;
     let entries: i64 = slackline_store::sqlx::query_scalar("SELECT count(*) FROM timeline.entries")
         .fetch_one(&pool)
@@ -648,7 +659,7 @@ async fn notifier_target_down_never_delays_threads_or_timeline() {
         assert!(Instant::now() < deadline, "got {:?}", hook.bodies());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_caught_up(&stack.bootstrap, &ALL_GROUPS[3..], Duration::from_secs(60)).await;
+    wait_caught_up(&stack, &ALL_GROUPS[3..], Duration::from_secs(60)).await;
     let bodies = hook.bodies();
     assert_eq!(bodies.len(), 20, "exactly once each: {bodies:#?}");
     for channel in ["C0ALPHA", "C0BETA"] {
