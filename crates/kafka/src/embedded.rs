@@ -163,6 +163,12 @@ pub struct BrokerConfig {
     pub properties: Vec<(String, String)>,
     /// The JVM's maximum heap in MiB.
     pub heap_mb: u32,
+    /// Run the broker in a process group of its own, so that a Ctrl-C or a signal to
+    /// the caller's group does not reach it (for `dev`, which stops it last, and for
+    /// the tests' shared broker, which outlives the test that started it). Off by
+    /// default: a test's private broker then dies with the test's process group when
+    /// a test runner kills it.
+    pub own_process_group: bool,
 }
 
 impl BrokerConfig {
@@ -174,6 +180,7 @@ impl BrokerConfig {
             controller_port: 0,
             properties: Vec::new(),
             heap_mb: 768,
+            own_process_group: false,
         }
     }
 }
@@ -393,9 +400,11 @@ impl EmbeddedBroker {
             .arg(self.config.dir.join("server.properties"))
             .stdout(log)
             .stderr(log_err);
-        // Its own process group: a Ctrl-C meant for a test run or `dev` reaches the
-        // broker only through stop().
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if self.config.own_process_group {
+            // A Ctrl-C meant for `dev` or a test run reaches the broker only through
+            // stop().
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let child = cmd
             .spawn()
             .map_err(io("starting java (is a JDK installed?)"))?;
@@ -469,6 +478,32 @@ pub fn terminate(pid: u32) {
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     }
+}
+
+/// Sends SIGKILL to `pid`. Errors (no such process) are ignored.
+pub fn kill_pid(pid: u32) {
+    if let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+}
+
+/// Whether process `pid` is a broker started from `dir`'s `server.properties` (so a
+/// recorded pid that the system has since given to another process is never
+/// signalled). Reads `/proc/<pid>/cmdline`.
+pub fn is_broker_of(pid: u32, dir: &Path) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let properties = dir.join("server.properties");
+    let dir_canon = properties.canonicalize().unwrap_or(properties);
+    let want = dir_canon.to_string_lossy();
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| String::from_utf8_lossy(arg) == want)
+        && cmdline.split(|b| *b == 0).any(|arg| arg == b"kafka.Kafka")
 }
 
 /// Whether a process `pid` exists.

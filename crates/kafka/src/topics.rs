@@ -160,7 +160,63 @@ pub async fn create(
 ) -> Result<Vec<Created>, KafkaError> {
     let admin: AdminClient<DefaultClientContext> =
         settings.client_config("slackline-topics").create()?;
-    create_topics(&admin, topics, replication, Duration::from_secs(30)).await
+    let created = create_topics(&admin, topics, replication, Duration::from_secs(30)).await?;
+    // CreateTopics answers once the controller has recorded a topic; the broker that
+    // serves metadata learns of it a moment later. Services check their topics once at
+    // start, so return only when every topic is visible with a leader per partition.
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    let settings = settings.clone();
+    tokio::task::spawn_blocking(move || {
+        let client: rdkafka::consumer::BaseConsumer =
+            settings.client_config("slackline-topics").create()?;
+        wait_visible(
+            rdkafka::consumer::Consumer::client(&client),
+            &names,
+            Duration::from_secs(30),
+        )
+    })
+    .await
+    .map_err(|e| KafkaError::CreateTopic {
+        topic: String::new(),
+        reason: format!("metadata wait: {e}"),
+    })??;
+    Ok(created)
+}
+
+/// Waits until the cluster's metadata lists every topic of `names` with a leader for
+/// each partition. Blocking.
+fn wait_visible<C: rdkafka::client::ClientContext>(
+    client: &rdkafka::client::Client<C>,
+    names: &[String],
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    let deadline = std::time::Instant::now() + timeout;
+    for name in names {
+        loop {
+            let visible = client
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .ok()
+                .is_some_and(|m| {
+                    m.topics().iter().any(|t| {
+                        t.name() == name
+                            && t.error().is_none()
+                            && !t.partitions().is_empty()
+                            && t.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                });
+            if visible {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(KafkaError::CreateTopic {
+                    topic: name.clone(),
+                    reason: format!("created, but not in the cluster's metadata after {timeout:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
 }
 
 /// What happened to one topic in [`create_topics`].

@@ -216,14 +216,32 @@ pub fn ensure_shared_broker() -> Result<String, String> {
         .map_err(|e| format!("opening the broker lock: {e}"))?;
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
         .map_err(|e| format!("locking the broker lock: {e}"))?;
-    if let Some((_, bootstrap)) = running_shared_broker() {
-        return Ok(bootstrap);
-    }
     let broker_dir = dir.join("broker");
+    if let Some((pid, bootstrap)) = recorded_broker() {
+        if embedded::is_broker_of(pid, &broker_dir) {
+            // Ours and alive: on loaded cores a metadata answer can take a while;
+            // wait rather than start a second broker over its log directory.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline {
+                if embedded::answers_metadata(&bootstrap) {
+                    return Ok(bootstrap);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            return Err(format!(
+                "the shared broker (pid {pid}, {bootstrap}) runs but does not answer; \
+                 stop it with slackline-test-kafka stop"
+            ));
+        }
+    }
     // A fresh log directory each start: old test topics are of no use.
     let _ = std::fs::remove_dir_all(&broker_dir);
-    let broker =
-        EmbeddedBroker::start(BrokerConfig::new(&broker_dir)).map_err(|e| e.to_string())?;
+    // Its own process group: it outlives the test process that started it.
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        own_process_group: true,
+        ..BrokerConfig::new(&broker_dir)
+    })
+    .map_err(|e| e.to_string())?;
     let bootstrap = broker.bootstrap_servers().to_owned();
     let pid = broker.detach().ok_or("the broker has no process")?;
     std::fs::write(dir.join("state"), format!("{pid} {bootstrap}\n"))
@@ -231,36 +249,51 @@ pub fn ensure_shared_broker() -> Result<String, String> {
     Ok(bootstrap)
 }
 
-/// The shared broker's pid and bootstrap servers when it runs and answers.
-pub fn running_shared_broker() -> Option<(u32, String)> {
+/// The pid and bootstrap servers in the shared broker's state file.
+fn recorded_broker() -> Option<(u32, String)> {
     let state = std::fs::read_to_string(shared_broker_dir().join("state")).ok()?;
     let (pid, bootstrap) = state.trim().split_once(' ')?;
-    let pid: u32 = pid.parse().ok()?;
-    (embedded::process_alive(pid) && embedded::answers_metadata(bootstrap))
-        .then(|| (pid, bootstrap.to_owned()))
+    Some((pid.parse().ok()?, bootstrap.to_owned()))
 }
 
-/// Stops the shared broker (SIGTERM, waiting up to 30 s). Returns whether one ran.
+/// The shared broker's pid and bootstrap servers when it runs and answers.
+pub fn running_shared_broker() -> Option<(u32, String)> {
+    let (pid, bootstrap) = recorded_broker()?;
+    (embedded::is_broker_of(pid, &shared_broker_dir().join("broker"))
+        && embedded::answers_metadata(&bootstrap))
+    .then_some((pid, bootstrap))
+}
+
+/// Stops the shared broker: SIGTERM, then SIGKILL after 30 s. Only a process that
+/// really is that broker is signalled (never a recycled pid). Returns whether one ran.
 pub fn stop_shared_broker() -> bool {
     let dir = shared_broker_dir();
-    let Ok(state) = std::fs::read_to_string(dir.join("state")) else {
-        return false;
-    };
-    let _ = std::fs::remove_file(dir.join("state"));
-    let Some(pid) = state
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse::<u32>().ok())
+    let Ok(lock) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))
     else {
         return false;
     };
-    if !embedded::process_alive(pid) {
+    if rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).is_err() {
+        return false;
+    }
+    let Some((pid, _)) = recorded_broker() else {
+        return false;
+    };
+    let _ = std::fs::remove_file(dir.join("state"));
+    let broker_dir = dir.join("broker");
+    if !embedded::is_broker_of(pid, &broker_dir) {
         return false;
     }
     embedded::terminate(pid);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while embedded::process_alive(pid) && Instant::now() < deadline {
+    while embedded::is_broker_of(pid, &broker_dir) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
+    }
+    if embedded::is_broker_of(pid, &broker_dir) {
+        embedded::kill_pid(pid);
     }
     true
 }

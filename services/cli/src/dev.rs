@@ -96,7 +96,19 @@ impl std::str::FromStr for KafkaChoice {
             "" => Err("expected mock, embedded or bootstrap servers (host:port)".to_owned()),
             "mock" => Ok(KafkaChoice::Mock),
             "embedded" => Ok(KafkaChoice::Embedded),
-            servers => Ok(KafkaChoice::Bootstrap(servers.to_owned())),
+            servers
+                if servers.split(',').all(|server| {
+                    server
+                        .trim()
+                        .rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                }) =>
+            {
+                Ok(KafkaChoice::Bootstrap(servers.to_owned()))
+            }
+            other => Err(format!(
+                "{other:?}: expected mock, embedded or bootstrap servers (host:port[,host:port])"
+            )),
         }
     }
 }
@@ -484,18 +496,6 @@ pub fn ensure_kafka_jars() -> Result<(), DevError> {
     Ok(())
 }
 
-/// Whether process `pid` runs the broker of `dir` (its command line names
-/// `dir/server.properties`). False for a zombie or a recycled pid.
-fn runs_broker_of(pid: u32, dir: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let config = dir.join("server.properties");
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        cmdline
-            .split(|b| *b == 0)
-            .any(|arg| arg == config.as_os_str().as_bytes())
-    })
-}
-
 /// A `dev` that was killed leaves its broker running (the broker has its own
 /// process group, so only `dev` stops it): stop it, so that the new one can take
 /// the log directory over.
@@ -508,7 +508,7 @@ fn stop_leftover_broker(dir: &Path) -> Result<(), DevError> {
         .trim()
         .parse::<u32>()
         .ok()
-        .filter(|pid| runs_broker_of(*pid, dir))
+        .filter(|pid| embedded::is_broker_of(*pid, dir))
     {
         eprintln!(
             "stopping the Kafka broker (pid {pid}) that an earlier `slackline dev` left \
@@ -517,7 +517,7 @@ fn stop_leftover_broker(dir: &Path) -> Result<(), DevError> {
         );
         embedded::terminate(pid);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while runs_broker_of(pid, dir) {
+        while embedded::is_broker_of(pid, dir) {
             if Instant::now() > deadline {
                 return Err(DevError::KafkaSetup(format!(
                     "the broker (pid {pid}) an earlier `slackline dev` left running in {} \
@@ -545,7 +545,10 @@ pub fn start_embedded_broker(dir: &Path) -> Result<EmbeddedBroker, DevError> {
         source,
     })?;
     stop_leftover_broker(&dir)?;
-    let broker = EmbeddedBroker::start(BrokerConfig::new(&dir))?;
+    let broker = EmbeddedBroker::start(BrokerConfig {
+        own_process_group: true,
+        ..BrokerConfig::new(&dir)
+    })?;
     if let Some(pid) = broker.pid() {
         let pid_file = dir.join(KAFKA_PID_FILE);
         std::fs::write(&pid_file, format!("{pid}\n")).map_err(|source| DevError::Dir {

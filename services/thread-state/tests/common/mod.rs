@@ -439,8 +439,9 @@ pub async fn thread_events(
         || async { len().await >= at_least as i64 },
     )
     .await;
-    // Read on briefly, as a late extra record would arrive.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Give a late extra record (a second publication) 3 s to arrive, as the mock-era
+    // reader did.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let held = usize::try_from(len().await).unwrap();
     let records = slackline_testkit::kafka::read_topic(
         &bootstrap,
