@@ -185,7 +185,7 @@ pub async fn create(
 
 /// Waits until the cluster's metadata lists every topic of `names` with a leader for
 /// each partition. Blocking.
-fn wait_visible<C: rdkafka::client::ClientContext>(
+pub fn wait_visible<C: rdkafka::client::ClientContext>(
     client: &rdkafka::client::Client<C>,
     names: &[String],
     timeout: Duration,

@@ -159,7 +159,6 @@ impl TestCluster {
             return;
         }
         let settings = self.settings();
-        let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
         // Its own thread and runtime: callable from sync code and from any async test.
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -172,9 +171,6 @@ impl TestCluster {
         })
         .join()
         .expect("topic creation thread");
-        // CreateTopics answers once the controller has the topic; wait until the
-        // broker's metadata has it too, so a service started next finds it.
-        crate::kafka::wait_for_topics(&self.bootstrap, &names, Duration::from_secs(30));
     }
 }
 

@@ -124,41 +124,17 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     lag
 }
 
-/// Waits until the broker's metadata shows every topic of `topics` with partitions
-/// that have a leader. A CreateTopics answer comes when the controller has recorded
-/// the topic; the broker serving metadata learns of it a moment later, and a service
-/// started in between finds its topics missing. Blocking; panics after `timeout`:
-/// this is test code.
+/// Waits until the broker's metadata shows every topic of `topics` with a leader per
+/// partition ([`slackline_kafka::topics::wait_visible`], which `topics::create` also
+/// runs). Blocking; panics after `timeout`: this is test code.
 pub fn wait_for_topics(bootstrap: &str, topics: &[String], timeout: Duration) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
         .create()
         .expect("create the metadata consumer");
-    let deadline = Instant::now() + timeout;
-    for topic in topics {
-        loop {
-            let ready = consumer
-                .fetch_metadata(Some(topic), Duration::from_secs(5))
-                .ok()
-                .is_some_and(|m| {
-                    m.topics().iter().any(|t| {
-                        t.name() == topic
-                            && t.error().is_none()
-                            && !t.partitions().is_empty()
-                            && t.partitions().iter().all(|p| p.leader() >= 0)
-                    })
-                });
-            if ready {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "topic {topic} not in the metadata after {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+    slackline_kafka::topics::wait_visible(consumer.client(), topics, timeout)
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// How many records `topic` (partitions `0..partitions`) holds: the sum over
