@@ -275,7 +275,10 @@ fn service_env(notify_url: &str) -> Vec<(String, String)> {
         ("GROUPING_MODE", "slack-thread"),
         ("GROUPING_CHANNELS", "C0THREE:time-window,C0FOUR:manual"),
         ("GROUPING_WINDOW_MINUTES", "30"),
-        ("REACTION_COMMANDS", "white_check_mark:done"),
+        // Reactors are known only through users.info, which this stack does not
+        // call (no bot tokens): the agent's ✅ arrives from an unknown author, so the
+        // command must accept anyone for C0ONE's done → reopen to happen.
+        ("REACTION_COMMANDS", "white_check_mark:done:anyone"),
         ("MANUAL_OPEN_REACTION", "ticket"),
         ("NOTIFY_SLACK_WEBHOOK_URL", notify_url),
         (
