@@ -258,8 +258,10 @@ async fn every_200_has_its_archive_object_and_its_kafka_record() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn produce_errors_answer_503_and_never_200() {
-    // The mock cluster: produce requests fail with the errors given, on cue; a real
-    // broker has no way to do that.
+    // The mock cluster: the next N produce requests fail with exactly the errors
+    // given (a retriable one, then a permanent one) and then succeed again, on cue.
+    // A real broker can be made to refuse (min.insync.replicas above the replicas,
+    // missing ACLs) but not for a counted number of requests in the middle of a run.
     let f = mock_fixture(
         "request_errors: Produce fails with NOT_ENOUGH_REPLICAS, then TOPIC_AUTHORIZATION_FAILED, on cue",
         Duration::from_millis(1000),
