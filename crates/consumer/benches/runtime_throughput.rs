@@ -173,16 +173,12 @@ impl Cluster {
             partitions,
             configs: Vec::new(),
         };
+        // Returns once the broker's metadata lists the topic (the runtime checks its
+        // topics once at start).
         slackline_kafka::topics::create(&KafkaSettings::new(self.bootstrap()), &[spec], 1)
             .await
-            .map_err(|e| e.to_string())?;
-        // CreateTopics answers before the broker's metadata lists the topic, and the
-        // runtime checks its topics once at start.
-        let bootstrap = self.bootstrap();
-        let name = name.to_owned();
-        tokio::task::spawn_blocking(move || wait_visible(&bootstrap, &name, partitions))
-            .await
-            .map_err(|e| e.to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn stop(self) {
@@ -191,36 +187,6 @@ impl Cluster {
                 eprintln!("stopping the embedded broker: {e}");
             }
         }
-    }
-}
-
-/// Waits until the cluster's metadata lists `topic` with `partitions` led partitions.
-fn wait_visible(bootstrap: &str, topic: &str, partitions: i32) -> Result<(), String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let visible = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .is_ok_and(|m| {
-                m.topics().iter().any(|t| {
-                    t.name() == topic
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
-        if visible {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "topic {topic} not in the metadata 30 s after its creation"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -124,19 +124,6 @@ pub fn group_lag(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> 
     lag
 }
 
-/// Waits until the broker's metadata shows every topic of `topics` with a leader per
-/// partition ([`slackline_kafka::topics::wait_visible`], which `topics::create` also
-/// runs). Blocking; panics after `timeout`: this is test code.
-pub fn wait_for_topics(bootstrap: &str, topics: &[String], timeout: Duration) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()
-        .expect("create the metadata consumer");
-    slackline_kafka::topics::wait_visible(consumer.client(), topics, timeout)
-        .unwrap_or_else(|e| panic!("{e}"));
-}
-
 /// How many records `topic` (partitions `0..partitions`) holds: the sum over
 /// partitions of the high minus the low watermark. Exact for topics written without
 /// transactions (no control records), which is every slackline topic. Blocking; panics

@@ -378,16 +378,6 @@ async fn broker_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
     )
     .await
     .unwrap();
-    let all_topics: Vec<String> = names
-        .specs(PARTITIONS)
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
-    let b = bootstrap.clone();
-    blocking(move || {
-        slackline_testkit::kafka::wait_for_topics(&b, &all_topics, Duration::from_secs(30))
-    })
-    .await;
 
     // One customer message through the whole stack first: every group has joined
     // and consumes when the traffic starts, so the kill falls in the middle of it.

@@ -29,40 +29,10 @@ pub fn kafka() -> TestCluster {
     TestCluster::kafka()
 }
 
-/// Creates `topic` and waits until the broker's metadata lists it with its partitions
-/// and their leaders: on the real broker CreateTopics answers before the broker's
-/// metadata shows the topic, and the runtime's start checks the topics once.
+/// Creates `topic` (through `topics::create`, which returns once the broker's
+/// metadata lists it: the runtime's start checks the topics once).
 pub fn create_topic(cluster: &TestCluster, topic: &str, partitions: i32) {
     cluster.create_topic(topic, partitions);
-    if cluster.is_mock() {
-        return;
-    }
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("log_level", "3")
-        .create()
-        .unwrap();
-    let start = Instant::now();
-    loop {
-        let visible = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .is_ok_and(|m| {
-                m.topics().iter().any(|t| {
-                    t.name() == topic
-                        && t.error().is_none()
-                        && t.partitions().len() == partitions as usize
-                        && t.partitions().iter().all(|p| p.leader() >= 0)
-                })
-            });
-        if visible {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "topic {topic} not in the broker's metadata 30 s after its creation"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Creates a source topic (`PARTITIONS` partitions) under the cluster's prefix.
