@@ -54,6 +54,11 @@ pub enum ConsumerError {
     /// A DLQ record is not the JSON this crate writes.
     #[error("invalid DLQ record: {0}")]
     InvalidDlqRecord(String),
+    /// The runtime stopped without its final commit (or without leaving the group)
+    /// within [`crate::FINAL_COMMIT_BUDGET`] after the grace; what it had committed
+    /// before stays, the rest is handled again by the next owner.
+    #[error("consumer runtime stopped uncleanly: {0}")]
+    Shutdown(String),
     /// A runtime task panicked or the polling thread could not start.
     #[error("consumer runtime task failed: {0}")]
     Task(String),

@@ -134,5 +134,5 @@ pub use dlq::{redrive, DlqOriginal, DlqRecord, Redrive};
 pub use error::ConsumerError;
 pub use event::{Event, HandlerError, HeaderList};
 pub use metrics::ConsumerMetrics;
-pub use runtime::{ConsumerRuntime, RuntimeHandle};
+pub use runtime::{ConsumerRuntime, RuntimeHandle, FINAL_COMMIT_BUDGET};
 pub use service::GroupService;

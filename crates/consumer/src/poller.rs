@@ -99,6 +99,11 @@ impl RuntimeContext {
         self.send(Input::Records(records))
     }
 
+    /// The loop is gone (stopped, or crashed): the polling thread should end.
+    fn loop_gone(&self) -> bool {
+        self.closing.load(Ordering::SeqCst) || self.tx.is_closed()
+    }
+
     fn send(&self, input: Input) -> bool {
         if self.closing.load(Ordering::SeqCst) {
             return false;
@@ -225,7 +230,7 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>, stop: Arc<A
             }
             Some(Err(e)) => log_poll_error(&e, &mut last_error),
         }
-        if !consumer.context().flush() {
+        if !consumer.context().flush() || consumer.context().loop_gone() {
             break;
         }
     }

@@ -5,11 +5,10 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use prometheus::Registry;
 use slackline_kafka::KafkaSettings;
-use slackline_service::{serve_admin, Env, Readiness, Shutdown};
+use slackline_service::{serve_admin, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -82,79 +81,5 @@ impl GroupService {
             Ok(result) => result,
             Err(e) => Err(ConsumerError::Task(e.to_string())),
         }
-    }
-}
-
-fn millis_list(env: &mut Env, name: &str) -> Option<Vec<Duration>> {
-    let raw = env.get(name)?.to_owned();
-    let parsed: Result<Vec<Duration>, _> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<u64>().map(Duration::from_millis))
-        .collect();
-    match parsed {
-        Ok(list) if !list.is_empty() => Some(list),
-        Ok(_) => {
-            env.problem(name, "must list at least one delay in milliseconds");
-            None
-        }
-        Err(e) => {
-            env.problem(name, format!("comma-separated milliseconds expected: {e}"));
-            None
-        }
-    }
-}
-
-impl RuntimeConfig {
-    /// The runtime's configuration from the environment, with `group` and `source`
-    /// as the defaults of `GROUP_ID` and `SOURCE_TOPIC`: `RETRY_TOPIC` and
-    /// `DLQ_TOPIC` (default `<group>.retry`, `<group>.dlq`), `RETRY_DELAYS_MS`
-    /// (comma-separated delays of the retry rounds), `QUICK_RETRIES`,
-    /// `MAX_CONCURRENT_KEYS`.
-    pub fn from_env(env: &mut Env, group: &str, source: &str) -> RuntimeConfig {
-        let group = env.string_or("GROUP_ID", group);
-        let mut config = RuntimeConfig::new(group, env.string_or("SOURCE_TOPIC", source));
-        if let Some(topic) = env.get("RETRY_TOPIC") {
-            config.retry_topic = topic.to_owned();
-        }
-        if let Some(topic) = env.get("DLQ_TOPIC") {
-            config.dlq_topic = topic.to_owned();
-        }
-        if let Some(delays) = millis_list(env, "RETRY_DELAYS_MS") {
-            config.retry_delays = delays;
-        }
-        config.quick_retries = env.parse_or("QUICK_RETRIES", config.quick_retries);
-        config.max_concurrent_keys =
-            env.parse_or("MAX_CONCURRENT_KEYS", config.max_concurrent_keys);
-        config
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runtime_config_from_env() {
-        let mut env = Env::from_pairs([("RETRY_DELAYS_MS", "100, 2000"), ("QUICK_RETRIES", "1")]);
-        let config = RuntimeConfig::from_env(&mut env, "notifier", "slack.messages.v1");
-        env.finish().unwrap();
-        assert_eq!(config.group_id, "notifier");
-        assert_eq!(config.retry_topic, "notifier.retry");
-        assert_eq!(config.dlq_topic, "notifier.dlq");
-        assert_eq!(
-            config.retry_delays,
-            vec![Duration::from_millis(100), Duration::from_secs(2)]
-        );
-        assert_eq!(config.quick_retries, 1);
-    }
-
-    #[test]
-    fn bad_delays_are_named() {
-        let mut env = Env::from_pairs([("RETRY_DELAYS_MS", "1s")]);
-        let _ = RuntimeConfig::from_env(&mut env, "g", "t");
-        let err = env.finish().unwrap_err().to_string();
-        assert!(err.contains("RETRY_DELAYS_MS"), "{err}");
     }
 }

@@ -1,0 +1,455 @@
+//! Scheduling a key's next record, running handler calls, and what their outcomes do
+//! to the key (finish, retry in place, move to the retry topic, dead-letter).
+
+use std::cmp::Reverse;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::state::{Completion, Outcome, TaskInfo, Timer, Work};
+use super::{millis, now_ms, BoxedHandler, Key, Runtime};
+use crate::metrics::GroupMetrics;
+use crate::retry_headers::RetryMeta;
+use crate::{Event, HandlerError, RuntimeConfig};
+
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic".to_owned()
+    }
+}
+
+/// One delivery round: a call plus up to `quick_retries` quick retries.
+pub(super) async fn deliver(
+    handler: &BoxedHandler,
+    event: &Event,
+    config: &RuntimeConfig,
+    metrics: &GroupMetrics,
+) -> Outcome {
+    let mut first_error: Option<String> = None;
+    let mut quick = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let call = event.clone();
+        let result = AssertUnwindSafe(async { handler(call).await })
+            .catch_unwind()
+            .await;
+        metrics.handler_finished(started.elapsed().as_secs_f64());
+        let error = match result {
+            Ok(Ok(())) => return Outcome::Done,
+            Ok(Err(e)) => e,
+            Err(panic) => HandlerError::retryable(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            )),
+        };
+        let message = error.message().to_owned();
+        let first = first_error.get_or_insert_with(|| message.clone()).clone();
+        if !error.is_retryable() || quick >= config.quick_retries {
+            return Outcome::Failed {
+                first_error: first,
+                last_error: message,
+                retryable: error.is_retryable(),
+            };
+        }
+        quick += 1;
+        tracing::debug!(error = %message, quick, "retryable failure; retrying in process");
+        tokio::time::sleep(config.quick_delay(quick)).await;
+    }
+}
+
+impl Runtime {
+    /// Starts the key's next step if it can run now.
+    pub(super) async fn schedule(&mut self, p: i32, key: &Key) {
+        self.schedule_inner(p, key, false).await;
+    }
+
+    /// `from_ready`: the key was just taken from the ready queue. Otherwise a key
+    /// must queue behind waiting keys even when a slot is free (the slot freed by its
+    /// own previous call, for instance): slots go round in arrival order, so a key
+    /// with a long backlog cannot starve the others.
+    pub(super) async fn schedule_inner(&mut self, p: i32, key: &Key, from_ready: bool) {
+        enum Next {
+            Idle,
+            Wait(Instant),
+            ForwardAll,
+            Run,
+        }
+        let now = Instant::now();
+        let capacity = self.active_handlers < self.config.max_concurrent_keys
+            && (from_ready || self.ready.is_empty());
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        if st.draining {
+            return;
+        }
+        let epoch = st.epoch;
+        let Some(ks) = st.keys.get_mut(key) else {
+            return;
+        };
+        // A parked key's source records go behind it in the retry topic at once,
+        // whatever its retry head is doing (waiting for a 30-minute delay, say):
+        // holding them here would hold the source partition's offset back.
+        let next = if ks.is_parked() && !ks.busy_main && !ks.main_q.is_empty() {
+            Next::ForwardAll
+        } else if ks.busy {
+            return;
+        } else if let Some(head) = ks.retry_q.front() {
+            if head.due <= now {
+                Next::Run
+            } else {
+                Next::Wait(head.due)
+            }
+        } else if !ks.main_q.is_empty() {
+            Next::Run
+        } else {
+            Next::Idle
+        };
+        match next {
+            Next::Idle => {
+                if ks.is_idle() {
+                    st.keys.remove(key);
+                }
+            }
+            Next::Wait(due) => {
+                if ks.timer_due != Some(due) {
+                    ks.timer_due = Some(due);
+                    self.timer_seq += 1;
+                    self.timers.push(Reverse(Timer {
+                        due,
+                        seq: self.timer_seq,
+                        p,
+                        epoch,
+                        key: key.clone(),
+                    }));
+                }
+            }
+            Next::ForwardAll => {
+                let events: Vec<Event> = ks.main_q.drain(..).collect();
+                for event in events {
+                    self.forward(p, event).await;
+                }
+                // Then the retry head, if any, may run.
+                Box::pin(self.schedule_inner(p, key, from_ready)).await;
+            }
+            Next::Run if !capacity => {
+                if !ks.waiting {
+                    ks.waiting = true;
+                    self.ready.push_back((p, epoch, key.clone()));
+                }
+            }
+            Next::Run => self.dispatch(p, key),
+        }
+    }
+
+    /// Runs the key's next record (retry head first) in a handler task.
+    pub(super) fn dispatch(&mut self, p: i32, key: &Key) {
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        let epoch = st.epoch;
+        let Some(ks) = st.keys.get_mut(key) else {
+            return;
+        };
+        let work = if let Some(item) = ks.retry_q.pop_front() {
+            Work::Retry(item)
+        } else if let Some(event) = ks.main_q.pop_front() {
+            Work::Main(event)
+        } else {
+            return;
+        };
+        ks.busy = true;
+        ks.busy_main = matches!(work, Work::Main(_));
+        ks.timer_due = None;
+        let event = match &work {
+            Work::Main(e) => e,
+            Work::Retry(item) => &item.event,
+        };
+        let span = tracing::info_span!(
+            "event",
+            group = %self.config.group_id,
+            key = %event.key_str(),
+            partition = event.partition,
+            offset = event.offset,
+            attempt = event.attempt,
+            event_id = event
+                .header_str(slackline_kafka::headers::EVENT_ID)
+                .unwrap_or_default(),
+        );
+        let handler = self.handler.clone();
+        let config = self.config.clone();
+        let metrics = self.metrics.clone();
+        let key = key.clone();
+        let abort = self.tasks.spawn(
+            async move {
+                let event = match &work {
+                    Work::Main(e) => e,
+                    Work::Retry(item) => &item.event,
+                };
+                let outcome = deliver(&handler, event, &config, &metrics).await;
+                Completion::Handled {
+                    p,
+                    epoch,
+                    key,
+                    work,
+                    outcome,
+                }
+            }
+            .instrument(span),
+        );
+        self.task_info
+            .insert(abort.id(), TaskInfo { p, handler: true });
+        st.handler_tasks.insert(abort.id(), abort);
+        st.handlers_running += 1;
+        self.active_handlers += 1;
+    }
+
+    /// Gives free concurrency slots to waiting keys, in arrival order.
+    pub(super) async fn fill_ready(&mut self) {
+        while self.active_handlers < self.config.max_concurrent_keys {
+            let Some((p, epoch, key)) = self.ready.pop_front() else {
+                return;
+            };
+            let Some(st) = self.partitions.get_mut(&p) else {
+                continue;
+            };
+            if st.epoch != epoch {
+                continue;
+            }
+            if let Some(ks) = st.keys.get_mut(&key) {
+                ks.waiting = false;
+            }
+            self.schedule_inner(p, &key, true).await;
+        }
+    }
+
+    pub(super) async fn on_timers(&mut self) {
+        let now = Instant::now();
+        while self.timers.peek().is_some_and(|Reverse(t)| t.due <= now) {
+            let Some(Reverse(timer)) = self.timers.pop() else {
+                break;
+            };
+            let Some(st) = self.partitions.get_mut(&timer.p) else {
+                continue;
+            };
+            if st.epoch != timer.epoch {
+                continue;
+            }
+            if let Some(ks) = st.keys.get_mut(&timer.key) {
+                if ks.timer_due == Some(timer.due) {
+                    ks.timer_due = None;
+                }
+            }
+            self.schedule(timer.p, &timer.key).await;
+        }
+    }
+
+    pub(super) fn refresh_parked(&mut self, p: i32, key: &Key) {
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        let Some(ks) = st.keys.get_mut(key) else {
+            return;
+        };
+        let parked = ks.is_parked();
+        if parked == ks.parked {
+            return;
+        }
+        ks.parked = parked;
+        let delta = if parked { 1 } else { -1 };
+        st.parked_keys += delta;
+        self.metrics.parked_keys_changed(delta);
+        let key = String::from_utf8_lossy(key.as_deref().unwrap_or_default());
+        if parked {
+            tracing::info!(group = self.config.group_id, partition = p, key = %key, "key parked");
+        } else {
+            tracing::info!(group = self.config.group_id, partition = p, key = %key, "key unparked");
+        }
+    }
+
+    pub(super) async fn on_joined(
+        &mut self,
+        joined: Result<(tokio::task::Id, Completion), tokio::task::JoinError>,
+    ) {
+        let (id, completion) = match joined {
+            Ok(ok) => (ok.0, Some(ok.1)),
+            Err(e) => (e.id(), None),
+        };
+        if let Some(info) = self.task_info.remove(&id) {
+            if info.handler {
+                self.active_handlers -= 1;
+                if let Some(st) = self.partitions.get_mut(&info.p) {
+                    if st.handler_tasks.remove(&id).is_some() {
+                        st.handlers_running -= 1;
+                    }
+                }
+            }
+        }
+        match completion {
+            Some(Completion::Handled {
+                p,
+                epoch,
+                key,
+                work,
+                outcome,
+            }) => self.on_handled(p, epoch, key, work, outcome).await,
+            Some(Completion::Produced {
+                p,
+                epoch,
+                what,
+                result,
+                topic,
+            }) => self.on_produced(p, epoch, what, result, topic),
+            Some(Completion::Probed { p, epoch, result }) => self.on_probed(p, epoch, result).await,
+            None => {}
+        }
+        self.fill_ready().await;
+    }
+
+    pub(super) async fn on_handled(
+        &mut self,
+        p: i32,
+        epoch: u64,
+        key: Key,
+        work: Work,
+        outcome: Outcome,
+    ) {
+        enum Then {
+            Nothing,
+            DeadLetter {
+                from_retry: bool,
+                offset: i64,
+                event: Event,
+                error: String,
+                retryable: bool,
+                attempts: u32,
+            },
+            ToRetry(Event, RetryMeta),
+        }
+        let config = self.config.clone();
+        let delays = &config.retry_delays;
+        let metrics = self.metrics.clone();
+        let Some(st) = self.current(p, epoch) else {
+            return;
+        };
+        let Some(ks) = st.keys.get_mut(&key) else {
+            return;
+        };
+        ks.busy = false;
+        ks.busy_main = false;
+        let then = match (work, outcome) {
+            (Work::Main(event), Outcome::Done) => {
+                metrics.handled();
+                st.main.finished(event.offset);
+                Then::Nothing
+            }
+            (Work::Retry(item), Outcome::Done) => {
+                metrics.handled();
+                ks.retry_known.remove(&item.retry_offset);
+                st.retry.finished(item.retry_offset);
+                Then::Nothing
+            }
+            (
+                Work::Main(event),
+                Outcome::Failed {
+                    first_error,
+                    last_error,
+                    retryable,
+                },
+            ) => {
+                if !retryable || delays.is_empty() {
+                    Then::DeadLetter {
+                        from_retry: false,
+                        offset: event.offset,
+                        event,
+                        error: last_error,
+                        retryable,
+                        attempts: 1,
+                    }
+                } else {
+                    tracing::warn!(
+                        group = config.group_id,
+                        partition = p,
+                        offset = event.offset,
+                        key = %event.key_str(),
+                        error = %last_error,
+                        "handler failed; moving the event to the retry topic and parking its key"
+                    );
+                    metrics.retried(1);
+                    let meta = RetryMeta {
+                        attempt: 1,
+                        not_before_ms: now_ms().saturating_add(millis(delays[0])),
+                        first_error: Some(first_error),
+                        last_error: Some(last_error),
+                    };
+                    Then::ToRetry(event, meta)
+                }
+            }
+            (
+                Work::Retry(mut item),
+                Outcome::Failed {
+                    first_error,
+                    last_error,
+                    retryable,
+                },
+            ) => {
+                let rounds = item.event.attempt.saturating_add(1);
+                match delays.get(rounds as usize - 1).filter(|_| retryable) {
+                    None => {
+                        ks.retry_known.remove(&item.retry_offset);
+                        Then::DeadLetter {
+                            from_retry: true,
+                            offset: item.retry_offset,
+                            event: item.event,
+                            error: last_error,
+                            retryable,
+                            attempts: rounds,
+                        }
+                    }
+                    Some(&delay) => {
+                        tracing::warn!(
+                            group = config.group_id,
+                            partition = p,
+                            offset = item.event.offset,
+                            key = %item.event.key_str(),
+                            attempt = rounds,
+                            error = %last_error,
+                            retry_in = ?delay,
+                            "handler failed again; retrying in place"
+                        );
+                        metrics.retried(rounds);
+                        item.event.attempt = rounds;
+                        item.first_error.get_or_insert(first_error);
+                        item.last_error = Some(last_error);
+                        item.due = Instant::now() + delay;
+                        ks.retry_q.push_front(item);
+                        Then::Nothing
+                    }
+                }
+            }
+        };
+        match then {
+            Then::Nothing => {}
+            Then::DeadLetter {
+                from_retry,
+                offset,
+                event,
+                error,
+                retryable,
+                attempts,
+            } => {
+                self.dead_letter(p, from_retry, offset, event, error, retryable, attempts)
+                    .await;
+            }
+            Then::ToRetry(event, meta) => self.produce_retry(p, event, meta).await,
+        }
+        self.refresh_parked(p, &key);
+        self.schedule(p, &key).await;
+    }
+}

@@ -1,0 +1,200 @@
+//! What the polling thread delivers: assignments, source records and retry records,
+//! and the gate that holds a source partition until its retry partition is read.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Message, TopicPartitionList};
+
+use super::state::{Gate, PartitionState, RetryItem};
+use super::{headers_of, instant_at, Runtime};
+use crate::poller::Input;
+use crate::retry_headers;
+use crate::{ConsumerError, Event};
+
+impl Runtime {
+    pub(super) async fn on_input(&mut self, input: Input) {
+        match input {
+            Input::Records(records) => {
+                if self.shutdown_deadline.is_some() {
+                    return;
+                }
+                for m in records {
+                    if m.topic() == self.config.source_topic {
+                        self.on_main_record(&m).await;
+                    } else if m.topic() == self.config.retry_topic {
+                        self.on_retry_record(&m).await;
+                    }
+                }
+            }
+            Input::Assign(partitions) => self.on_assign(partitions),
+            Input::Revoke { partitions, reply } => self.on_revoke(partitions, reply),
+        }
+    }
+
+    pub(super) fn on_assign(&mut self, partitions: Vec<(String, i32)>) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let mut main = BTreeSet::new();
+        let mut retry = BTreeSet::new();
+        for (topic, p) in &partitions {
+            if *topic == self.config.source_topic {
+                main.insert(*p);
+            } else if *topic == self.config.retry_topic {
+                retry.insert(*p);
+            }
+        }
+        if main != retry {
+            self.fail(ConsumerError::UnpairedAssignment(format!(
+                "{} partitions {main:?} but {} partitions {retry:?}",
+                self.config.source_topic, self.config.retry_topic
+            )));
+            return;
+        }
+        tracing::info!(group = self.config.group_id, partitions = ?main, "partitions assigned");
+        // A pause (flow control) may outlive a revocation in librdkafka: start clean.
+        if let Some(consumer) = &self.consumer {
+            let mut tpl = TopicPartitionList::new();
+            for p in &main {
+                tpl.add_partition(&self.config.source_topic, *p);
+            }
+            if let Err(e) = consumer.resume(&tpl) {
+                tracing::debug!(error = %e, "resuming assigned partitions");
+            }
+        }
+        for p in main {
+            if self.partitions.contains_key(&p) {
+                continue;
+            }
+            self.next_epoch += 1;
+            let epoch = self.next_epoch;
+            self.partitions.insert(p, PartitionState::new(epoch));
+            self.spawn_probe(p, epoch, Duration::ZERO);
+        }
+    }
+
+    pub(super) async fn on_main_record(&mut self, m: &OwnedMessage) {
+        let p = m.partition();
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        if st.draining || !st.main.received(m.offset()) {
+            return;
+        }
+        let event = Event {
+            topic: m.topic().to_owned(),
+            partition: p,
+            offset: m.offset(),
+            timestamp_ms: m.timestamp().to_millis(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers: headers_of(m),
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            attempt: 0,
+        };
+        if st.gate == Gate::Open {
+            self.process_main(p, event).await;
+        } else {
+            st.held.push_back(event);
+        }
+        self.flow_control(p);
+    }
+
+    pub(super) async fn on_retry_record(&mut self, m: &OwnedMessage) {
+        let p = m.partition();
+        let source_topic = self.config.source_topic.clone();
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        let offset = m.offset();
+        if st.draining || !st.retry.received(offset) {
+            return;
+        }
+        let d = retry_headers::decode(m.headers());
+        let event = Event {
+            topic: d.topic.unwrap_or_else(|| m.topic().to_owned()),
+            partition: d.partition.unwrap_or(p),
+            offset: d.offset.unwrap_or(offset),
+            timestamp_ms: d.timestamp_ms,
+            key: m.key().map(<[u8]>::to_vec),
+            headers: d.headers,
+            payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            attempt: d.meta.attempt,
+        };
+        // A source record already moved here (by a previous owner, or before a
+        // restart) must not be handled or moved again when it comes from the source:
+        // remember its offset unless the source record was already processed. While
+        // the gate is closed, received source records are held, not processed yet.
+        if event.topic == source_topic
+            && event.partition == p
+            && (st.gate != Gate::Open || st.main.next().is_none_or(|n| event.offset >= n))
+        {
+            st.in_retry.insert(event.offset);
+        }
+        let key = event.key.clone();
+        let ks = st.keys.entry(key.clone()).or_default();
+        ks.retry_known.insert(offset);
+        ks.retry_q.push_back(RetryItem {
+            event,
+            retry_offset: offset,
+            first_error: d.meta.first_error,
+            last_error: d.meta.last_error,
+            due: instant_at(d.meta.not_before_ms),
+        });
+        if let Gate::Rebuilding(until) = st.gate {
+            if offset + 1 >= until {
+                self.open_gate(p).await;
+            }
+        }
+        self.refresh_parked(p, &key);
+        self.schedule(p, &key).await;
+    }
+
+    /// The retry partition is read up to the watermark seen at assignment: every
+    /// parked key is known, so the held source records may go.
+    pub(super) async fn open_gate(&mut self, p: i32) {
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        st.gate = Gate::Open;
+        let held = std::mem::take(&mut st.held);
+        tracing::debug!(
+            partition = p,
+            held = held.len(),
+            "retry partition read; source partition opens"
+        );
+        for event in held {
+            self.process_main(p, event).await;
+        }
+    }
+
+    /// A source record whose gate is open: skip it if it is already in the retry
+    /// topic, move it behind its key if the key is parked, else queue it for the key.
+    pub(super) async fn process_main(&mut self, p: i32, event: Event) {
+        let Some(st) = self.partitions.get_mut(&p) else {
+            return;
+        };
+        while st.in_retry.first().is_some_and(|&o| o < event.offset) {
+            st.in_retry.pop_first();
+        }
+        if st.in_retry.remove(&event.offset) {
+            tracing::debug!(
+                partition = p,
+                offset = event.offset,
+                "already in the retry topic"
+            );
+            st.main.finished(event.offset);
+            return;
+        }
+        let key = event.key.clone();
+        let ks = st.keys.entry(key.clone()).or_default();
+        if ks.is_parked() && ks.main_q.is_empty() && !ks.busy_main {
+            self.forward(p, event).await;
+        } else {
+            ks.main_q.push_back(event);
+            self.schedule(p, &key).await;
+        }
+    }
+}

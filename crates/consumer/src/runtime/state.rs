@@ -1,0 +1,190 @@
+//! The state the loop owns: per partition pair, per key, and the messages its
+//! spawned tasks send back.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::Key;
+use crate::offsets::OffsetTracker;
+use crate::Event;
+
+/// Whether the source partition may be handled yet (crate docs, "parking survives").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Gate {
+    /// Waiting for the retry partition's committed offset and high watermark.
+    Probing,
+    /// Reading the retry partition up to this high watermark (exclusive).
+    Rebuilding(i64),
+    /// The parked keys are known: source records flow.
+    Open,
+}
+
+/// A retry record waiting at (or being handled from) the head of its key.
+#[derive(Debug)]
+pub(super) struct RetryItem {
+    pub(super) event: Event,
+    pub(super) retry_offset: i64,
+    pub(super) first_error: Option<String>,
+    pub(super) last_error: Option<String>,
+    pub(super) due: Instant,
+}
+
+/// One key of one partition pair.
+#[derive(Debug, Default)]
+pub(super) struct KeyState {
+    /// Source records waiting for the key's current handler call.
+    pub(super) main_q: VecDeque<Event>,
+    /// Retry records of the key, in retry-topic order; the head is retried in place.
+    pub(super) retry_q: VecDeque<RetryItem>,
+    /// A handler call of the key is running.
+    pub(super) busy: bool,
+    /// ... and it is for a source record (whose outcome decides whether the key
+    /// parks, so the key's later source records must wait for it).
+    pub(super) busy_main: bool,
+    /// The key is in the ready queue (waiting for a concurrency slot).
+    pub(super) waiting: bool,
+    /// A timer for the head's due time is set.
+    pub(super) timer_due: Option<Instant>,
+    /// Produces to the retry topic not acknowledged yet.
+    pub(super) producing: usize,
+    /// Retry-topic offsets of the key not finished yet (acknowledged or received).
+    pub(super) retry_known: BTreeSet<i64>,
+    /// Last parked state reported to the gauge.
+    pub(super) parked: bool,
+}
+
+impl KeyState {
+    /// Parked: some event of the key is in (or on its way to) the retry topic and not
+    /// finished, so the key's later source records must go behind it.
+    pub(super) fn is_parked(&self) -> bool {
+        self.producing > 0 || !self.retry_known.is_empty()
+    }
+
+    pub(super) fn is_idle(&self) -> bool {
+        !self.busy
+            && !self.waiting
+            && !self.parked
+            && self.main_q.is_empty()
+            && self.retry_q.is_empty()
+            && !self.is_parked()
+    }
+}
+
+/// Source partition p and retry partition p, owned together (crate docs).
+pub(super) struct PartitionState {
+    pub(super) epoch: u64,
+    pub(super) main: OffsetTracker,
+    pub(super) retry: OffsetTracker,
+    pub(super) gate: Gate,
+    /// Source records received while the gate was closed, in order.
+    pub(super) held: VecDeque<Event>,
+    pub(super) keys: HashMap<Key, KeyState>,
+    /// Source offsets already present in retry partition p (from its headers): a
+    /// redelivered source record among them is not handled or moved again.
+    pub(super) in_retry: BTreeSet<i64>,
+    pub(super) handlers_running: usize,
+    pub(super) produces_pending: usize,
+    pub(super) handler_tasks: HashMap<tokio::task::Id, AbortHandle>,
+    /// Revoking or shutting down: no new handler calls.
+    pub(super) draining: bool,
+    pub(super) paused: bool,
+    pub(super) parked_keys: i64,
+}
+
+impl PartitionState {
+    pub(super) fn new(epoch: u64) -> Self {
+        PartitionState {
+            epoch,
+            main: OffsetTracker::default(),
+            retry: OffsetTracker::default(),
+            gate: Gate::Probing,
+            held: VecDeque::new(),
+            keys: HashMap::new(),
+            in_retry: BTreeSet::new(),
+            handlers_running: 0,
+            produces_pending: 0,
+            handler_tasks: HashMap::new(),
+            draining: false,
+            paused: false,
+            parked_keys: 0,
+        }
+    }
+
+    pub(super) fn quiet(&self) -> bool {
+        self.handlers_running == 0 && self.produces_pending == 0
+    }
+}
+
+/// What a handler task was given (returned with its outcome).
+pub(super) enum Work {
+    Main(Event),
+    Retry(RetryItem),
+}
+
+/// How a delivery round ended.
+pub(super) enum Outcome {
+    Done,
+    Failed {
+        first_error: String,
+        last_error: String,
+        retryable: bool,
+    },
+}
+
+/// What an acknowledged produce finishes.
+pub(super) enum Produced {
+    /// A source record moved to the retry topic.
+    ToRetry { key: Key, main_offset: i64 },
+    /// A record dead-lettered; `retry` says from which topic `offset` is.
+    ToDlq {
+        retry: bool,
+        offset: i64,
+        event: Box<Event>,
+        error: String,
+        attempts: u32,
+    },
+}
+
+pub(super) enum Completion {
+    Handled {
+        p: i32,
+        epoch: u64,
+        key: Key,
+        work: Work,
+        outcome: Outcome,
+    },
+    Produced {
+        p: i32,
+        epoch: u64,
+        what: Produced,
+        result: Result<(i32, i64), String>,
+        topic: String,
+    },
+    Probed {
+        p: i32,
+        epoch: u64,
+        result: Result<(i64, i64), String>,
+    },
+}
+
+pub(super) struct TaskInfo {
+    pub(super) p: i32,
+    pub(super) handler: bool,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Timer {
+    pub(super) due: Instant,
+    pub(super) seq: u64,
+    pub(super) p: i32,
+    pub(super) epoch: u64,
+    pub(super) key: Key,
+}
+
+pub(super) struct RevokeDrain {
+    pub(super) partitions: HashSet<i32>,
+    pub(super) reply: std::sync::mpsc::SyncSender<Vec<(String, i32, i64)>>,
+    pub(super) deadline: Instant,
+}
