@@ -33,6 +33,13 @@ pub struct RuntimeConfig {
     /// Received but unfinished source records per partition above which the runtime
     /// pauses fetching that partition (default 10 000); resumed at half.
     pub max_buffered_per_partition: usize,
+    /// Bytes of received records (payload, key, headers and bookkeeping) the
+    /// runtime may hold (default 32 MiB): the source side and the retry side each
+    /// pause fetching at a fifth of it and resume at a tenth; what was already on its
+    /// way when a side paused adds at most another fifth to that side, so both
+    /// together stay under four fifths (plus a few records larger than the batches).
+    /// A target that is down for hours thus costs this much memory, not its backlog.
+    pub max_buffered_bytes: usize,
     /// On shutdown, how long in-flight handlers may finish (default 10 s).
     pub shutdown_grace: Duration,
     /// On a rebalance, how long in-flight handlers of revoked partitions may finish
@@ -67,6 +74,7 @@ impl RuntimeConfig {
                 .collect(),
             max_concurrent_keys: 64,
             max_buffered_per_partition: 10_000,
+            max_buffered_bytes: 32 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             revoke_grace: Duration::from_secs(5),
             produce_timeout: Duration::from_secs(60),
@@ -96,6 +104,9 @@ impl RuntimeConfig {
         }
         if self.max_buffered_per_partition == 0 {
             problems.push("max_buffered_per_partition must be at least 1");
+        }
+        if self.max_buffered_bytes < 64 * 1024 {
+            problems.push("max_buffered_bytes must be at least 64 KiB");
         }
         if self.store_interval.is_zero() || self.lag_interval.is_zero() {
             problems.push("store_interval and lag_interval must be positive");
@@ -140,7 +151,7 @@ impl RuntimeConfig {
     /// as the defaults of `GROUP_ID` and `SOURCE_TOPIC`: `RETRY_TOPIC` and
     /// `DLQ_TOPIC` (default `<group>.retry`, `<group>.dlq`), `RETRY_DELAYS_MS`
     /// (comma-separated delays of the retry rounds), `QUICK_RETRIES`,
-    /// `MAX_CONCURRENT_KEYS`.
+    /// `MAX_CONCURRENT_KEYS`, `MAX_BUFFERED_BYTES`, `SHUTDOWN_GRACE_MS`.
     pub fn from_env(env: &mut Env, group: &str, source: &str) -> RuntimeConfig {
         let group = env.string_or("GROUP_ID", group);
         let mut config = RuntimeConfig::new(group, env.string_or("SOURCE_TOPIC", source));
@@ -156,6 +167,13 @@ impl RuntimeConfig {
         config.quick_retries = env.parse_or("QUICK_RETRIES", config.quick_retries);
         config.max_concurrent_keys =
             env.parse_or("MAX_CONCURRENT_KEYS", config.max_concurrent_keys);
+        config.max_buffered_bytes = env.parse_or("MAX_BUFFERED_BYTES", config.max_buffered_bytes);
+        if let Some(ms) = env.get("SHUTDOWN_GRACE_MS").map(str::to_owned) {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) => config.shutdown_grace = Duration::from_millis(ms),
+                Err(e) => env.problem("SHUTDOWN_GRACE_MS", format!("milliseconds expected: {e}")),
+            }
+        }
         config
     }
 }
@@ -186,7 +204,12 @@ mod tests {
 
     #[test]
     fn runtime_config_from_env() {
-        let mut env = Env::from_pairs([("RETRY_DELAYS_MS", "100, 2000"), ("QUICK_RETRIES", "1")]);
+        let mut env = Env::from_pairs([
+            ("RETRY_DELAYS_MS", "100, 2000"),
+            ("QUICK_RETRIES", "1"),
+            ("MAX_BUFFERED_BYTES", "1048576"),
+            ("SHUTDOWN_GRACE_MS", "2500"),
+        ]);
         let config = RuntimeConfig::from_env(&mut env, "notifier", "slack.messages.v1");
         env.finish().unwrap();
         assert_eq!(config.group_id, "notifier");
@@ -197,6 +220,8 @@ mod tests {
             vec![Duration::from_millis(100), Duration::from_secs(2)]
         );
         assert_eq!(config.quick_retries, 1);
+        assert_eq!(config.max_buffered_bytes, 1_048_576);
+        assert_eq!(config.shutdown_grace, Duration::from_millis(2500));
     }
 
     #[test]

@@ -39,6 +39,11 @@ pub struct DlqRecord {
     pub payload_base64: String,
     /// When the record was written (RFC 3339, UTC).
     pub dead_lettered_at: String,
+    /// Set when the payload (and the headers other than [`DlqRecord::KEPT_HEADERS`])
+    /// were left out because the record would not fit in the DLQ topic: why, and
+    /// how large it was. The original is in the archive (`archive-key` header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_omitted: Option<String>,
 }
 
 /// The coordinates of the original record.
@@ -98,6 +103,32 @@ pub fn redrive(dlq_value: &[u8]) -> Result<Redrive, ConsumerError> {
 }
 
 impl DlqRecord {
+    /// The headers a record cut down to fit still carries: enough to find the event
+    /// in the archive and to tell which Slack event it was.
+    pub const KEPT_HEADERS: [&'static str; 4] = [
+        slackline_kafka::headers::ARCHIVE_KEY,
+        slackline_kafka::headers::EVENT_ID,
+        slackline_kafka::headers::EVENT_TYPE,
+        slackline_kafka::headers::RECEIVED_AT,
+    ];
+
+    /// Leaves the payload out (and the headers but [`DlqRecord::KEPT_HEADERS`]),
+    /// saying why: its JSON was `size` bytes, over `budget`.
+    pub fn omit_payload(&mut self, size: usize, budget: usize) {
+        let payload_bytes = BASE64
+            .decode(self.payload_base64.as_bytes())
+            .map_or(0, |p| p.len());
+        self.payload_json = Value::Null;
+        self.payload_base64 = String::new();
+        self.headers
+            .retain(|name, _| Self::KEPT_HEADERS.contains(&name.as_str()));
+        self.payload_omitted = Some(format!(
+            "the DLQ record would be {size} bytes, over the {budget}-byte budget: the \
+             payload ({payload_bytes} bytes) and the other headers were left out; \
+             replay the event from the archive (archive-key header)"
+        ));
+    }
+
     /// The DLQ record for `event`, failed with `error` after `attempts` rounds.
     pub fn new(group: &str, event: &Event, error: &str, retryable: bool, attempts: u32) -> Self {
         let (key, key_base64) = match &event.key {
@@ -146,6 +177,7 @@ impl DlqRecord {
             headers,
             payload_json: serde_json::from_slice(&event.payload).unwrap_or(Value::Null),
             payload_base64: BASE64.encode(&event.payload),
+            payload_omitted: None,
             dead_lettered_at: chrono::Utc::now()
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
@@ -171,8 +203,13 @@ impl DlqRecord {
         }
     }
 
-    /// The original payload's bytes.
+    /// The original payload's bytes; an error when the payload was left out.
     pub fn payload(&self) -> Result<Vec<u8>, ConsumerError> {
+        if let Some(why) = &self.payload_omitted {
+            return Err(ConsumerError::InvalidDlqRecord(format!(
+                "no payload to redrive: {why}"
+            )));
+        }
         decode_b64(&self.payload_base64, "payload_base64")
     }
 

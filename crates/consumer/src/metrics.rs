@@ -11,6 +11,7 @@ pub struct ConsumerMetrics {
     handled: IntCounterVec,
     retried: IntCounterVec,
     parked_keys: IntGaugeVec,
+    buffered_bytes: IntGaugeVec,
     dead_lettered: IntCounterVec,
     lag: IntGaugeVec,
     handler_seconds: HistogramVec,
@@ -41,6 +42,13 @@ impl ConsumerMetrics {
                 ),
                 &["group"],
             )?,
+            buffered_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "slackline_consumer_buffered_bytes",
+                    "Bytes of received records the runtime holds unfinished (source and retry)",
+                ),
+                &["group", "topic"],
+            )?,
             dead_lettered: IntCounterVec::new(
                 Opts::new(
                     "slackline_dlq_records_total",
@@ -69,6 +77,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(metrics.handled.clone()))?;
         registry.register(Box::new(metrics.retried.clone()))?;
         registry.register(Box::new(metrics.parked_keys.clone()))?;
+        registry.register(Box::new(metrics.buffered_bytes.clone()))?;
         registry.register(Box::new(metrics.dead_lettered.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.handler_seconds.clone()))?;
@@ -126,6 +135,14 @@ impl GroupMetrics {
     }
 
     /// A DLQ record was acknowledged.
+    /// The bytes held for `topic` (the source or the retry topic).
+    pub(crate) fn buffered_bytes(&self, topic: &str, bytes: usize) {
+        self.families
+            .buffered_bytes
+            .with_label_values(&[&self.group, topic])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     pub(crate) fn dead_lettered(&self) {
         self.families
             .dead_lettered

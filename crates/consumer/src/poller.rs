@@ -14,8 +14,9 @@ use std::sync::{mpsc as std_mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::message::OwnedMessage;
+use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::statistics::Statistics;
+use rdkafka::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
@@ -37,6 +38,12 @@ pub(crate) enum Input {
 /// Most records sent to the loop in one message.
 const BATCH: usize = 512;
 
+/// How many messages the channel to the loop holds. With [`RuntimeContext`]'s batch
+/// bytes at a fifth of the runtime's byte bound over this plus two (the batch being
+/// filled and the one the loop is taking in), what is on its way to the loop when
+/// it pauses a side stays under a fifth of the bound (plus one record per batch).
+pub(crate) const CHANNEL_CAPACITY: usize = 16;
+
 /// The consumer context: forwards rebalances into the loop.
 pub(crate) struct RuntimeContext {
     tx: mpsc::Sender<Input>,
@@ -46,9 +53,19 @@ pub(crate) struct RuntimeContext {
     reply_wait: Duration,
     /// Records polled but not yet sent, flushed before any rebalance event so that
     /// the channel keeps librdkafka's order.
-    batch: Mutex<Vec<OwnedMessage>>,
+    batch: Mutex<Batch>,
+    /// A batch is sent once it holds this many payload bytes.
+    batch_bytes: usize,
     /// Lag is read from librdkafka's statistics (no extra requests to the brokers).
     lag: LagReporter,
+}
+
+/// Records polled and not sent to the loop yet.
+#[derive(Default)]
+struct Batch {
+    records: Vec<OwnedMessage>,
+    /// Their [`record_bytes`].
+    bytes: usize,
 }
 
 /// Turns librdkafka statistics into the lag gauge of the source and retry topics.
@@ -63,35 +80,34 @@ impl RuntimeContext {
         closing: Arc<AtomicBool>,
         reply_wait: Duration,
         lag: LagReporter,
+        max_buffered_bytes: usize,
     ) -> Self {
         RuntimeContext {
             tx,
             closing,
             reply_wait,
-            batch: Mutex::new(Vec::new()),
+            batch: Mutex::new(Batch::default()),
+            batch_bytes: (max_buffered_bytes / (5 * (CHANNEL_CAPACITY + 2))).max(4 * 1024),
             lag,
         }
     }
 
-    fn push(&self, message: OwnedMessage) -> usize {
-        match self.batch.lock() {
-            Ok(mut b) => {
-                b.push(message);
-                b.len()
-            }
-            Err(poisoned) => {
-                let mut b = poisoned.into_inner();
-                b.push(message);
-                b.len()
-            }
-        }
+    /// Adds a record to the pending batch; whether the batch is full.
+    fn push(&self, message: OwnedMessage) -> bool {
+        let mut b = match self.batch.lock() {
+            Ok(b) => b,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        b.bytes += record_bytes(&message);
+        b.records.push(message);
+        b.records.len() >= BATCH || b.bytes >= self.batch_bytes
     }
 
     /// Sends the pending records; false when the loop is gone.
     fn flush(&self) -> bool {
         let records = match self.batch.lock() {
-            Ok(mut b) => std::mem::take(&mut *b),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            Ok(mut b) => std::mem::take(&mut *b).records,
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()).records,
         };
         if records.is_empty() {
             return true;
@@ -215,11 +231,11 @@ pub(crate) fn poll_loop(consumer: Arc<BaseConsumer<RuntimeContext>>, stop: Arc<A
         match consumer.poll(Duration::from_millis(50)) {
             None => {}
             Some(Ok(message)) => {
-                let mut len = consumer.context().push(message.detach());
+                let mut full = consumer.context().push(message.detach());
                 // Take what is already there without waiting, up to a batch.
-                while len < BATCH {
+                while !full {
                     match consumer.poll(Duration::ZERO) {
-                        Some(Ok(m)) => len = consumer.context().push(m.detach()),
+                        Some(Ok(m)) => full = consumer.context().push(m.detach()),
                         Some(Err(e)) => {
                             log_poll_error(&e, &mut last_error);
                             break;
@@ -243,4 +259,18 @@ fn log_poll_error(e: &rdkafka::error::KafkaError, last: &mut Option<String>) {
         tracing::warn!(error = %text, "consumer error (librdkafka retries)");
         *last = Some(text);
     }
+}
+
+/// What a received record holds in memory until it is finished: its payload, key
+/// and headers, plus the runtime's bookkeeping for it. The loop's byte bound and the
+/// batches on their way to it count the same way.
+pub(crate) fn record_bytes(m: &OwnedMessage) -> usize {
+    /// The event's struct, its strings, its queue and tracker entries.
+    const BOOKKEEPING: usize = 256;
+    let headers: usize = m.headers().map_or(0, |h| {
+        h.iter()
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum()
+    });
+    BOOKKEEPING + m.payload().map_or(0, <[u8]>::len) + m.key().map_or(0, <[u8]>::len) + headers
 }

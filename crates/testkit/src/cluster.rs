@@ -144,6 +144,52 @@ impl TestCluster {
         }]);
     }
 
+    /// Deletes a topic of the real broker and returns once its metadata no longer
+    /// lists it. Panics on failure (and on the mock): this is test code.
+    pub fn delete_topic(&self, name: &str) {
+        assert!(self.mock.is_none(), "delete_topic is for the real broker");
+        let bootstrap = self.bootstrap_servers();
+        let name = name.to_owned();
+        std::thread::spawn(move || {
+            use rdkafka::admin::{AdminClient, AdminOptions};
+            use rdkafka::client::DefaultClientContext;
+            use rdkafka::config::ClientConfig;
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .create()
+                .expect("an admin client");
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime for topic deletion");
+            let results = runtime
+                .block_on(admin.delete_topics(&[&name], &AdminOptions::new()))
+                .expect("delete topics");
+            for result in results {
+                result.unwrap_or_else(|(t, e)| panic!("deleting {t}: {e}"));
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let listed = admin
+                    .inner()
+                    .fetch_metadata(Some(&name), Duration::from_secs(5))
+                    .map(|m| {
+                        m.topics()
+                            .iter()
+                            .any(|t| t.name() == name && t.error().is_none())
+                    })
+                    .unwrap_or(true);
+                if !listed {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{name} still listed after 30 s");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+        .join()
+        .expect("topic deletion thread");
+    }
+
     /// Creates every slackline topic under this test's prefix.
     pub fn create_all_topics(&self, partitions: i32) {
         self.create_specs(self.names.specs(partitions));

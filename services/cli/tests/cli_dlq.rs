@@ -38,6 +38,7 @@ fn dead_letter(source: &str, key: &str, payload: &[u8]) -> Vec<u8> {
         payload_json: serde_json::Value::Null,
         payload_base64: base64::engine::general_purpose::STANDARD.encode(payload),
         dead_lettered_at: "2026-11-24T22:00:00Z".into(),
+        payload_omitted: None,
     }
     .to_json()
 }

@@ -74,8 +74,13 @@ pub(crate) fn record(raw: &RawCopy, source_topic: &str, group: &str, error: &str
         payload_json: serde_json::from_slice::<serde_json::Value>(&raw.payload).unwrap_or_default(),
         payload_base64: base64::engine::general_purpose::STANDARD.encode(&raw.payload),
         dead_lettered_at: chrono::Utc::now().to_rfc3339(),
+        payload_omitted: None,
     }
 }
+
+/// The largest DLQ value written: under librdkafka's default `message.max.bytes`
+/// (1,000,000) with room for the record's framing.
+const DLQ_RECORD_BUDGET: usize = 900_000;
 
 /// Produces the DLQ record and waits for Kafka's acknowledgement.
 pub(crate) async fn send(
@@ -90,11 +95,8 @@ pub(crate) async fn send(
     let mut bytes = dead.to_json();
     // A payload too large for the source topic is too large here too: keep the
     // coordinates and the error; the archive-key header finds the body.
-    if bytes.len() > 900_000 {
-        dead.payload_json = serde_json::Value::Null;
-        dead.payload_base64 = String::new();
-        dead.error =
-            format!("{error} (payload omitted: too large; replay it from the archive-key header)");
+    if bytes.len() > DLQ_RECORD_BUDGET {
+        dead.omit_payload(bytes.len(), DLQ_RECORD_BUDGET);
         bytes = dead.to_json();
     }
     let key = raw.key.clone().unwrap_or_default();

@@ -8,7 +8,7 @@ use futures::FutureExt;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::state::{Completion, Outcome, TaskInfo, Timer, Work};
+use super::state::{Completion, DeadLetter, Outcome, TaskInfo, Timer, Work};
 use super::{millis, now_ms, BoxedHandler, Key, Runtime};
 use crate::metrics::GroupMetrics;
 use crate::retry_headers::RetryMeta;
@@ -98,7 +98,7 @@ impl Runtime {
         // holding them here would hold the source partition's offset back.
         let next = if ks.is_parked() && !ks.busy_main && !ks.main_q.is_empty() {
             Next::ForwardAll
-        } else if ks.busy {
+        } else if ks.busy || ks.dlq_pending > 0 {
             return;
         } else if let Some(head) = ks.retry_q.front() {
             if head.due <= now {
@@ -305,7 +305,7 @@ impl Runtime {
                 what,
                 result,
                 topic,
-            }) => self.on_produced(p, epoch, what, result, topic),
+            }) => self.on_produced(p, epoch, what, result, topic).await,
             Some(Completion::Probed { p, epoch, result }) => self.on_probed(p, epoch, result).await,
             None => {}
         }
@@ -322,14 +322,7 @@ impl Runtime {
     ) {
         enum Then {
             Nothing,
-            DeadLetter {
-                from_retry: bool,
-                offset: i64,
-                event: Event,
-                error: String,
-                retryable: bool,
-                attempts: u32,
-            },
+            DeadLetter(DeadLetter),
             ToRetry(Event, RetryMeta),
         }
         let config = self.config.clone();
@@ -364,14 +357,15 @@ impl Runtime {
                 },
             ) => {
                 if !retryable || delays.is_empty() {
-                    Then::DeadLetter {
+                    Then::DeadLetter(DeadLetter {
                         from_retry: false,
                         offset: event.offset,
                         event,
                         error: last_error,
                         retryable,
                         attempts: 1,
-                    }
+                        stripped: false,
+                    })
                 } else {
                     tracing::warn!(
                         group = config.group_id,
@@ -402,15 +396,17 @@ impl Runtime {
                 let rounds = item.event.attempt.saturating_add(1);
                 match delays.get(rounds as usize - 1).filter(|_| retryable) {
                     None => {
-                        ks.retry_known.remove(&item.retry_offset);
-                        Then::DeadLetter {
+                        // The key stays parked on this offset until the dead letter
+                        // is acknowledged (invariant 1 in mod.rs).
+                        Then::DeadLetter(DeadLetter {
                             from_retry: true,
                             offset: item.retry_offset,
                             event: item.event,
                             error: last_error,
                             retryable,
                             attempts: rounds,
-                        }
+                            stripped: false,
+                        })
                     }
                     Some(&delay) => {
                         tracing::warn!(
@@ -436,17 +432,7 @@ impl Runtime {
         };
         match then {
             Then::Nothing => {}
-            Then::DeadLetter {
-                from_retry,
-                offset,
-                event,
-                error,
-                retryable,
-                attempts,
-            } => {
-                self.dead_letter(p, from_retry, offset, event, error, retryable, attempts)
-                    .await;
-            }
+            Then::DeadLetter(letter) => self.dead_letter(p, letter).await,
             Then::ToRetry(event, meta) => self.produce_retry(p, event, meta).await,
         }
         self.refresh_parked(p, &key);

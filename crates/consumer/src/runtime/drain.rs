@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::state::{PartitionState, RevokeDrain};
-use super::{take_thread, Runtime, FINAL_COMMIT_BUDGET};
+use super::{take_thread, Runtime, FINAL_COMMIT_BUDGET, REQUEST_TIMEOUT};
 use crate::poller::{Input, RuntimeContext};
 use crate::ConsumerError;
 
@@ -32,7 +33,29 @@ pub(super) fn commit(
     if let Err(e) = consumer.store_offsets(&tpl) {
         tracing::debug!(error = %e, "storing final offsets");
     }
-    consumer.commit(&tpl, CommitMode::Sync)
+    // A rebalance finishing just now (KIP-848 bumps the member epoch when another
+    // member leaves) makes the first commit stale; librdkafka has the new epoch a
+    // moment later. Anything else, or a third refusal, is the caller's error.
+    let mut attempt = 1;
+    loop {
+        match consumer.commit(&tpl, CommitMode::Sync) {
+            Err(e)
+                if attempt < 3
+                    && matches!(
+                        e.rdkafka_error_code(),
+                        Some(
+                            RDKafkaErrorCode::StaleMemberEpoch
+                                | RDKafkaErrorCode::RebalanceInProgress
+                        )
+                    ) =>
+            {
+                tracing::info!(error = %e, attempt, "final commit refused during a rebalance; again");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            result => return result,
+        }
+    }
 }
 
 impl Runtime {
@@ -232,4 +255,24 @@ impl Runtime {
             (None, None) => Ok(()),
         }
     }
+}
+
+/// Stores, for every assigned partition, the offset the group has committed (the
+/// low watermark where it has none), so that closing commits nothing new. Blocking.
+pub(super) fn store_committed(consumer: &BaseConsumer<RuntimeContext>) -> Result<(), KafkaError> {
+    let assignment = consumer.assignment()?;
+    let committed = consumer.committed_offsets(assignment, REQUEST_TIMEOUT)?;
+    let mut tpl = TopicPartitionList::new();
+    for e in committed.elements() {
+        let offset = match e.offset() {
+            Offset::Offset(o) => o,
+            _ => {
+                consumer
+                    .fetch_watermarks(e.topic(), e.partition(), REQUEST_TIMEOUT)?
+                    .0
+            }
+        };
+        tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset))?;
+    }
+    consumer.store_offsets(&tpl)
 }

@@ -4,6 +4,7 @@
 use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::state::Gate;
 use super::Runtime;
 
 impl Runtime {
@@ -14,6 +15,13 @@ impl Runtime {
         let mut tpl = TopicPartitionList::new();
         let mut any = false;
         for (p, st) in &mut self.partitions {
+            // Origins the source has gone past can no longer skip anything (held
+            // records, below the position, are only processed when the gate opens).
+            if st.gate == Gate::Open && !st.retry_origins.is_empty() {
+                let next = st.main.next();
+                st.retry_origins
+                    .retain(|_, origin| next.is_none_or(|n| *origin >= n));
+            }
             for (topic, tracker) in [
                 (&self.config.source_topic, &mut st.main),
                 (&self.config.retry_topic, &mut st.retry),
@@ -30,42 +38,85 @@ impl Runtime {
                 tracing::debug!(error = %e, "storing offsets");
             }
         }
-        let ps: Vec<i32> = self.partitions.keys().copied().collect();
-        for p in ps {
-            self.flow_control(p);
-        }
+        self.flow_control();
     }
 
-    /// Pauses a source partition with too many unfinished records; resumes it at half.
-    pub(super) fn flow_control(&mut self, p: i32) {
-        let (Some(consumer), Some(st)) = (&self.consumer, self.partitions.get_mut(&p)) else {
-            return;
-        };
-        let max = self.config.max_buffered_per_partition;
-        let pending = st.main.pending_len();
-        let change = if !st.paused && pending >= max {
-            Some(true)
-        } else if st.paused && pending <= max / 2 {
-            Some(false)
-        } else {
-            None
-        };
-        let Some(pause) = change else {
-            return;
-        };
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.config.source_topic, p);
-        let result = if pause {
-            consumer.pause(&tpl)
-        } else {
-            consumer.resume(&tpl)
-        };
-        match result {
-            Ok(()) => {
-                st.paused = pause;
-                tracing::debug!(partition = p, pending, pause, "flow control");
-            }
-            Err(e) => tracing::warn!(error = %e, partition = p, "pause/resume failed"),
+    /// Pauses and resumes fetching to keep memory bounded (invariant 6 in mod.rs):
+    ///
+    /// - a source partition with [`RuntimeConfig::max_buffered_per_partition`]
+    ///   unfinished records pauses, and resumes at half;
+    /// - all source partitions pause while the source records held (held, queued,
+    ///   being handled or being produced) reach a fifth of
+    ///   [`RuntimeConfig::max_buffered_bytes`], and resume at a tenth;
+    /// - all retry partitions pause the same way on the retry records held.
+    ///
+    /// A fifth each, because what the polling thread has already handed over comes
+    /// on top of a pause (at most another fifth: see the poller's batch bytes), and
+    /// each side may be at its peak at the same time. A parked key's unread retry
+    /// records keep it parked by offset alone (`KeyState::retry_known`), so pausing
+    /// the retry side never reorders anything.
+    ///
+    /// [`RuntimeConfig::max_buffered_per_partition`]: crate::RuntimeConfig::max_buffered_per_partition
+    /// [`RuntimeConfig::max_buffered_bytes`]: crate::RuntimeConfig::max_buffered_bytes
+    pub(super) fn flow_control(&mut self) {
+        let side_max = self.config.max_buffered_bytes / 5;
+        let (mut main_bytes, mut retry_bytes) = (0, 0);
+        for st in self.partitions.values() {
+            main_bytes += st.main.pending_bytes();
+            retry_bytes += st.retry.pending_bytes();
         }
+        self.metrics
+            .buffered_bytes(&self.config.source_topic, main_bytes);
+        self.metrics
+            .buffered_bytes(&self.config.retry_topic, retry_bytes);
+        self.main_over_bytes = hysteresis(self.main_over_bytes, main_bytes, side_max);
+        self.retry_over_bytes = hysteresis(self.retry_over_bytes, retry_bytes, side_max);
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let max_records = self.config.max_buffered_per_partition;
+        let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+        let mut changed = Vec::new();
+        for (p, st) in &mut self.partitions {
+            st.over_records = hysteresis(st.over_records, st.main.pending_len(), max_records);
+            let main = st.over_records || self.main_over_bytes;
+            let retry = self.retry_over_bytes;
+            for (topic, want, paused) in [
+                (&self.config.source_topic, main, &mut st.main_paused),
+                (&self.config.retry_topic, retry, &mut st.retry_paused),
+            ] {
+                if want != *paused {
+                    let list = if want { &mut pause } else { &mut resume };
+                    list.add_partition(topic, *p);
+                    *paused = want;
+                    changed.push((topic.clone(), *p, want));
+                }
+            }
+        }
+        for (list, paused) in [(&pause, true), (&resume, false)] {
+            if list.count() == 0 {
+                continue;
+            }
+            let result = if paused {
+                consumer.pause(list)
+            } else {
+                consumer.resume(list)
+            };
+            if let Err(e) = result {
+                tracing::warn!(error = %e, paused, "pause/resume failed");
+            }
+        }
+        if !changed.is_empty() {
+            tracing::debug!(?changed, main_bytes, retry_bytes, "flow control");
+        }
+    }
+}
+
+/// Over at `max`, back under at half of it.
+fn hysteresis(over: bool, value: usize, max: usize) -> bool {
+    if over {
+        value > max / 2
+    } else {
+        value >= max
     }
 }

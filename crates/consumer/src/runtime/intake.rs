@@ -10,7 +10,7 @@ use rdkafka::{Message, TopicPartitionList};
 
 use super::state::{Gate, PartitionState, RetryItem};
 use super::{headers_of, instant_at, Runtime};
-use crate::poller::Input;
+use crate::poller::{record_bytes, Input};
 use crate::retry_headers;
 use crate::{ConsumerError, Event};
 
@@ -28,6 +28,7 @@ impl Runtime {
                         self.on_retry_record(&m).await;
                     }
                 }
+                self.flow_control();
             }
             Input::Assign(partitions) => self.on_assign(partitions),
             Input::Revoke { partitions, reply } => self.on_revoke(partitions, reply),
@@ -55,25 +56,37 @@ impl Runtime {
             return;
         }
         tracing::info!(group = self.config.group_id, partitions = ?main, "partitions assigned");
+        // A revoke still open here is one whose callback gave up waiting for the
+        // loop's answer (the loop was held up) and let librdkafka go on: settle it
+        // now, so a partition given back to this member starts from fresh state
+        // instead of staying in its draining state (which drops its records).
+        if self.revoke.is_some() {
+            tracing::warn!(
+                group = self.config.group_id,
+                "assignment while a revoke was unanswered; dropping the revoked state"
+            );
+            self.complete_revoke();
+        }
+        // Partitions this member keeps (incremental rebalances) keep their state.
+        main.retain(|p| !self.partitions.contains_key(p));
         // A pause (flow control) may outlive a revocation in librdkafka: start clean.
         if let Some(consumer) = &self.consumer {
             let mut tpl = TopicPartitionList::new();
             for p in &main {
                 tpl.add_partition(&self.config.source_topic, *p);
+                tpl.add_partition(&self.config.retry_topic, *p);
             }
             if let Err(e) = consumer.resume(&tpl) {
                 tracing::debug!(error = %e, "resuming assigned partitions");
             }
         }
         for p in main {
-            if self.partitions.contains_key(&p) {
-                continue;
-            }
             self.next_epoch += 1;
             let epoch = self.next_epoch;
             self.partitions.insert(p, PartitionState::new(epoch));
             self.spawn_probe(p, epoch, Duration::ZERO);
         }
+        self.flow_control();
     }
 
     pub(super) async fn on_main_record(&mut self, m: &OwnedMessage) {
@@ -81,7 +94,7 @@ impl Runtime {
         let Some(st) = self.partitions.get_mut(&p) else {
             return;
         };
-        if st.draining || !st.main.received(m.offset()) {
+        if st.draining || !st.main.received(m.offset(), record_bytes(m)) {
             return;
         }
         let event = Event {
@@ -99,7 +112,6 @@ impl Runtime {
         } else {
             st.held.push_back(event);
         }
-        self.flow_control(p);
     }
 
     pub(super) async fn on_retry_record(&mut self, m: &OwnedMessage) {
@@ -109,7 +121,7 @@ impl Runtime {
             return;
         };
         let offset = m.offset();
-        if st.draining || !st.retry.received(offset) {
+        if st.draining || !st.retry.received(offset, record_bytes(m)) {
             return;
         }
         let d = retry_headers::decode(m.headers());
@@ -127,13 +139,17 @@ impl Runtime {
         // restart) must not be handled or moved again when it comes from the source:
         // remember its offset unless the source record was already processed. While
         // the gate is closed, received source records are held, not processed yet.
+        // And the key's source records before it were finished before it came here
+        // (one record of a key at a time): remember how far that goes, per key.
+        let key = event.key.clone();
         if event.topic == source_topic
             && event.partition == p
             && (st.gate != Gate::Open || st.main.next().is_none_or(|n| event.offset >= n))
         {
             st.in_retry.insert(event.offset);
+            let origin = st.retry_origins.entry(key.clone()).or_insert(event.offset);
+            *origin = (*origin).max(event.offset);
         }
-        let key = event.key.clone();
         let ks = st.keys.entry(key.clone()).or_default();
         ks.retry_known.insert(offset);
         ks.retry_q.push_back(RetryItem {
@@ -171,7 +187,9 @@ impl Runtime {
     }
 
     /// A source record whose gate is open: skip it if it is already in the retry
-    /// topic, move it behind its key if the key is parked, else queue it for the key.
+    /// topic or was finished before a later record of its key went there (both
+    /// known from the retry partition's original-offset headers), move it behind
+    /// its key if the key is parked, else queue it for the key.
     pub(super) async fn process_main(&mut self, p: i32, event: Event) {
         let Some(st) = self.partitions.get_mut(&p) else {
             return;
@@ -189,6 +207,22 @@ impl Runtime {
             return;
         }
         let key = event.key.clone();
+        if st
+            .retry_origins
+            .get(&key)
+            .is_some_and(|&origin| event.offset < origin)
+        {
+            // Finished before a later record of its key went to the retry topic
+            // (handled or dead-lettered by a previous owner, above the commit point):
+            // running it now would apply it after that later record.
+            tracing::debug!(
+                partition = p,
+                offset = event.offset,
+                "finished before a later record of its key was moved"
+            );
+            st.main.finished(event.offset);
+            return;
+        }
         let ks = st.keys.entry(key.clone()).or_default();
         if ks.is_parked() && ks.main_q.is_empty() && !ks.busy_main {
             self.forward(p, event).await;

@@ -36,15 +36,18 @@
 //!    (the gate) until retry p has been read up to the high watermark seen at
 //!    assignment, so every parked key is known before a source record of it runs.
 //!    Source records already in retry p (found by their original-offset header) are
-//!    skipped when they come again from the source, whether they were held or not.
+//!    skipped when they come again from the source, whether they were held or not,
+//!    and so are the key's source records below the highest such offset: by 1,
+//!    they were finished before it was moved, and running them again would apply
+//!    them after it (the replay above a commit point stays in source order).
 //! 4. **Commit below finished only.** The stored offset of each topic-partition is
 //!    the lowest unfinished offset ([`crate::offsets::OffsetTracker`]); an
 //!    unacknowledged produce keeps its record unfinished.
 //! 5. **A failed produce stops the runtime** rather than let a later record of the
 //!    key overtake the record it could not place, except a record too large for its
 //!    topic, which is dead-lettered without its payload (the archive has it).
-//! 6. **Bounded memory.** Records held in memory are counted in bytes; past the
-//!    bound the source and retry partitions are paused (flow.rs). A parked key's
+//! 6. **Bounded memory.** Records held in memory are counted in bytes; past their
+//!    share of the bound the source or the retry partitions are paused (flow.rs). A parked key's
 //!    unread retry records keep it parked through `KeyState::retry_known`, so
 //!    pausing the retry partition never unparks a key.
 
@@ -53,7 +56,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -74,15 +77,19 @@ mod produce;
 mod start;
 mod state;
 
+use self::drain::store_committed;
 use self::start::{check_topics, drop_consumer};
 use self::state::{Completion, PartitionState, RevokeDrain, TaskInfo, Timer};
 use crate::metrics::GroupMetrics;
-use crate::poller::{poll_loop, Input, LagReporter, RuntimeContext};
+use crate::poller::{poll_loop, Input, LagReporter, RuntimeContext, CHANNEL_CAPACITY};
 use crate::{ConsumerError, ConsumerMetrics, Event, HandlerError, HeaderList, RuntimeConfig};
 
 type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
 type BoxedHandler = Arc<dyn Fn(Event) -> HandlerFuture + Send + Sync>;
 type Key = Option<Vec<u8>>;
+
+/// librdkafka's default `message.max.bytes`.
+const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
 /// How long blocking metadata, watermark and commit requests may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -93,6 +100,9 @@ pub struct ConsumerRuntime;
 /// A running consumer runtime.
 pub struct RuntimeHandle {
     task: JoinHandle<Result<(), ConsumerError>>,
+    /// For [`RuntimeHandle::crash`] only: a strong reference would keep the consumer
+    /// open past the runtime's own end.
+    consumer: Weak<BaseConsumer<RuntimeContext>>,
     closing: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     poll_thread: PollThread,
@@ -114,19 +124,34 @@ fn take_thread(thread: &PollThread) -> Option<std::thread::JoinHandle<()>> {
 pub const FINAL_COMMIT_BUDGET: Duration = Duration::from_secs(5);
 
 impl RuntimeHandle {
-    /// Stops the runtime the way a killed process stops: no draining, no final
-    /// commit, no revoke answer; in-flight handler calls are dropped. What librdkafka
-    /// auto-committed before (only offsets the runtime had stored as finished) stays.
-    /// Returns once the polling thread has closed the consumer, so the group has
-    /// seen this member leave. For tests of crash recovery.
+    /// Stops the runtime the way a killed process stops, for tests of crash
+    /// recovery: no draining, no revoke answer, no final commit; in-flight handler
+    /// calls are dropped. librdkafka would commit the stored offsets when the
+    /// consumer closes, which a killed process never does, so they are first set
+    /// back to what the group has committed (the beginning where nothing is). Only
+    /// what was auto-committed before stays. Unlike a killed process, the member
+    /// leaves the group at once instead of after its session timeout; nothing else
+    /// differs. Returns once the consumer is closed.
     pub async fn crash(self) {
+        let consumer = self.consumer.upgrade();
         self.closing.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
         self.task.abort();
         let _ = self.task.await;
-        if let Some(thread) = take_thread(&self.poll_thread) {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
+        let thread = take_thread(&self.poll_thread);
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Some(thread) = thread {
+                let _ = thread.join();
+            }
+            if let Some(consumer) = consumer {
+                if let Err(e) = store_committed(&consumer) {
+                    tracing::warn!(error = %e, "crash: resetting the stored offsets");
+                }
+                // Closing leaves the group and commits the offsets just reset.
+                drop(consumer);
+            }
+        })
+        .await;
     }
 
     /// Waits until the runtime has stopped (after `shutdown` fired, or after a fatal
@@ -161,6 +186,11 @@ impl ConsumerRuntime {
         let handler: BoxedHandler = Arc::new(move |event| Box::pin(handler(event)));
         let group = config.group_id.clone();
         let producer = settings.producer(&format!("{group}-runtime"), config.produce_timeout)?;
+        let max_record_bytes = settings
+            .producer_config(&format!("{group}-runtime"), config.produce_timeout)
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES);
         let mut consumer_config = settings.consumer_config(&format!("{group}-runtime"), &group);
         // Set after the user's properties: the design depends on them (crate docs).
         // Co-partitioning needs a range assignment: client-side under the classic
@@ -189,14 +219,20 @@ impl ConsumerRuntime {
             );
         let metrics = metrics.group(&group);
 
-        let (tx, rx) = mpsc::channel(64);
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let closing = Arc::new(AtomicBool::new(false));
         let reply_wait = config.revoke_grace + REQUEST_TIMEOUT;
         let lag = LagReporter {
             metrics: metrics.clone(),
             topics: [config.source_topic.clone(), config.retry_topic.clone()],
         };
-        let context = RuntimeContext::new(tx, closing.clone(), reply_wait, lag);
+        let context = RuntimeContext::new(
+            tx,
+            closing.clone(),
+            reply_wait,
+            lag,
+            config.max_buffered_bytes,
+        );
         let consumer: BaseConsumer<RuntimeContext> =
             consumer_config.create_with_context(context)?;
         let consumer = Arc::new(consumer);
@@ -244,12 +280,14 @@ impl ConsumerRuntime {
             dlq = config.dlq_topic,
             "consumer runtime started"
         );
+        let weak_consumer = Arc::downgrade(&consumer);
         let runtime = Runtime {
             config: Arc::new(config),
             handler,
             metrics,
-            consumer: Some(consumer),
+            consumer: Some(consumer.clone()),
             producer,
+            max_record_bytes,
             partitions: HashMap::new(),
             next_epoch: 0,
             tasks: JoinSet::new(),
@@ -259,6 +297,8 @@ impl ConsumerRuntime {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             revoke: None,
+            main_over_bytes: false,
+            retry_over_bytes: false,
             shutdown_deadline: None,
             fatal: None,
             closing: closing.clone(),
@@ -269,6 +309,7 @@ impl ConsumerRuntime {
         let task = tokio::spawn(runtime.run(rx, shutdown));
         Ok(RuntimeHandle {
             task,
+            consumer: weak_consumer,
             closing,
             stop,
             poll_thread,
@@ -282,6 +323,8 @@ struct Runtime {
     metrics: GroupMetrics,
     consumer: Option<Arc<BaseConsumer<RuntimeContext>>>,
     producer: FutureProducer,
+    /// The producer's `message.max.bytes`: a DLQ record is fitted under it.
+    max_record_bytes: usize,
     partitions: HashMap<i32, PartitionState>,
     next_epoch: u64,
     tasks: JoinSet<Completion>,
@@ -291,6 +334,9 @@ struct Runtime {
     timers: BinaryHeap<Reverse<Timer>>,
     timer_seq: u64,
     revoke: Option<RevokeDrain>,
+    /// The source / retry records held are over their share of the byte bound.
+    main_over_bytes: bool,
+    retry_over_bytes: bool,
     shutdown_deadline: Option<Instant>,
     fatal: Option<ConsumerError>,
     closing: Arc<AtomicBool>,

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::Key;
 use crate::offsets::OffsetTracker;
+use crate::retry_headers::RetryMeta;
 use crate::Event;
 
 /// Whether the source partition may be handled yet (crate docs, "parking survives").
@@ -53,6 +54,10 @@ pub(super) struct KeyState {
     pub(super) retry_known: BTreeSet<i64>,
     /// Last parked state reported to the gauge.
     pub(super) parked: bool,
+    /// Dead letters of the key not acknowledged yet: the key waits for them (a
+    /// failed DLQ produce stops the runtime, and the record is handled again after
+    /// the restart, so nothing later of the key may have run).
+    pub(super) dlq_pending: usize,
 }
 
 impl KeyState {
@@ -64,6 +69,7 @@ impl KeyState {
 
     pub(super) fn is_idle(&self) -> bool {
         !self.busy
+            && self.dlq_pending == 0
             && !self.waiting
             && !self.parked
             && self.main_q.is_empty()
@@ -84,12 +90,20 @@ pub(super) struct PartitionState {
     /// Source offsets already present in retry partition p (from its headers): a
     /// redelivered source record among them is not handled or moved again.
     pub(super) in_retry: BTreeSet<i64>,
+    /// Per key, the highest source offset found in retry partition p that this
+    /// assignment had not processed from the source yet: the key's source records
+    /// below it were finished before it was moved, so they are skipped.
+    pub(super) retry_origins: HashMap<Key, i64>,
     pub(super) handlers_running: usize,
     pub(super) produces_pending: usize,
     pub(super) handler_tasks: HashMap<tokio::task::Id, AbortHandle>,
     /// Revoking or shutting down: no new handler calls.
     pub(super) draining: bool,
-    pub(super) paused: bool,
+    /// Fetching of source p / retry p is paused (flow control).
+    pub(super) main_paused: bool,
+    pub(super) retry_paused: bool,
+    /// Source p has too many unfinished records (flow control, with hysteresis).
+    pub(super) over_records: bool,
     pub(super) parked_keys: i64,
 }
 
@@ -103,11 +117,14 @@ impl PartitionState {
             held: VecDeque::new(),
             keys: HashMap::new(),
             in_retry: BTreeSet::new(),
+            retry_origins: HashMap::new(),
             handlers_running: 0,
             produces_pending: 0,
             handler_tasks: HashMap::new(),
             draining: false,
-            paused: false,
+            main_paused: false,
+            retry_paused: false,
+            over_records: false,
             parked_keys: 0,
         }
     }
@@ -133,18 +150,34 @@ pub(super) enum Outcome {
     },
 }
 
-/// What an acknowledged produce finishes.
+/// What an acknowledged produce finishes. The event is kept until the
+/// acknowledgement: a record too large for its topic is dead-lettered from it.
 pub(super) enum Produced {
     /// A source record moved to the retry topic.
-    ToRetry { key: Key, main_offset: i64 },
-    /// A record dead-lettered; `retry` says from which topic `offset` is.
-    ToDlq {
-        retry: bool,
-        offset: i64,
-        event: Box<Event>,
-        error: String,
-        attempts: u32,
-    },
+    ToRetry { event: Box<Event>, meta: RetryMeta },
+    /// A record dead-lettered; `from_retry` says from which topic `offset` is.
+    ToDlq(Box<DeadLetter>),
+}
+
+/// A record on its way to the DLQ.
+pub(super) struct DeadLetter {
+    /// Whether `offset` is of the retry topic (else of the source topic).
+    pub(super) from_retry: bool,
+    pub(super) offset: i64,
+    pub(super) event: Event,
+    pub(super) error: String,
+    pub(super) retryable: bool,
+    pub(super) attempts: u32,
+    /// The payload (and headers) left out because the record would not fit.
+    pub(super) stripped: bool,
+}
+
+/// Why a produce failed.
+pub(super) struct ProduceFailure {
+    pub(super) reason: String,
+    /// The record is larger than the producer or the topic accepts: producing it
+    /// again cannot succeed.
+    pub(super) too_large: bool,
 }
 
 pub(super) enum Completion {
@@ -159,7 +192,7 @@ pub(super) enum Completion {
         p: i32,
         epoch: u64,
         what: Produced,
-        result: Result<(i32, i64), String>,
+        result: Result<(i32, i64), ProduceFailure>,
         topic: String,
     },
     Probed {

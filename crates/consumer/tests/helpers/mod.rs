@@ -26,6 +26,7 @@ pub const PARTITIONS: i32 = 4;
 
 /// The shared Apache Kafka broker, under a topic and group prefix of this test's own.
 pub fn kafka() -> TestCluster {
+    slackline_testkit::kafka::init_logs();
     TestCluster::kafka()
 }
 
