@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wal::{self, Wal};
-use crate::ArchiveError;
+use crate::{ArchiveError, LogFaults};
 
 /// Most writes flushed together.
 const MAX_BATCH: usize = 512;
@@ -55,6 +55,15 @@ impl FileArchive {
     /// Opens (creating it if needed) the directory and starts its writer thread, which
     /// ends when the last clone of the archive is dropped.
     pub fn open(root: impl Into<PathBuf>) -> Result<FileArchive, ArchiveError> {
+        FileArchive::open_with_faults(root, LogFaults::default())
+    }
+
+    /// Test seam: [`FileArchive::open`] with failures injected into the write-ahead
+    /// log as `faults` is armed (see [`LogFaults`]). The services never call this.
+    pub fn open_with_faults(
+        root: impl Into<PathBuf>,
+        faults: LogFaults,
+    ) -> Result<FileArchive, ArchiveError> {
         let root: PathBuf = root.into();
         fs::create_dir_all(&root).map_err(io_error(&root))?;
         let mut known_dirs = HashSet::new();
@@ -62,21 +71,22 @@ impl FileArchive {
             write_one(&root, key, data, &mut known_dirs)
                 .map_err(|e| std::io::Error::other(e.to_string()))
         };
-        let (wal, restored) =
-            Wal::open(&root, &mut restore, flush).map_err(io_error(&root.join(wal::WAL_DIR)))?;
+        let (wal, restored) = Wal::open(&root, &mut restore, flush, faults.clone())
+            .map_err(io_error(&root.join(wal::WAL_DIR)))?;
         if restored > 0 {
             tracing::warn!(restored, root = %root.display(), "archive recovered objects from its write-ahead log");
         }
         let (writer, requests) = mpsc::unbounded_channel();
         let (retire_tx, retired) = std::sync::mpsc::channel::<PathBuf>();
         let thread_root = root.clone();
+        let checkpoint_faults = faults;
         // Checkpoints flush the whole file system, which can take long on a busy
         // machine: they run beside the writer so that writes never wait for them.
         std::thread::Builder::new()
             .name("archive-checkpoint".into())
             .spawn(move || {
                 for segment in retired {
-                    if let Err(e) = wal::retire(&thread_root, &segment, flush) {
+                    if let Err(e) = wal::retire(&thread_root, &segment, flush, &checkpoint_faults) {
                         tracing::warn!(error = %e, segment = %segment.display(), "archive checkpoint failed; the segment is kept for recovery");
                     }
                 }
@@ -200,6 +210,12 @@ fn is_temporary(path: &Path) -> bool {
 /// The writer thread: batch, write, rename, one log append and `fdatasync`, answer;
 /// checkpoint the log now and then. Ends (with a checkpoint) when every handle to
 /// the archive is gone.
+///
+/// A failed append answers its batch with an error and leaves the log cut back to
+/// its last durable record ([`Wal::append`]). If the log could not be cut back, no
+/// write is acknowledged (nor even written) until a rotation to a fresh segment
+/// succeeds: each batch tries one first, and is refused with
+/// [`ArchiveError::LogUnavailable`] if it fails.
 fn write_loop(
     root: &Path,
     mut wal: Wal,
@@ -210,12 +226,27 @@ fn write_loop(
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
     let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(MAX_BATCH);
     let mut log: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut refused: u64 = 0;
     while let Some(first) = requests.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
                 Ok(next) => batch.push(next),
                 Err(_) => break,
+            }
+        }
+        if wal.broken().is_some() {
+            if rotate(root, &mut wal, &retire) {
+                tracing::warn!(refused, root = %root.display(), "archive log replaced by a fresh segment; writes are accepted again");
+                refused = 0;
+            } else if let Some(reason) = wal.broken() {
+                refused += batch.len() as u64;
+                for w in batch.drain(..) {
+                    let _ = w.done.send(Err(ArchiveError::LogUnavailable {
+                        reason: reason.to_owned(),
+                    }));
+                }
+                continue;
             }
         }
         results.extend(
@@ -231,10 +262,14 @@ fn write_loop(
         }
         if !log.is_empty() {
             if let Err(e) = wal.append(&log) {
-                tracing::error!(error = %e, "archive log append failed");
-                // The segment may now end in a torn record, and recovery stops at the
-                // first bad record: later batches must not be appended behind it.
-                rotate(root, &mut wal, &retire);
+                match wal.broken() {
+                    None => {
+                        tracing::error!(error = %e, "archive log append failed; the log was cut back to its last good record")
+                    }
+                    Some(reason) => {
+                        tracing::error!(error = %e, reason, "archive log append failed and the log could not be cut back; writes are refused until a fresh segment starts")
+                    }
+                }
                 known_dirs.clear();
                 for r in results.iter_mut().filter(|r| r.is_ok()) {
                     *r = Err(ArchiveError::Io {
@@ -255,14 +290,24 @@ fn write_loop(
     rotate(root, &mut wal, &retire);
 }
 
-fn rotate(root: &Path, wal: &mut Wal, retire: &std::sync::mpsc::Sender<PathBuf>) {
-    // A failed rotation loses nothing: the current segment keeps every object.
+/// Starts a fresh segment and hands the old one to the checkpoint thread; whether it
+/// did. A failed rotation loses nothing: the current segment keeps every object
+/// (and if it is broken, writes stay refused until a rotation succeeds).
+fn rotate(root: &Path, wal: &mut Wal, retire: &std::sync::mpsc::Sender<PathBuf>) -> bool {
     match wal.rotate() {
         Ok(old) => {
             let _ = retire.send(old);
+            true
+        }
+        // Retried by every batch while the log is broken: kept quiet (each refused
+        // write fails its request, which is logged there).
+        Err(e) if wal.broken().is_some() => {
+            tracing::debug!(error = %e, root = %root.display(), "archive log rotation failed; writes stay refused");
+            false
         }
         Err(e) => {
-            tracing::warn!(error = %e, root = %root.display(), "archive log rotation failed; the segment keeps growing")
+            tracing::warn!(error = %e, root = %root.display(), "archive log rotation failed; the segment keeps growing");
+            false
         }
     }
 }

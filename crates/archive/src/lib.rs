@@ -12,6 +12,7 @@
 //! `fdatasync` of a write-ahead log makes a whole batch durable before any of its
 //! writers is told "done".
 
+mod faults;
 mod file;
 mod key;
 mod record;
@@ -21,6 +22,7 @@ mod wal;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
+pub use faults::LogFaults;
 pub use file::FileArchive;
 pub use key::{key_time, object_key, RAW_PREFIX};
 pub use record::{ArchiveRecord, RECORD_FORMAT};
@@ -58,6 +60,14 @@ pub enum ArchiveError {
         key: String,
         /// The SDK's error, flattened with its causes.
         message: String,
+    },
+    /// The write-ahead log failed and could not be cut back to its last good record,
+    /// and no fresh segment could be started yet: writes are refused (not
+    /// acknowledged) until one can. Each refused write retries the rotation.
+    #[error("archive write-ahead log unusable, write refused: {reason}")]
+    LogUnavailable {
+        /// What broke the log, and why it could not be repaired.
+        reason: String,
     },
     /// The object does not exist.
     #[error("archive object {0} not found")]

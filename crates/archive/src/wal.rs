@@ -8,6 +8,13 @@
 //! the segment. After a crash, [`Wal::open`] restores every object a surviving segment
 //! holds, so nothing that was acknowledged can be missing or torn, then checkpoints.
 //!
+//! Recovery reads a segment up to its first torn or corrupt record, so nothing may
+//! ever be appended behind one: an append that fails in any way (a short or failed
+//! write, a failed `fdatasync`) is cut back to the segment's last durable record
+//! (`ftruncate`, `fsync`) before anything else is appended. If that fails too, the
+//! segment is marked broken and takes no more appends; the writer refuses writes
+//! until a rotation to a fresh segment succeeds (see [`Wal::append`]).
+//!
 //! Why: on a busy machine, flushing the whole file system (`syncfs`) per batch costs
 //! several times more than one `fdatasync` of an append-only file (measured on the
 //! development machine; see the edge benchmark notes).
@@ -16,6 +23,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use crate::faults::{self, LogFaults};
 
 /// A segment this large is checkpointed and replaced.
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
@@ -48,9 +57,9 @@ pub(crate) fn encode_record(buf: &mut Vec<u8>, key: &str, data: &[u8]) {
     buf.extend_from_slice(&checksum(key.as_bytes(), data).to_le_bytes());
 }
 
-/// The complete records at the start of `bytes`; parsing stops at the first torn or
-/// corrupt one (the tail of a crash).
-pub(crate) fn decode_records(bytes: &[u8]) -> Vec<(String, &[u8])> {
+/// The complete records at the start of `bytes`, and the length they span; parsing
+/// stops at the first torn or corrupt one (a write that was never acknowledged).
+pub(crate) fn decode_records(bytes: &[u8]) -> (Vec<(String, &[u8])>, usize) {
     let mut out = Vec::new();
     let mut at = 0;
     let u32_at = |i: usize| -> Option<u32> {
@@ -84,7 +93,7 @@ pub(crate) fn decode_records(bytes: &[u8]) -> Vec<(String, &[u8])> {
         out.push((key.to_owned(), data));
         at = end + TRAILER;
     }
-    out
+    (out, at)
 }
 
 /// The current segment.
@@ -93,8 +102,15 @@ pub(crate) struct Wal {
     file: File,
     path: PathBuf,
     seq: u64,
+    /// The length of the segment's complete, durable records: where the next append
+    /// starts, and where a failed append is cut back to.
     size: u64,
     started: Instant,
+    /// Why the segment may end in bytes that are not complete, durable records (a
+    /// failed append that could not be cut back). Nothing is appended to it any more;
+    /// only [`Wal::rotate`] to a fresh segment clears this.
+    broken: Option<String>,
+    faults: LogFaults,
 }
 
 impl Wal {
@@ -104,6 +120,7 @@ impl Wal {
         root: &Path,
         restore: &mut dyn FnMut(&str, &[u8]) -> io::Result<()>,
         flush: fn(&Path) -> io::Result<()>,
+        faults: LogFaults,
     ) -> io::Result<(Wal, usize)> {
         let dir = root.join(WAL_DIR);
         fs::create_dir_all(&dir)?;
@@ -120,9 +137,16 @@ impl Wal {
         for (_, path) in &segments {
             let mut bytes = Vec::new();
             File::open(path)?.read_to_end(&mut bytes)?;
-            for (key, data) in decode_records(&bytes) {
+            let (records, complete) = decode_records(&bytes);
+            for (key, data) in records {
                 restore(&key, data)?;
                 restored += 1;
+            }
+            if complete < bytes.len() {
+                // Only a write that was never acknowledged ends like this: an append
+                // torn by the crash, or a failed one that could not be cut back
+                // (nothing was appended to that segment afterwards).
+                tracing::warn!(segment = %path.display(), dropped_bytes = bytes.len() - complete, "archive log segment ends in an incomplete record; it was never acknowledged");
             }
         }
         if !segments.is_empty() {
@@ -141,6 +165,8 @@ impl Wal {
                 seq,
                 size: 0,
                 started: Instant::now(),
+                broken: None,
+                faults,
             },
             restored,
         ))
@@ -149,34 +175,87 @@ impl Wal {
     fn create_segment(dir: &Path, seq: u64) -> io::Result<(File, PathBuf)> {
         let path = dir.join(format!("{seq:020}.log"));
         let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        // A file of this number can only be left by an earlier attempt at this
+        // rotation that failed after creating it: it holds nothing.
+        file.set_len(0)?;
         // The new segment's directory entry must survive a crash too.
         File::open(dir)?.sync_all()?;
         Ok((file, path))
     }
 
+    /// Why the segment takes no more appends, if it does not (see [`Wal::rotate`]).
+    pub(crate) fn broken(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
     /// Appends a batch (already encoded) and makes it durable.
+    ///
+    /// If any part fails (a short or failed write, a failed `fdatasync`) the batch is
+    /// not durable, and the segment may end in a torn record, behind which recovery
+    /// would find nothing: the segment is cut back to its last durable record, so
+    /// the next batch starts there. If even that fails the segment is marked broken
+    /// and refuses appends until [`Wal::rotate`] replaces it.
     pub(crate) fn append(&mut self, batch: &[u8]) -> io::Result<()> {
+        if let Some(reason) = &self.broken {
+            return Err(io::Error::other(format!(
+                "segment takes no appends: {reason}"
+            )));
+        }
+        let appended = self.write_and_sync(batch);
+        if let Err(e) = &appended {
+            if let Err(cut) = self.cut_back() {
+                self.broken = Some(format!(
+                    "append failed ({e}), and cutting the segment back to its last good record failed ({cut})"
+                ));
+            }
+        }
+        appended
+    }
+
+    fn write_and_sync(&mut self, batch: &[u8]) -> io::Result<()> {
+        if let Some(budget) = self.faults.take_append_budget() {
+            let torn = usize::try_from(budget)
+                .unwrap_or(usize::MAX)
+                .min(batch.len());
+            self.file.write_all(&batch[..torn])?;
+            return Err(faults::injected("append"));
+        }
         self.file.write_all(batch)?;
+        self.faults.sync()?;
         self.file.sync_data()?;
         self.size += batch.len() as u64;
         Ok(())
     }
 
+    /// Truncates the segment to its durable records and makes that durable.
+    fn cut_back(&mut self) -> io::Result<()> {
+        self.faults.truncate()?;
+        self.file.set_len(self.size)?;
+        self.faults.sync()?;
+        self.file.sync_all()
+    }
+
     /// Whether the segment should be checkpointed.
     pub(crate) fn due(&self) -> bool {
-        self.size >= CHECKPOINT_BYTES || (self.size > 0 && self.started.elapsed() >= CHECKPOINT_AGE)
+        (self.faults.rotate_every_batch() && self.size > 0)
+            || self.size >= CHECKPOINT_BYTES
+            || (self.size > 0 && self.started.elapsed() >= CHECKPOINT_AGE)
     }
 
     /// Starts a new segment and returns the old one's path. The old segment may be
     /// deleted once every object written so far has been flushed (see
-    /// [`retire`]); until then it still guards them.
+    /// [`retire`]); until then it still guards them (its records up to any torn
+    /// tail: a broken segment got no appends after the failure). On failure nothing
+    /// changes: the current segment stays, broken or not.
     pub(crate) fn rotate(&mut self) -> io::Result<PathBuf> {
+        self.faults.rotate()?;
         let (file, path) = Self::create_segment(&self.dir, self.seq + 1)?;
         let old = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.seq += 1;
         self.size = 0;
         self.started = Instant::now();
+        self.broken = None;
         Ok(old)
     }
 }
@@ -187,7 +266,9 @@ pub(crate) fn retire(
     root: &Path,
     segment: &Path,
     flush: fn(&Path) -> io::Result<()>,
+    faults: &LogFaults,
 ) -> io::Result<()> {
+    faults.checkpoint()?;
     flush(root)?;
     fs::remove_file(segment)
 }
@@ -202,7 +283,8 @@ mod tests {
         encode_record(&mut buf, "raw/a.json", b"first");
         encode_record(&mut buf, "raw/b.json", b"");
         encode_record(&mut buf, "raw/c.json", b"third");
-        let all = decode_records(&buf);
+        let (all, complete) = decode_records(&buf);
+        assert_eq!(complete, buf.len());
         assert_eq!(all.len(), 3);
         assert_eq!((all[0].0.as_str(), all[0].1), ("raw/a.json", &b"first"[..]));
         let ends: Vec<usize> = {
@@ -214,10 +296,16 @@ mod tests {
         };
         for cut in 0..=buf.len() {
             let complete = ends.iter().filter(|end| **end <= cut).count();
-            assert_eq!(decode_records(&buf[..cut]).len(), complete, "cut at {cut}");
+            let (records, len) = decode_records(&buf[..cut]);
+            assert_eq!(records.len(), complete, "cut at {cut}");
+            assert_eq!(
+                len,
+                [0, ends[0], ends[1], ends[2]][complete],
+                "cut at {cut}"
+            );
         }
         assert_eq!(
-            decode_records(&buf[..buf.len() - 1]).len(),
+            decode_records(&buf[..buf.len() - 1]).0.len(),
             2,
             "torn last record"
         );
@@ -225,7 +313,7 @@ mod tests {
         let last = corrupt.len() - 10;
         corrupt[last] ^= 0xff;
         assert_eq!(
-            decode_records(&corrupt).len(),
+            decode_records(&corrupt).0.len(),
             2,
             "checksum catches a flipped byte"
         );
