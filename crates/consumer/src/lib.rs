@@ -111,7 +111,10 @@
 //!
 //! Per group: `slackline_consumer_handled_total`, `slackline_consumer_retried_total`
 //! (by attempt), `slackline_consumer_parked_keys`, `slackline_dlq_records_total`
-//! (present at 0 from the start), `slackline_consumer_lag` (per topic and partition:
+//! (present at 0 from the start), `slackline_dlq_end_offset` (the DLQ topic's end
+//! offsets, read at start and every [`RuntimeConfig::lag_interval`]: a record whose
+//! writer died before a scrape still shows), `slackline_consumer_buffered_bytes`
+//! (per topic: bytes of records held, see [`RuntimeConfig::max_buffered_bytes`]), `slackline_consumer_lag` (per topic and partition:
 //! high watermark minus the offset the runtime would commit, read from librdkafka's
 //! statistics every [`RuntimeConfig::lag_interval`]; measured against the commit
 //! point rather than the fetch position because the runtime reads ahead, so a blocked

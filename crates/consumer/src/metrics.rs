@@ -12,6 +12,7 @@ pub struct ConsumerMetrics {
     retried: IntCounterVec,
     parked_keys: IntGaugeVec,
     buffered_bytes: IntGaugeVec,
+    dlq_end_offset: IntGaugeVec,
     dead_lettered: IntCounterVec,
     lag: IntGaugeVec,
     handler_seconds: HistogramVec,
@@ -49,6 +50,13 @@ impl ConsumerMetrics {
                 ),
                 &["group", "topic"],
             )?,
+            dlq_end_offset: IntGaugeVec::new(
+                Opts::new(
+                    "slackline_dlq_end_offset",
+                    "Records ever written to the group's DLQ topic (its end offsets, read at start and with the lag)",
+                ),
+                &["group"],
+            )?,
             dead_lettered: IntCounterVec::new(
                 Opts::new(
                     "slackline_dlq_records_total",
@@ -78,6 +86,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(metrics.retried.clone()))?;
         registry.register(Box::new(metrics.parked_keys.clone()))?;
         registry.register(Box::new(metrics.buffered_bytes.clone()))?;
+        registry.register(Box::new(metrics.dlq_end_offset.clone()))?;
         registry.register(Box::new(metrics.dead_lettered.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.handler_seconds.clone()))?;
@@ -141,6 +150,16 @@ impl GroupMetrics {
             .buffered_bytes
             .with_label_values(&[&self.group, topic])
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The DLQ topic's end offsets, summed over its partitions. Unlike the counter,
+    /// it survives the process: a record dead-lettered just before a crash shows in
+    /// the next process's first reading, so an alert on its growth never misses one.
+    pub(crate) fn dlq_end_offset(&self, end: i64) {
+        self.families
+            .dlq_end_offset
+            .with_label_values(&[&self.group])
+            .set(end);
     }
 
     pub(crate) fn dead_lettered(&self) {

@@ -258,3 +258,60 @@ async fn refuses_missing_or_not_co_partitioned_topics() {
     );
     assert!(err.to_string().contains("co-partitioned"), "{err}");
 }
+
+/// Issue 12, item 11: the DLQ alert fired from an in-process counter incremented
+/// after the acknowledgement, so a process that died before the next scrape lost it.
+/// `slackline_dlq_end_offset` is read from the DLQ topic itself: a record
+/// dead-lettered just before a crash shows in the next process's first reading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_written_just_before_a_crash_shows_in_the_next_process() {
+    let cluster = kafka();
+    let source = source_topic(&cluster);
+    let group = group(&cluster);
+    let plan: Plan = Arc::new(|k, seq, _, _: &Store| {
+        ((k, seq) == (0, 0)).then(|| HandlerError::permanent("poison"))
+    });
+    let config = fast_config(&group, &source);
+    let store = Arc::new(Mutex::new(Store::default()));
+    let registry = Registry::new();
+    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (first, _stop) = start(
+        &cluster,
+        config.clone(),
+        store.clone(),
+        plan.clone(),
+        Duration::ZERO,
+        &metrics,
+    )
+    .await;
+    produce_events(&cluster, &source, &[0], 0..1).await;
+    wait_for("the dead letter", Duration::from_secs(60), || {
+        metric(&registry, "slackline_dlq_records_total", &group) == 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&registry, "slackline_dlq_end_offset", &group),
+        1.0,
+        "the acknowledgement moves the end offset at once"
+    );
+    // Dies before any scrape: its counter is gone with it.
+    first.crash().await;
+
+    let registry = Registry::new();
+    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (second, stop) = start(&cluster, config, store, plan, Duration::ZERO, &metrics).await;
+    wait_for(
+        "the next process's reading of the DLQ's end offsets",
+        Duration::from_secs(30),
+        || has_series(&registry, "slackline_dlq_end_offset", &group),
+    )
+    .await;
+    assert_eq!(metric(&registry, "slackline_dlq_end_offset", &group), 1.0);
+    assert_eq!(
+        metric(&registry, "slackline_dlq_records_total", &group),
+        0.0,
+        "the new process's counter knows nothing of it"
+    );
+    stop.trigger();
+    second.wait().await.unwrap();
+}

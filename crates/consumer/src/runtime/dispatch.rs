@@ -307,6 +307,7 @@ impl Runtime {
                 topic,
             }) => self.on_produced(p, epoch, what, result, topic).await,
             Some(Completion::Probed { p, epoch, result }) => self.on_probed(p, epoch, result).await,
+            Some(Completion::DlqEnds { result }) => self.on_dlq_ends(result),
             None => {}
         }
         self.fill_ready().await;

@@ -222,10 +222,11 @@ impl Runtime {
                     Some(consumer) => commit(consumer, &offsets),
                     None => Ok(()),
                 };
-                let _ = done_tx.send(result.map_err(|e| e.to_string()));
-                // The last references: closing leaves the group.
+                // The last references: closing leaves the group. Reported after it,
+                // so that `wait` returning means the member is gone.
                 drop(consumer);
                 drop(producer);
+                let _ = done_tx.send(result.map_err(|e| e.to_string()));
             });
         let closed = match spawned {
             Ok(_) => tokio::time::timeout(FINAL_COMMIT_BUDGET, done_rx).await,
@@ -239,7 +240,7 @@ impl Runtime {
             Ok(Ok(Err(e))) => Some(format!("the final commit failed: {e}")),
             Ok(Err(_)) => Some("the closing thread stopped".to_owned()),
             Err(_) => Some(format!(
-                "the final commit did not finish within {FINAL_COMMIT_BUDGET:?} (brokers unreachable?)"
+                "the final commit and leaving the group did not finish within {FINAL_COMMIT_BUDGET:?} (brokers unreachable?)"
             )),
         };
         if let Some(reason) = &shutdown_error {

@@ -244,14 +244,14 @@ impl ConsumerRuntime {
             config.dlq_topic.clone(),
         );
         let checked = tokio::task::spawn_blocking(move || check_topics(&check, &topics)).await;
-        match checked {
-            Ok(Ok(())) => {}
+        let dlq_partitions = match checked {
+            Ok(Ok(n)) => n,
             Ok(Err(e)) => {
                 drop_consumer(consumer, &closing).await;
                 return Err(e);
             }
             Err(e) => return Err(ConsumerError::Task(e.to_string())),
-        }
+        };
         if let Err(e) = consumer.subscribe(&[&config.source_topic, &config.retry_topic]) {
             drop_consumer(consumer, &closing).await;
             return Err(e.into());
@@ -297,6 +297,8 @@ impl ConsumerRuntime {
             timers: BinaryHeap::new(),
             timer_seq: 0,
             revoke: None,
+            dlq_ends: vec![0; usize::try_from(dlq_partitions).unwrap_or(0)],
+            dlq_probing: false,
             main_over_bytes: false,
             retry_over_bytes: false,
             shutdown_deadline: None,
@@ -334,6 +336,10 @@ struct Runtime {
     timers: BinaryHeap<Reverse<Timer>>,
     timer_seq: u64,
     revoke: Option<RevokeDrain>,
+    /// The DLQ topic's end offset per partition, as last read or acknowledged.
+    dlq_ends: Vec<i64>,
+    /// A read of the DLQ topic's end offsets is running.
+    dlq_probing: bool,
     /// The source / retry records held are over their share of the byte bound.
     main_over_bytes: bool,
     retry_over_bytes: bool,
@@ -379,6 +385,10 @@ impl Runtime {
         mut rx: mpsc::Receiver<Input>,
         shutdown: Shutdown,
     ) -> Result<(), ConsumerError> {
+        // The DLQ's end offsets at start (what earlier processes wrote), then with
+        // the lag: the alert's signal that no crash can lose (metrics.rs).
+        let mut dlq_tick = tokio::time::interval(self.config.lag_interval);
+        dlq_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut store_tick = tokio::time::interval(self.config.store_interval);
         store_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Long-lived timers, reset when their deadline changes (not re-registered on
@@ -423,6 +433,7 @@ impl Runtime {
                     }
                 },
                 _ = store_tick.tick() => self.store_offsets(),
+                _ = dlq_tick.tick() => self.spawn_dlq_probe(),
                 () = &mut shutdown_wait, if self.shutdown_deadline.is_none() => {
                     self.begin_shutdown(self.config.shutdown_grace);
                 }

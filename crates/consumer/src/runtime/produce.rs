@@ -92,6 +92,13 @@ impl Runtime {
             }
         }
         self.metrics.dead_lettered();
+        if let Some(end) = usize::try_from(dlq_p)
+            .ok()
+            .and_then(|i| self.dlq_ends.get_mut(i))
+        {
+            *end = (*end).max(dlq_o + 1);
+            self.metrics.dlq_end_offset(self.dlq_ends.iter().sum());
+        }
         let event = &letter.event;
         tracing::error!(
             group = self.config.group_id,

@@ -27,7 +27,7 @@ pub(super) async fn drop_consumer(
 pub(super) fn check_topics(
     consumer: &BaseConsumer<RuntimeContext>,
     (source, retry, dlq): &(String, String, String),
-) -> Result<(), ConsumerError> {
+) -> Result<i32, ConsumerError> {
     let count = |topic: &str| -> Result<usize, ConsumerError> {
         let metadata = consumer
             .client()
@@ -41,7 +41,7 @@ pub(super) fn check_topics(
     };
     let source_partitions = count(source)?;
     let retry_partitions = count(retry)?;
-    count(dlq)?;
+    let dlq_partitions = count(dlq)?;
     if source_partitions != retry_partitions {
         return Err(ConsumerError::NotCoPartitioned {
             source_topic: source.clone(),
@@ -50,7 +50,7 @@ pub(super) fn check_topics(
             retry_partitions,
         });
     }
-    Ok(())
+    Ok(i32::try_from(dlq_partitions).unwrap_or(i32::MAX))
 }
 
 /// Retry partition `p`: where this assignment starts reading it (the committed
@@ -127,6 +127,60 @@ impl Runtime {
                     st.gate = Gate::Rebuilding(high);
                 }
             }
+        }
+    }
+}
+
+impl Runtime {
+    /// Reads the DLQ topic's high watermarks (on the blocking pool) for the
+    /// `slackline_dlq_end_offset` gauge, unless a read is still running.
+    pub(super) fn spawn_dlq_probe(&mut self) {
+        let Some(consumer) = self.consumer.clone() else {
+            return;
+        };
+        if self.dlq_probing {
+            return;
+        }
+        self.dlq_probing = true;
+        let topic = self.config.dlq_topic.clone();
+        let partitions = self.dlq_ends.len();
+        let abort = self.tasks.spawn_blocking(move || {
+            let result = (0..partitions)
+                .map(|p| {
+                    let p = i32::try_from(p).unwrap_or(i32::MAX);
+                    consumer
+                        .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+                        .map(|(_, high)| high)
+                })
+                .collect::<Result<Vec<i64>, KafkaError>>()
+                .map_err(|e| e.to_string());
+            Completion::DlqEnds { result }
+        });
+        self.task_info.insert(
+            abort.id(),
+            TaskInfo {
+                p: -1,
+                handler: false,
+            },
+        );
+    }
+
+    /// The DLQ topic's end offsets were read: the gauge never goes back (a
+    /// watermark read older than an acknowledgement seen since counts less).
+    pub(super) fn on_dlq_ends(&mut self, result: Result<Vec<i64>, String>) {
+        self.dlq_probing = false;
+        match result {
+            Ok(highs) => {
+                for (end, high) in self.dlq_ends.iter_mut().zip(highs) {
+                    *end = (*end).max(high);
+                }
+                self.metrics.dlq_end_offset(self.dlq_ends.iter().sum());
+            }
+            Err(reason) => tracing::debug!(
+                topic = self.config.dlq_topic,
+                reason,
+                "reading the DLQ topic's end offsets"
+            ),
         }
     }
 }

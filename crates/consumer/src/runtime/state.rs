@@ -195,6 +195,8 @@ pub(super) enum Completion {
         result: Result<(i32, i64), ProduceFailure>,
         topic: String,
     },
+    /// The DLQ topic's high watermark per partition.
+    DlqEnds { result: Result<Vec<i64>, String> },
     Probed {
         p: i32,
         epoch: u64,
