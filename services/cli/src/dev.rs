@@ -776,6 +776,7 @@ async fn start_services(
             deadline: Duration::from_millis(slackline_edge::config::DEFAULT_DEADLINE_MS),
             max_body_bytes: slackline_edge::config::DEFAULT_MAX_BODY_BYTES,
             shutdown_grace: Duration::from_secs(5),
+            limits: slackline_edge::Limits::default(),
             log_format: LogFormat::Text,
         },
         shutdown.clone(),
@@ -796,6 +797,7 @@ async fn start_services(
             bot_tokens: options.bot_tokens,
             rules: options.rules,
             log_format: LogFormat::Text,
+            shutdown_grace: Duration::from_secs(5),
         },
         shutdown.clone(),
     )

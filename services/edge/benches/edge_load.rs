@@ -159,6 +159,7 @@ fn serve_edge(bootstrap: &str, archive_dir: &str) -> anyhow::Result<()> {
         deadline: DEADLINE,
         max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         shutdown_grace: Duration::from_secs(10),
+        limits: slackline_edge::Limits::default(),
         log_format: LogFormat::Text,
     };
     server_runtime()?.block_on(async {

@@ -2,10 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -17,9 +17,12 @@ use slackline_archive::{object_key, Archive, ArchiveRecord};
 use slackline_kafka::headers;
 use slackline_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use slackline_slack::{inspect, EnvelopeInfo, EnvelopeKind, SignatureError, SigningSecrets};
+use tokio::sync::Semaphore;
 use tracing::Instrument;
 
+use crate::config::Limits;
 use crate::metrics::EdgeMetrics;
+use crate::throttle::{Throttle, WARN_EVERY};
 
 /// Slack's retry headers.
 const RETRY_NUM_HEADER: &str = "x-slack-retry-num";
@@ -34,14 +37,54 @@ const ARCHIVED_HEADERS: [&str; 6] = [
     "user-agent",
 ];
 
+/// `Retry-After` on the 503 answered when too many requests are in flight.
+const OVERLOADED_RETRY_AFTER_SECS: &str = "1";
+
 /// What the handler shares across requests.
 pub(crate) struct EdgeState {
-    pub secrets: SigningSecrets,
-    pub archive: Archive,
-    pub producer: FutureProducer,
-    pub raw_topic: String,
-    pub deadline: std::time::Duration,
-    pub metrics: EdgeMetrics,
+    secrets: SigningSecrets,
+    archive: Archive,
+    producer: FutureProducer,
+    raw_topic: String,
+    /// From the request's headers to its answer, reading the body included.
+    deadline: Duration,
+    /// From the request's headers to its body's last byte (never past `deadline`).
+    body_read_timeout: Duration,
+    /// One permit per request in flight (`EDGE_MAX_IN_FLIGHT`).
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+    metrics: EdgeMetrics,
+    /// Throttled warnings: 401s, requests over the in-flight limit, slow bodies.
+    refused: Throttle,
+    overloaded: Throttle,
+    slow_bodies: Throttle,
+}
+
+impl EdgeState {
+    pub(crate) fn new(
+        secrets: SigningSecrets,
+        archive: Archive,
+        producer: FutureProducer,
+        raw_topic: String,
+        deadline: Duration,
+        limits: &Limits,
+        metrics: EdgeMetrics,
+    ) -> EdgeState {
+        EdgeState {
+            secrets,
+            archive,
+            producer,
+            raw_topic,
+            deadline,
+            body_read_timeout: limits.body_read_timeout.min(deadline),
+            in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+            max_in_flight: limits.max_in_flight,
+            metrics,
+            refused: Throttle::new(WARN_EVERY),
+            overloaded: Throttle::new(WARN_EVERY),
+            slow_bodies: Throttle::new(WARN_EVERY),
+        }
+    }
 }
 
 /// Why a request was not accepted. Client errors are expected and logged quietly;
@@ -58,6 +101,8 @@ pub(crate) enum EdgeError {
     KafkaCancelled,
     #[error("archive and delivery did not finish within the deadline")]
     Deadline,
+    #[error("the request body did not arrive within the body read timeout")]
+    BodyTimeout,
 }
 
 impl IntoResponse for EdgeError {
@@ -66,6 +111,14 @@ impl IntoResponse for EdgeError {
             EdgeError::Signature(_) => {
                 (StatusCode::UNAUTHORIZED, "invalid signature").into_response()
             }
+            // The client's fault; the rest of its body may still be on the way, so
+            // the connection cannot carry another request.
+            EdgeError::BodyTimeout => (
+                StatusCode::REQUEST_TIMEOUT,
+                [(header::CONNECTION, "close")],
+                "request body not received in time",
+            )
+                .into_response(),
             // Everything else is ours: 503 so that Slack retries the delivery.
             _ => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -90,11 +143,66 @@ pub(crate) async fn count_responses(
     response
 }
 
+/// Answers 503 with `Retry-After` at once, without reading the body, when
+/// `EDGE_MAX_IN_FLIGHT` requests are already being handled: Slack retries, and an
+/// overloaded edge sheds load instead of queueing requests past Slack's 3 s.
+pub(crate) async fn limit_in_flight(
+    State(state): State<Arc<EdgeState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        state.metrics.overloaded();
+        tracing::debug!("answering 503: too many requests in flight");
+        if let Some(count) = state.overloaded.hit() {
+            tracing::warn!(
+                overloaded = count,
+                max_in_flight = state.max_in_flight,
+                "answered 503 to requests over EDGE_MAX_IN_FLIGHT (count since the last such warning)"
+            );
+        }
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, OVERLOADED_RETRY_AFTER_SECS)],
+            "overloaded, retry",
+        )
+            .into_response();
+    };
+    let _counted = state.metrics.request_started();
+    next.run(request).await
+}
+
+/// The deadline counts from here, when the headers are in: reading the body is part
+/// of it, so a client trickling its body cannot hold a request (and its in-flight
+/// permit) past `EDGE_BODY_READ_TIMEOUT_MS`. A body not in by then gets 408.
 pub(crate) async fn slack_events(
     State(state): State<Arc<EdgeState>>,
-    request_headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, EdgeError> {
+    let headers_at = tokio::time::Instant::now();
+    let request_headers = request.headers().clone();
+    // `Bytes` honours `EDGE_MAX_BODY_BYTES` (413) like the extractor did.
+    let body = match tokio::time::timeout(
+        state.body_read_timeout,
+        Bytes::from_request(request, &()),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return Ok(rejection.into_response()),
+        Err(_) => {
+            state.metrics.read_timed_out("body");
+            tracing::debug!("answering 408: request body not complete in time");
+            if let Some(count) = state.slow_bodies.hit() {
+                tracing::warn!(
+                    timed_out = count,
+                    timeout_ms = state.body_read_timeout.as_millis() as u64,
+                    "answered 408 to requests whose body did not arrive within EDGE_BODY_READ_TIMEOUT_MS (count since the last such warning)"
+                );
+            }
+            return Err(EdgeError::BodyTimeout);
+        }
+    };
     let received_at = Utc::now();
     let header = |name: &str| request_headers.get(name).map(|v| v.as_bytes());
     if let Err(reason) = state.secrets.verify(
@@ -104,7 +212,16 @@ pub(crate) async fn slack_events(
         received_at.timestamp(),
     ) {
         state.metrics.signature_failed(reason);
-        tracing::info!(reason = reason.reason(), "refused a request: {reason}");
+        // Scanners and misconfigured senders can send thousands of these: each at
+        // debug, a warning at most once a minute (the metric counts every one).
+        tracing::debug!(reason = reason.reason(), "refused a request: {reason}");
+        if let Some(count) = state.refused.hit() {
+            tracing::warn!(
+                refused = count,
+                latest_reason = reason.reason(),
+                "refused requests with 401 (bad or missing Slack signature) since the last such warning; slackline_edge_signature_failures_total has them by reason"
+            );
+        }
         return Err(reason.into());
     }
 
@@ -127,7 +244,7 @@ pub(crate) async fn slack_events(
         event_type = info.event_type.as_deref().unwrap_or("-"),
     );
     let accept = accept(&state, &request_headers, body, &info, received_at).instrument(span);
-    match tokio::time::timeout(state.deadline, accept).await {
+    match tokio::time::timeout_at(headers_at + state.deadline, accept).await {
         Ok(Ok(archive_key)) => {
             state.metrics.accepted(kind);
             if info.kind == EnvelopeKind::AppRateLimited {

@@ -10,6 +10,8 @@
 pub mod config;
 mod handler;
 pub mod metrics;
+mod server;
+mod throttle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,7 +27,7 @@ use slackline_service::{serve_admin, Readiness, Shutdown};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::EdgeConfig;
+pub use config::{EdgeConfig, Limits};
 use handler::EdgeState;
 pub use metrics::EdgeMetrics;
 
@@ -55,7 +57,16 @@ pub enum EdgeError {
     /// A server task panicked.
     #[error("edge task failed: {0}")]
     Task(String),
+    /// On shutdown, the producer's queue did not empty within [`FLUSH_BUDGET`]: those
+    /// records belong to requests that were answered 503 (every 200 waited for its
+    /// acknowledgement), so Slack retries them; the process exits non-zero.
+    #[error("producer flush on shutdown incomplete: {0}")]
+    Flush(String),
 }
+
+/// How long the producer's queue may take to empty on shutdown, after the grace
+/// (within `slackline_service::shutdown::STOP_MARGIN`).
+pub const FLUSH_BUDGET: Duration = Duration::from_secs(5);
 
 /// A running edge.
 pub struct Edge {
@@ -71,7 +82,9 @@ pub struct Edge {
 impl Edge {
     /// Opens the archive and the producer, binds both ports and starts serving. The
     /// edge stops when `shutdown` fires: it stops accepting connections, lets
-    /// in-flight requests finish (each within its deadline), then flushes the producer.
+    /// in-flight requests finish (within `EDGE_SHUTDOWN_GRACE_MS`), then flushes the
+    /// producer (within [`FLUSH_BUDGET`]); [`Edge::wait`] returns
+    /// [`EdgeError::Flush`] when records were left unacknowledged.
     pub async fn start(config: EdgeConfig, shutdown: Shutdown) -> Result<Edge, EdgeError> {
         let archive = Archive::open(&config.archive_url, &config.s3).await?;
         let producer = config.kafka.producer("slackline-edge", config.deadline)?;
@@ -105,35 +118,47 @@ impl Edge {
             readiness,
             shutdown.clone(),
         );
-        let state = Arc::new(EdgeState {
-            secrets: config.secrets,
+        let limits = config.limits;
+        let state = Arc::new(EdgeState::new(
+            config.secrets,
             archive,
-            producer: producer.clone(),
-            raw_topic: config.raw_topic,
-            deadline: config.deadline,
-            metrics,
-        });
+            producer.clone(),
+            config.raw_topic,
+            config.deadline,
+            &limits,
+            metrics.clone(),
+        ));
         let app = router(state, config.max_body_bytes);
         tracing::info!(%addr, %admin_addr, "edge listening");
         let grace = config.shutdown_grace;
         let task = tokio::spawn(async move {
             let drain_signal = shutdown.clone();
-            let server = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { drain_signal.wait().await });
+            // Read timeouts and the connection cap: see server.rs.
+            let server = server::serve(listener, app, limits, metrics, async move {
+                drain_signal.wait().await
+            });
             let served = serve_until_drained(server, &shutdown, grace).await;
             // If serving failed, stop the rest of the process too (admin included), so
             // the process exits non-zero and is restarted instead of looking healthy.
             shutdown.trigger();
             // Every 200 already waited for its delivery; this flushes what requests
-            // that timed out left in the queue, so nothing is dropped on exit.
-            let flushed =
-                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
-            if let Ok(Err(e)) = flushed {
-                tracing::warn!(error = %e, "producer flush on shutdown incomplete");
-            }
+            // that timed out (answered 503, so Slack retries them) left in the queue.
+            // Bounded, whatever Kafka does: librdkafka's flush takes a timeout.
+            let flushed = tokio::task::spawn_blocking(move || producer.flush(FLUSH_BUDGET)).await;
+            let flushed = match flushed {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(EdgeError::Flush(format!(
+                    "records still unacknowledged after {FLUSH_BUDGET:?}: {e}"
+                ))),
+                Err(e) => Err(EdgeError::Task(e.to_string())),
+            };
             let _ = admin.await;
-            tracing::info!("edge stopped");
-            served
+            if let Err(e) = &flushed {
+                tracing::error!(error = %e, "edge stopped without flushing its producer");
+            } else {
+                tracing::info!("edge stopped");
+            }
+            served.and(flushed)
         });
         Ok(Edge {
             addr,
@@ -179,6 +204,11 @@ where
 fn router(state: Arc<EdgeState>, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/slack/events", post(handler::slack_events))
+        // Inside the counting: the 503s it answers are counted by status too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            handler::limit_in_flight,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             handler::count_responses,
@@ -203,7 +233,17 @@ fn readiness(
     })
 }
 
-/// Runs the edge until `shutdown` fires.
+/// Runs the edge until `shutdown` fires. A signal during the start (an S3 endpoint
+/// that does not answer, say) stops it there.
 pub async fn run(config: EdgeConfig, shutdown: Shutdown) -> Result<(), EdgeError> {
-    Edge::start(config, shutdown).await?.wait().await
+    match shutdown
+        .unless_fired(Edge::start(config, shutdown.clone()))
+        .await
+    {
+        Some(edge) => edge?.wait().await,
+        None => {
+            tracing::info!("edge stopped while starting");
+            Ok(())
+        }
+    }
 }

@@ -1,11 +1,13 @@
 //! The edge's Prometheus metrics, registered in the service's own registry and
 //! initialised at zero so that the first failure is an increase alerts can see.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use slackline_slack::SignatureError;
 
 /// Status codes the edge answers on `/slack/events`, pre-registered at zero.
-const STATUSES: [&str; 6] = ["200", "401", "404", "405", "413", "503"];
+const STATUSES: [&str; 7] = ["200", "401", "404", "405", "408", "413", "503"];
+/// Where a slow client was cut off: reading the headers or the body.
+pub(crate) const READ_PHASES: [&str; 2] = ["header", "body"];
 /// Kinds of accepted bodies.
 pub(crate) const KINDS: [&str; 4] = ["event_callback", "app_rate_limited", "other", "not_json"];
 
@@ -20,6 +22,11 @@ pub struct EdgeMetrics {
     archive_failures: IntCounter,
     kafka_failures: IntCounter,
     deadline_exceeded: IntCounter,
+    overloaded: IntCounter,
+    read_timeouts: IntCounterVec,
+    connections_refused: IntCounter,
+    open_connections: IntGauge,
+    in_flight: IntGauge,
     request_duration: Histogram,
     archive_duration: Histogram,
     kafka_duration: Histogram,
@@ -44,6 +51,11 @@ impl EdgeMetrics {
             let c = IntCounter::new(name, help)?;
             registry.register(Box::new(c.clone()))?;
             Ok(c)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
         };
         let histogram = |name: &str, help: &str| -> Result<Histogram, prometheus::Error> {
             let h =
@@ -87,6 +99,27 @@ impl EdgeMetrics {
                 "slackline_edge_deadline_exceeded_total",
                 "Requests whose archive write and delivery did not finish within EDGE_DEADLINE_MS",
             )?,
+            overloaded: counter(
+                "slackline_edge_overloaded_total",
+                "Requests answered 503 at once because EDGE_MAX_IN_FLIGHT requests were in flight",
+            )?,
+            read_timeouts: counter_vec(
+                "slackline_edge_read_timeouts_total",
+                "Slow clients cut off: headers not complete within EDGE_HEADER_READ_TIMEOUT_MS (connection closed) or body not within EDGE_BODY_READ_TIMEOUT_MS (408)",
+                "phase",
+            )?,
+            connections_refused: counter(
+                "slackline_edge_connections_refused_total",
+                "Connections closed at once because EDGE_MAX_CONNECTIONS were open",
+            )?,
+            open_connections: gauge(
+                "slackline_edge_open_connections",
+                "Open connections on the Slack port",
+            )?,
+            in_flight: gauge(
+                "slackline_edge_in_flight_requests",
+                "Requests on /slack/events being handled",
+            )?,
             request_duration: histogram(
                 "slackline_edge_request_duration_seconds",
                 "Time to answer /slack/events",
@@ -110,6 +143,9 @@ impl EdgeMetrics {
         }
         for kind in KINDS {
             metrics.accepted.with_label_values(&[kind]);
+        }
+        for phase in READ_PHASES {
+            metrics.read_timeouts.with_label_values(&[phase]);
         }
         Ok(metrics)
     }
@@ -157,5 +193,44 @@ impl EdgeMetrics {
 
     pub(crate) fn deadline_exceeded(&self) {
         self.deadline_exceeded.inc();
+    }
+
+    pub(crate) fn overloaded(&self) {
+        self.overloaded.inc();
+    }
+
+    /// `phase` is one of [`READ_PHASES`].
+    pub(crate) fn read_timed_out(&self, phase: &str) {
+        self.read_timeouts.with_label_values(&[phase]).inc();
+    }
+
+    pub(crate) fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    /// Counts an open connection until the guard is dropped.
+    pub(crate) fn connection_opened(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.open_connections)
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub(crate) fn request_started(&self) -> GaugeGuard {
+        GaugeGuard::new(&self.in_flight)
+    }
+}
+
+/// Decrements its gauge when dropped.
+pub(crate) struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(gauge: &IntGauge) -> GaugeGuard {
+        gauge.inc();
+        GaugeGuard(gauge.clone())
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }

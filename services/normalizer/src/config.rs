@@ -2,6 +2,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use slackline_kafka::{topics, KafkaSettings};
 use slackline_service::{ConfigError, Env, LogFormat};
@@ -35,7 +36,15 @@ pub struct NormalizerConfig {
     pub rules: Rules,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `SHUTDOWN_GRACE_MS` (default 10 s): after SIGTERM, how long the outcomes in
+    /// flight may take to finish before the normalizer commits what is finished and
+    /// stops (the rest is read again after the restart). The process exits within
+    /// this plus [`slackline_service::shutdown::STOP_MARGIN`].
+    pub shutdown_grace: Duration,
 }
+
+/// The default of `SHUTDOWN_GRACE_MS`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 fn id_set(env: &Env, name: &str) -> HashSet<String> {
     env.get(name)
@@ -85,6 +94,10 @@ impl NormalizerConfig {
             bot_tokens,
             rules: rules_from_env(&env),
             log_format: env.parse_or("LOG_FORMAT", LogFormat::Json),
+            shutdown_grace: Duration::from_millis(env.parse_or(
+                "SHUTDOWN_GRACE_MS",
+                u64::try_from(DEFAULT_SHUTDOWN_GRACE.as_millis()).unwrap_or(u64::MAX),
+            )),
         };
         env.finish()?;
         Ok(config)
@@ -109,6 +122,13 @@ mod tests {
         assert_eq!(config.rules.enabled_channels.len(), 2);
         assert!(config.rules.enabled_teams.is_empty(), "empty means all");
         assert!(config.rules.self_bot_ids.contains("B1"));
+        assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        let config = NormalizerConfig::from_env(Env::from_pairs([
+            ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
+            ("SHUTDOWN_GRACE_MS", "2500"),
+        ]))
+        .unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_millis(2500));
     }
 
     #[test]
@@ -116,10 +136,16 @@ mod tests {
         let err = NormalizerConfig::from_env(Env::from_pairs([
             ("SLACK_BOT_TOKENS", "garbage"),
             ("ADMIN_ADDR", "x"),
+            ("SHUTDOWN_GRACE_MS", "10s"),
         ]))
         .unwrap_err()
         .to_string();
-        for name in ["KAFKA_BOOTSTRAP_SERVERS", "SLACK_BOT_TOKENS", "ADMIN_ADDR"] {
+        for name in [
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "SLACK_BOT_TOKENS",
+            "ADMIN_ADDR",
+            "SHUTDOWN_GRACE_MS",
+        ] {
             assert!(err.contains(name), "{err}");
         }
     }

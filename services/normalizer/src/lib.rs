@@ -28,6 +28,7 @@ use prometheus::Registry;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use slackline_consumer::FINAL_COMMIT_BUDGET;
 use slackline_events::{encode_message, AuthorKind, Kind, MessageEvent, Mode};
 use slackline_kafka::headers;
 use slackline_service::{serve_admin, Readiness, Shutdown};
@@ -89,6 +90,11 @@ pub enum NormalizerError {
     /// The task panicked.
     #[error("normalizer task failed: {0}")]
     Task(String),
+    /// The normalizer stopped without committing everything it had finished, or cut
+    /// off outcomes still in flight when the grace ended; they are read again after
+    /// the restart.
+    #[error("normalizer stopped uncleanly: {0}")]
+    Shutdown(String),
 }
 
 /// A running normalizer.
@@ -182,9 +188,18 @@ impl Normalizer {
     }
 }
 
-/// Runs the normalizer until `shutdown` fires.
+/// Runs the normalizer until `shutdown` fires (also during the start).
 pub async fn run(config: NormalizerConfig, shutdown: Shutdown) -> Result<(), NormalizerError> {
-    Normalizer::start(config, shutdown).await?.wait().await
+    match shutdown
+        .unless_fired(Normalizer::start(config, shutdown.clone()))
+        .await
+    {
+        Some(normalizer) => normalizer?.wait().await,
+        None => {
+            tracing::info!("normalizer stopped while starting");
+            Ok(())
+        }
+    }
 }
 
 type Pending = Pin<Box<dyn Future<Output = Finished> + Send>>;
@@ -225,17 +240,76 @@ struct Worker {
 }
 
 impl Worker {
+    /// Consumes until `shutdown` fires, lets the outcomes in flight finish within
+    /// the grace, then commits what is finished and leaves the group.
+    ///
+    /// Everything after the signal is bounded, whatever Kafka is doing: the reading,
+    /// the draining and any produce or DLQ write they wait on are cut off when the
+    /// grace ends (their raw events are not stored, so they are read again after the
+    /// restart), and the final commit and the consumer's close run on a thread of
+    /// their own that is given [`FINAL_COMMIT_BUDGET`] (with the brokers gone both
+    /// wait for a coordinator for as long as the session lasts, or longer). A stop
+    /// that left outcomes unfinished or could not commit returns
+    /// [`NormalizerError::Shutdown`], so the process exits non-zero.
     async fn run(
         mut self,
         consumer: StreamConsumer,
         shutdown: Shutdown,
     ) -> Result<(), NormalizerError> {
+        let grace = self.config.shutdown_grace;
         let mut pending: FuturesOrdered<Pending> = FuturesOrdered::new();
+        let worked = {
+            let work = self.consume(&consumer, &mut pending, &shutdown);
+            let grace_over = async {
+                shutdown.wait().await;
+                tokio::time::sleep(grace).await;
+            };
+            tokio::select! {
+                result = work => result.map(|()| None),
+                () = grace_over => Ok(Some(pending.len())),
+            }
+        };
+        let unfinished = match &worked {
+            Ok(Some(n)) => {
+                tracing::warn!(
+                    grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+                    queued = n,
+                    "outcomes still in flight when the grace ended: not committed, read again after the restart"
+                );
+                Some(*n)
+            }
+            _ => None,
+        };
+        // Their delivery futures hold nothing the commit needs.
+        drop(pending);
+        let Worker { producer, .. } = self;
+        let committed = close(consumer, producer).await;
+        match (worked, unfinished, committed) {
+            (Err(e), _, _) => Err(e),
+            (Ok(_), _, Err(reason)) => Err(NormalizerError::Shutdown(reason)),
+            (Ok(_), Some(n), Ok(())) => Err(NormalizerError::Shutdown(format!(
+                "the grace ended before every outcome in flight was finished ({n} still queued)"
+            ))),
+            (Ok(_), None, Ok(())) => {
+                tracing::info!("offsets committed; normalizer stopped");
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads and handles until `shutdown` fires, then waits for every started
+    /// outcome.
+    async fn consume(
+        &mut self,
+        consumer: &StreamConsumer,
+        pending: &mut FuturesOrdered<Pending>,
+        shutdown: &Shutdown,
+    ) -> Result<(), NormalizerError> {
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
-                Some(done) = pending.next(), if !pending.is_empty() => self.finish(&consumer, done).await?,
+                Some(done) = pending.next(), if !pending.is_empty() => self.finish(consumer, done).await?,
                 received = consumer.recv(), if pending.len() < MAX_IN_FLIGHT => {
                     match received {
                         Ok(message) => {
@@ -253,22 +327,11 @@ impl Worker {
                 }
             }
         }
+        tracing::info!(in_flight = pending.len(), "normalizer stopping");
         // Drain: every started outcome is finished before the final commit.
         while let Some(done) = pending.next().await {
-            self.finish(&consumer, done).await?;
+            self.finish(consumer, done).await?;
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            // Nothing new since the last automatic commit.
-            Ok(())
-            | Err(rdkafka::error::KafkaError::ConsumerCommit(
-                rdkafka::types::RDKafkaErrorCode::NoOffset,
-            )) => {}
-            Err(e) => tracing::warn!(error = %e, "final commit failed"),
-        }
-        // Leave the group now, so the partitions move to another member at once
-        // instead of after the session timeout.
-        consumer.unsubscribe();
-        tracing::info!("normalizer stopped");
         Ok(())
     }
 
@@ -469,6 +532,59 @@ impl Worker {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Commits the stored offsets (each one's outcome is durable), then leaves the group
+/// and drops the clients, on a thread of its own: with the brokers gone the commit
+/// waits for a coordinator and closing the consumer can wait far longer, and neither
+/// can be cancelled. Both together are given [`FINAL_COMMIT_BUDGET`]; past it the
+/// thread is left behind (the process is exiting). `Err` when the commit was not
+/// made; a close that did not finish in time is only logged (the partitions then
+/// move on after the session timeout).
+async fn close(consumer: StreamConsumer, producer: FutureProducer) -> Result<(), String> {
+    let (committed_tx, committed_rx) = tokio::sync::oneshot::channel();
+    let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name("slackline-close".to_owned())
+        .spawn(move || {
+            let committed = match consumer.commit_consumer_state(CommitMode::Sync) {
+                // Nothing new since the last automatic commit.
+                Ok(())
+                | Err(rdkafka::error::KafkaError::ConsumerCommit(
+                    rdkafka::types::RDKafkaErrorCode::NoOffset,
+                )) => Ok(()),
+                Err(e) => Err(format!("the final commit failed: {e}")),
+            };
+            let _ = committed_tx.send(committed);
+            // Leave the group now, so the partitions move to another member at once
+            // instead of after the session timeout.
+            consumer.unsubscribe();
+            drop(consumer);
+            drop(producer);
+            let _ = closed_tx.send(());
+        });
+    if let Err(e) = spawned {
+        return Err(format!("starting the closing thread: {e}"));
+    }
+    let deadline = tokio::time::Instant::now() + FINAL_COMMIT_BUDGET;
+    let result = match tokio::time::timeout_at(deadline, committed_rx).await {
+        Ok(Ok(committed)) => committed,
+        Ok(Err(_)) => Err("the closing thread stopped".to_owned()),
+        Err(_) => Err(format!(
+            "the final commit did not finish within {FINAL_COMMIT_BUDGET:?} (brokers unreachable?)"
+        )),
+    };
+    match &result {
+        Err(reason) => tracing::error!(reason, "normalizer stopped without its final commit"),
+        Ok(()) => {
+            if tokio::time::timeout_at(deadline, closed_rx).await.is_err() {
+                tracing::warn!(
+                    "offsets committed, but leaving the group did not finish within {FINAL_COMMIT_BUDGET:?}"
+                );
+            }
+        }
+    }
+    result
 }
 
 /// Sends a record, waiting while the producer's local queue is full (backpressure

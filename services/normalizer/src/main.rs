@@ -1,20 +1,31 @@
 //! `slackline-normalizer`: config, telemetry, run until SIGTERM.
+//!
+//! Exits 0 after a clean stop, 1 when it stopped with an error (including a final commit that could not be made), 2 on a
+//! configuration error; and within `SHUTDOWN_GRACE_MS` plus
+//! [`slackline_service::shutdown::STOP_MARGIN`] of the first SIGTERM whatever happens
+//! (a second SIGTERM exits at once: see [`slackline_service::shutdown`]).
 
-use anyhow::Context;
-use slackline_service::{init_telemetry, Env, Shutdown};
+use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+use slackline_service::{init_telemetry, run_service, Env};
+
+// The margin covers the runtime's final commit.
+const _: () = assert!(
+    slackline_consumer::FINAL_COMMIT_BUDGET.as_secs()
+        < slackline_service::shutdown::STOP_MARGIN.as_secs()
+);
+
+fn main() -> ExitCode {
     let config = match slackline_normalizer::NormalizerConfig::from_env(Env::from_process()) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("slackline-normalizer: {e}");
-            std::process::exit(2);
+            return ExitCode::from(2);
         }
     };
     init_telemetry("slackline-normalizer", config.log_format);
-    let shutdown = Shutdown::on_signals();
-    slackline_normalizer::run(config, shutdown)
-        .await
-        .context("slackline-normalizer failed")
+    let grace = config.shutdown_grace;
+    run_service("slackline-normalizer", grace, |shutdown| {
+        slackline_normalizer::run(config, shutdown)
+    })
 }

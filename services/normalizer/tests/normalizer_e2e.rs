@@ -172,6 +172,7 @@ async fn stack_on(cluster: TestCluster, slack_api_base_url: String) -> Stack {
             deadline: Duration::from_secs(2),
             max_body_bytes: 1 << 20,
             shutdown_grace: Duration::from_secs(5),
+            limits: slackline_edge::Limits::default(),
             log_format: LogFormat::Text,
         },
         shutdown.clone(),
@@ -193,6 +194,7 @@ async fn stack_on(cluster: TestCluster, slack_api_base_url: String) -> Stack {
         bot_tokens: tokens,
         rules: Default::default(),
         log_format: LogFormat::Text,
+        shutdown_grace: slackline_normalizer::config::DEFAULT_SHUTDOWN_GRACE,
     };
     let normalizer_shutdown = Shutdown::new();
     let normalizer = Some(

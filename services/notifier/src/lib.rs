@@ -108,10 +108,16 @@ pub async fn start(
 
 /// Runs the notifier until `shutdown` fires.
 ///
+/// A signal during the start (a database that does not answer, say) stops it there:
+/// nothing was consumed, so nothing is left to commit.
+///
 /// # Errors
 ///
 /// As [`start`], or the runtime's error when it stopped with one.
 pub async fn run(config: NotifierConfig, shutdown: Shutdown) -> Result<(), NotifierError> {
-    start(config, shutdown).await?.wait().await?;
+    match shutdown.unless_fired(start(config, shutdown.clone())).await {
+        Some(service) => service?.wait().await?,
+        None => tracing::info!("notifier stopped while starting"),
+    }
     Ok(())
 }

@@ -110,10 +110,16 @@ pub async fn start(
 
 /// [`start`], then waits until the service stops.
 ///
+/// A signal during the start (a database that does not answer, say) stops it there:
+/// nothing was consumed, so nothing is left to commit.
+///
 /// # Errors
 ///
 /// As [`start`], or the runtime's error when it stopped with one.
 pub async fn run(config: ThreadStateConfig, shutdown: Shutdown) -> Result<(), ThreadStateError> {
-    start(config, shutdown).await?.wait().await?;
+    match shutdown.unless_fired(start(config, shutdown.clone())).await {
+        Some(service) => service?.wait().await?,
+        None => tracing::info!("thread-state stopped while starting"),
+    }
     Ok(())
 }

@@ -95,6 +95,9 @@ pub async fn start(
 
 /// Runs the timeline-writer until `shutdown` fires.
 ///
+/// A signal during the start (a database that does not answer, say) stops it there:
+/// nothing was consumed, so nothing is left to commit.
+///
 /// # Errors
 ///
 /// As [`start`], or the runtime's error when it stopped with one.
@@ -102,6 +105,9 @@ pub async fn run(
     config: TimelineWriterConfig,
     shutdown: Shutdown,
 ) -> Result<(), TimelineWriterError> {
-    start(config, shutdown).await?.wait().await?;
+    match shutdown.unless_fired(start(config, shutdown.clone())).await {
+        Some(service) => service?.wait().await?,
+        None => tracing::info!("timeline-writer stopped while starting"),
+    }
     Ok(())
 }

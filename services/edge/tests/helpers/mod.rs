@@ -57,6 +57,7 @@ pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -
         deadline: Duration::from_millis(2000),
         max_body_bytes: slackline_edge::config::DEFAULT_MAX_BODY_BYTES,
         shutdown_grace: Duration::from_secs(10),
+        limits: slackline_edge::Limits::default(),
         log_format: LogFormat::Text,
     }
 }
