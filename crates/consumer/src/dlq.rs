@@ -17,6 +17,9 @@ use serde_json::{Map, Value};
 
 use crate::{ConsumerError, Event, HeaderList};
 
+/// The longest error text a DLQ record keeps (a DLQ record must always fit).
+const ERROR_MAX: usize = 16 * 1024;
+
 /// One DLQ record, as written to the DLQ topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DlqRecord {
@@ -163,7 +166,7 @@ impl DlqRecord {
         }
         DlqRecord {
             group: group.to_owned(),
-            error: error.to_owned(),
+            error: crate::retry_headers::clip(error, ERROR_MAX).into_owned(),
             retryable,
             attempts,
             original: DlqOriginal {

@@ -54,10 +54,10 @@ pub(crate) fn encode(event: &Event, meta: &RetryMeta) -> OwnedHeaders {
     h = add(h, ATTEMPT, Some(attempt.as_bytes()));
     h = add(h, NOT_BEFORE, Some(not_before.as_bytes()));
     if let Some(e) = &meta.first_error {
-        h = add(h, FIRST_ERROR, Some(e.as_bytes()));
+        h = add(h, FIRST_ERROR, Some(clip(e, ERROR_HEADER_MAX).as_bytes()));
     }
     if let Some(e) = &meta.last_error {
-        h = add(h, LAST_ERROR, Some(e.as_bytes()));
+        h = add(h, LAST_ERROR, Some(clip(e, ERROR_HEADER_MAX).as_bytes()));
     }
     h = add(h, ORIGINAL_TOPIC, Some(event.topic.as_bytes()));
     h = add(h, ORIGINAL_PARTITION, Some(partition.as_bytes()));
@@ -115,6 +115,22 @@ pub(crate) struct Decoded {
     pub(crate) headers: HeaderList,
 }
 
+/// The longest error text kept in a retry header: a handler's error (a whole HTTP
+/// body, say) must not make a small record too large for the retry topic.
+const ERROR_HEADER_MAX: usize = 2048;
+
+/// `text` cut to at most `max` bytes on a character boundary, marked when cut.
+pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max.saturating_sub(3);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...", &text[..end]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +165,14 @@ mod tests {
         assert_eq!(d.offset, Some(42));
         assert_eq!(d.timestamp_ms, Some(1_700_000_000_000));
         assert_eq!(d.headers, event.headers);
+    }
+
+    #[test]
+    fn long_errors_are_clipped_on_a_char_boundary() {
+        let long = "é".repeat(3000);
+        let clipped = clip(&long, ERROR_HEADER_MAX);
+        assert!(clipped.len() <= ERROR_HEADER_MAX);
+        assert!(clipped.ends_with("..."));
+        assert_eq!(clip("short", ERROR_HEADER_MAX), "short");
     }
 }

@@ -41,7 +41,7 @@ fn topic_len(cluster: &TestCluster, topic: &str, partitions: i32) -> i64 {
 /// after a restart, when the source records came back (held behind the closed
 /// gate) before their retry copies: a second retry cycle and a second DLQ record.
 ///
-/// The target is down for the whole run and there is one retry round of 2 s. The
+/// The target is down for the whole run and there is one retry round of 3 s. The
 /// first runtime moves every record to the retry topic (the first of each key
 /// fails, the rest queue behind it) and crashes before committing; the second reads
 /// the source again from the start. Each record must reach the DLQ exactly once.
@@ -52,14 +52,14 @@ async fn defect1_records_in_the_retry_topic_are_not_moved_again_after_a_crash() 
     let group = group(&cluster);
     let keys: Vec<usize> = (0..8).collect();
     // Each record of a key takes one retry round after the one before it.
-    const PER_KEY: usize = 6;
+    const PER_KEY: usize = 5;
     let total = keys.len() * PER_KEY;
     produce_events(&cluster, &source, &keys, 0..PER_KEY).await;
 
     let down: Plan = Arc::new(|_, _, _, _: &Store| Some(HandlerError::retryable("target down")));
     let mut config = fast_config(&group, &source);
     config.quick_retries = 0;
-    config.retry_delays = vec![Duration::from_secs(2)];
+    config.retry_delays = vec![Duration::from_secs(3)];
     // Nothing is committed before the crash: the second runtime reads it all again.
     config.commit_interval = Duration::from_secs(60);
     let store = Arc::new(Mutex::new(Store::default()));

@@ -77,7 +77,7 @@ impl Runtime {
         enum Next {
             Idle,
             Wait(Instant),
-            ForwardAll,
+            ForwardOne,
             Run,
         }
         let now = Instant::now();
@@ -93,11 +93,16 @@ impl Runtime {
         let Some(ks) = st.keys.get_mut(key) else {
             return;
         };
-        // A parked key's source records go behind it in the retry topic at once,
+        // A parked key's source records go behind it in the retry topic,
         // whatever its retry head is doing (waiting for a 30-minute delay, say):
-        // holding them here would hold the source partition's offset back.
-        let next = if ks.is_parked() && !ks.busy_main && !ks.main_q.is_empty() {
-            Next::ForwardAll
+        // holding them here would hold the source partition's offset back. One
+        // at a time, each once the key's previous produce is acknowledged: a
+        // later record in the retry topic says every earlier one of its key was
+        // finished (invariant 3 skips them on a replay), which would be false if
+        // the earlier one's produce failed after the later one's went through.
+        let forwarding = ks.is_parked() && !ks.busy_main && !ks.main_q.is_empty();
+        let next = if forwarding && ks.producing == 0 && ks.dlq_pending == 0 {
+            Next::ForwardOne
         } else if ks.busy || ks.dlq_pending > 0 {
             return;
         } else if let Some(head) = ks.retry_q.front() {
@@ -106,7 +111,7 @@ impl Runtime {
             } else {
                 Next::Wait(head.due)
             }
-        } else if !ks.main_q.is_empty() {
+        } else if !ks.main_q.is_empty() && !forwarding {
             Next::Run
         } else {
             Next::Idle
@@ -130,9 +135,8 @@ impl Runtime {
                     }));
                 }
             }
-            Next::ForwardAll => {
-                let events: Vec<Event> = ks.main_q.drain(..).collect();
-                for event in events {
+            Next::ForwardOne => {
+                if let Some(event) = ks.main_q.pop_front() {
                     self.forward(p, event).await;
                 }
                 // Then the retry head, if any, may run.

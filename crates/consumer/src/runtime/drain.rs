@@ -194,10 +194,11 @@ impl Runtime {
         // Unblocks the polling thread if it waits on a full channel or for a revoke
         // answer (the answer's sender is dropped with the channel).
         drop(rx);
-        // Abandoned handler calls and deliveries end now; blocking probes finish
-        // within their request timeouts (they hold the consumer).
-        self.tasks.abort_all();
-        while self.tasks.join_next().await.is_some() {}
+        // Abandoned handler calls and deliveries end now. A watermark probe on the
+        // blocking pool cannot be aborted and may wait out its request timeout with
+        // the brokers gone: it is left to finish on its own (it holds a reference to
+        // the consumer, so the group may be left only when it ends), not waited for.
+        drop(std::mem::take(&mut self.tasks));
         let Runtime {
             consumer,
             producer,

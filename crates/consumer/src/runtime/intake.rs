@@ -224,7 +224,12 @@ impl Runtime {
             return;
         }
         let ks = st.keys.entry(key.clone()).or_default();
-        if ks.is_parked() && ks.main_q.is_empty() && !ks.busy_main {
+        if ks.is_parked()
+            && ks.main_q.is_empty()
+            && !ks.busy_main
+            && ks.producing == 0
+            && ks.dlq_pending == 0
+        {
             self.forward(p, event).await;
         } else {
             ks.main_q.push_back(event);

@@ -82,6 +82,9 @@ impl Runtime {
         let Some(consumer) = self.consumer.clone() else {
             return;
         };
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
         let topic = self.config.retry_topic.clone();
         let abort = self.tasks.spawn_blocking(move || {
             std::thread::sleep(delay);
@@ -138,7 +141,7 @@ impl Runtime {
         let Some(consumer) = self.consumer.clone() else {
             return;
         };
-        if self.dlq_probing {
+        if self.dlq_probing || self.shutdown_deadline.is_some() {
             return;
         }
         self.dlq_probing = true;
