@@ -34,10 +34,16 @@ pub struct RuntimeConfig {
     /// pauses fetching that partition (default 10 000); resumed at half.
     pub max_buffered_per_partition: usize,
     /// Bytes of received records (payload, key, headers and bookkeeping) the
-    /// runtime may hold (default 32 MiB): the source side and the retry side each
-    /// pause fetching at a fifth of it and resume at a tenth; what was already on its
-    /// way when a side paused adds at most another fifth to that side, so both
-    /// together stay under four fifths (plus a few records larger than the batches).
+    /// runtime may hold (default 32 MiB). A fifth of it is shared out over the
+    /// assigned partitions for their source records, another fifth for their retry
+    /// records; a partition whose records reach its share pauses fetching that topic
+    /// (its own only) and resumes at half. What was already fetched or on its way
+    /// when a partition paused still arrives: librdkafka's read-ahead is sized from
+    /// the bound for that (`queued.max.messages.kbytes` a fifth,
+    /// `max.partition.fetch.bytes` a twentieth, at most 1 MiB), and so are the
+    /// batches to the loop, so that everything held stays under the bound (82 % of
+    /// it at the peak in `tests/memory.rs`; records larger than a batch can add one
+    /// each).
     /// A target that is down for hours thus costs this much memory, not its backlog.
     pub max_buffered_bytes: usize,
     /// On shutdown, how long in-flight handlers may finish (default 10 s).

@@ -45,16 +45,21 @@ impl Runtime {
     ///
     /// - a source partition with [`RuntimeConfig::max_buffered_per_partition`]
     ///   unfinished records pauses, and resumes at half;
-    /// - all source partitions pause while the source records held (held, queued,
-    ///   being handled or being produced) reach a fifth of
-    ///   [`RuntimeConfig::max_buffered_bytes`], and resume at a tenth;
-    /// - all retry partitions pause the same way on the retry records held.
+    /// - a source partition pauses while its source records held (held, queued,
+    ///   being handled or being produced) reach its share of a fifth of
+    ///   [`RuntimeConfig::max_buffered_bytes`] (the fifth over the partitions
+    ///   assigned), and resumes at half of it;
+    /// - a retry partition pauses the same way on its retry records held.
     ///
-    /// A fifth each, because what the polling thread has already handed over comes
-    /// on top of a pause (at most another fifth: see the poller's batch bytes), and
-    /// each side may be at its peak at the same time. A parked key's unread retry
-    /// records keep it parked by offset alone (`KeyState::retry_known`), so pausing
-    /// the retry side never reorders anything.
+    /// A fifth per side, because what librdkafka had fetched and what the polling
+    /// thread has already handed over come on top of a pause (both sized from the
+    /// bound: the consumer config in mod.rs, the poller's batch bytes), and each
+    /// side may be at its peak at the same time. Per partition, so
+    /// that a backlog in one partition (a channel whose target is down) pauses that
+    /// partition only: the channels of the others keep flowing. A parked key's
+    /// unread retry records keep it parked by offset alone (`KeyState::retry_known`),
+    /// so pausing the retry side never reorders anything; but while a retry
+    /// partition is paused before its gate opened, its source partition waits.
     ///
     /// [`RuntimeConfig::max_buffered_per_partition`]: crate::RuntimeConfig::max_buffered_per_partition
     /// [`RuntimeConfig::max_buffered_bytes`]: crate::RuntimeConfig::max_buffered_bytes
@@ -69,8 +74,7 @@ impl Runtime {
             .buffered_bytes(&self.config.source_topic, main_bytes);
         self.metrics
             .buffered_bytes(&self.config.retry_topic, retry_bytes);
-        self.main_over_bytes = hysteresis(self.main_over_bytes, main_bytes, side_max);
-        self.retry_over_bytes = hysteresis(self.retry_over_bytes, retry_bytes, side_max);
+        let share = side_max / self.partitions.len().max(1);
         let Some(consumer) = &self.consumer else {
             return;
         };
@@ -79,8 +83,10 @@ impl Runtime {
         let mut changed = Vec::new();
         for (p, st) in &mut self.partitions {
             st.over_records = hysteresis(st.over_records, st.main.pending_len(), max_records);
-            let main = st.over_records || self.main_over_bytes;
-            let retry = self.retry_over_bytes;
+            st.main_over_bytes = hysteresis(st.main_over_bytes, st.main.pending_bytes(), share);
+            st.retry_over_bytes = hysteresis(st.retry_over_bytes, st.retry.pending_bytes(), share);
+            let main = st.over_records || st.main_over_bytes;
+            let retry = st.retry_over_bytes;
             for (topic, want, paused) in [
                 (&self.config.source_topic, main, &mut st.main_paused),
                 (&self.config.retry_topic, retry, &mut st.retry_paused),

@@ -217,6 +217,22 @@ impl ConsumerRuntime {
                 "statistics.interval.ms",
                 config.lag_interval.as_millis().max(1).to_string(),
             );
+        // librdkafka's read-ahead is memory too, and pausing a partition does not
+        // take back what it already fetched: size it from the same bound (a fifth,
+        // and a twentieth per partition per fetch) so that what it delivers after a
+        // pause stays inside it.
+        let read_ahead = config.max_buffered_bytes / 5;
+        consumer_config
+            .set(
+                "queued.max.messages.kbytes",
+                (read_ahead / 1024).max(64).to_string(),
+            )
+            .set(
+                "max.partition.fetch.bytes",
+                (config.max_buffered_bytes / 20)
+                    .clamp(16 * 1024, 1024 * 1024)
+                    .to_string(),
+            );
         let metrics = metrics.group(&group);
 
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -299,8 +315,6 @@ impl ConsumerRuntime {
             revoke: None,
             dlq_ends: vec![0; usize::try_from(dlq_partitions).unwrap_or(0)],
             dlq_probing: false,
-            main_over_bytes: false,
-            retry_over_bytes: false,
             shutdown_deadline: None,
             fatal: None,
             closing: closing.clone(),
@@ -340,9 +354,6 @@ struct Runtime {
     dlq_ends: Vec<i64>,
     /// A read of the DLQ topic's end offsets is running.
     dlq_probing: bool,
-    /// The source / retry records held are over their share of the byte bound.
-    main_over_bytes: bool,
-    retry_over_bytes: bool,
     shutdown_deadline: Option<Instant>,
     fatal: Option<ConsumerError>,
     closing: Arc<AtomicBool>,

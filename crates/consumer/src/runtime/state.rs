@@ -104,6 +104,9 @@ pub(super) struct PartitionState {
     pub(super) retry_paused: bool,
     /// Source p has too many unfinished records (flow control, with hysteresis).
     pub(super) over_records: bool,
+    /// Its source / retry records held are over its share of the byte bound.
+    pub(super) main_over_bytes: bool,
+    pub(super) retry_over_bytes: bool,
     pub(super) parked_keys: i64,
 }
 
@@ -125,6 +128,8 @@ impl PartitionState {
             main_paused: false,
             retry_paused: false,
             over_records: false,
+            main_over_bytes: false,
+            retry_over_bytes: false,
             parked_keys: 0,
         }
     }
