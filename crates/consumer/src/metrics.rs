@@ -12,6 +12,7 @@ pub struct ConsumerMetrics {
     retried: IntCounterVec,
     parked_keys: IntGaugeVec,
     buffered_bytes: IntGaugeVec,
+    skipped: IntCounterVec,
     dlq_end_offset: IntGaugeVec,
     dead_lettered: IntCounterVec,
     lag: IntGaugeVec,
@@ -50,6 +51,13 @@ impl ConsumerMetrics {
                 ),
                 &["group", "topic"],
             )?,
+            skipped: IntCounterVec::new(
+                Opts::new(
+                    "slackline_consumer_skipped_total",
+                    "Replayed source records skipped because they were already finished: in_retry (moved to the retry topic before) or finished_before_moved (a later record of the key was moved after it finished)",
+                ),
+                &["group", "reason"],
+            )?,
             dlq_end_offset: IntGaugeVec::new(
                 Opts::new(
                     "slackline_dlq_end_offset",
@@ -87,6 +95,7 @@ impl ConsumerMetrics {
         registry.register(Box::new(metrics.parked_keys.clone()))?;
         registry.register(Box::new(metrics.buffered_bytes.clone()))?;
         registry.register(Box::new(metrics.dlq_end_offset.clone()))?;
+        registry.register(Box::new(metrics.skipped.clone()))?;
         registry.register(Box::new(metrics.dead_lettered.clone()))?;
         registry.register(Box::new(metrics.lag.clone()))?;
         registry.register(Box::new(metrics.handler_seconds.clone()))?;
@@ -160,6 +169,14 @@ impl GroupMetrics {
             .dlq_end_offset
             .with_label_values(&[&self.group])
             .set(end);
+    }
+
+    /// A replayed source record was skipped as already finished.
+    pub(crate) fn skipped(&self, reason: &str) {
+        self.families
+            .skipped
+            .with_label_values(&[&self.group, reason])
+            .inc();
     }
 
     pub(crate) fn dead_lettered(&self) {

@@ -16,11 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use helpers::*;
-use prometheus::Registry;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use slackline_consumer::{ConsumerError, ConsumerMetrics, DlqRecord, HandlerError};
+use slackline_consumer::{ConsumerError, DlqRecord, HandlerError};
 
 /// Every DLQ record of `group`, parsed.
 async fn dead_letters(cluster: &TestCluster, group: &str) -> Vec<DlqRecord> {
@@ -64,8 +63,7 @@ async fn defect1_records_in_the_retry_topic_are_not_moved_again_after_a_crash() 
     config.commit_interval = Duration::from_secs(60);
     let store = Arc::new(Mutex::new(Store::default()));
 
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (_registry, metrics) = fresh_registry();
     let (first, _stop) = start(
         &cluster,
         config.clone(),
@@ -89,8 +87,7 @@ async fn defect1_records_in_the_retry_topic_are_not_moved_again_after_a_crash() 
         "the crash came before the retry round"
     );
 
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (registry, metrics) = fresh_registry();
     let (second, stop) = start(
         &cluster,
         config,
@@ -113,6 +110,11 @@ async fn defect1_records_in_the_retry_topic_are_not_moved_again_after_a_crash() 
     stop.trigger();
     second.wait().await.unwrap();
 
+    assert_eq!(
+        metric(&registry, "slackline_consumer_skipped_total", &group),
+        total as f64,
+        "every source record read again was recognised as already in the retry topic"
+    );
     let letters = dead_letters(&cluster, &group).await;
     let mut per_offset: HashMap<(i32, i64), usize> = HashMap::new();
     for l in &letters {
@@ -154,8 +156,7 @@ async fn defect2_a_key_waits_for_its_dead_letter_to_be_acknowledged() {
     let mut config = fast_config(&group, &source);
     config.produce_timeout = Duration::from_secs(3);
     let store = Arc::new(Mutex::new(Store::default()));
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (_registry, metrics) = fresh_registry();
     let (runtime, _stop) = start(
         &cluster,
         config.clone(),
@@ -278,8 +279,7 @@ async fn defect4_an_oversized_dead_letter_is_written_without_its_payload() {
     });
     let config = fast_config(&group, &source);
     let store = Arc::new(Mutex::new(Store::default()));
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (_registry, metrics) = fresh_registry();
     let (runtime, stop) = start(
         &cluster,
         config,
@@ -358,8 +358,7 @@ async fn defect4_a_record_too_large_for_the_retry_topic_is_dead_lettered() {
     let mut config = fast_config(&group, &source);
     config.quick_retries = 0;
     let store = Arc::new(Mutex::new(Store::default()));
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (_registry, metrics) = fresh_registry();
     let (runtime, stop) = start(
         &cluster,
         config,
@@ -457,8 +456,7 @@ fn defect5_partitions_given_back_after_an_unanswered_revoke_are_handled() {
         })
             as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>
     };
-    let registry_a = Registry::new();
-    let metrics_a = ConsumerMetrics::register(&registry_a).unwrap();
+    let (_registry_a, metrics_a) = fresh_registry();
     let stop_a = slackline_service::Shutdown::new();
     let a = a_runtime
         .block_on(slackline_consumer::ConsumerRuntime::start(
@@ -487,8 +485,7 @@ fn defect5_partitions_given_back_after_an_unanswered_revoke_are_handled() {
         .await;
     });
     // Member B joins while A's loop cannot answer its revoke.
-    let registry_b = Registry::new();
-    let metrics_b = ConsumerMetrics::register(&registry_b).unwrap();
+    let (_registry_b, metrics_b) = fresh_registry();
     let (b, stop_b) = driver.block_on(start(
         &cluster,
         config,

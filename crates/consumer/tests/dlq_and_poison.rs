@@ -273,8 +273,7 @@ async fn a_dead_letter_written_just_before_a_crash_shows_in_the_next_process() {
     });
     let config = fast_config(&group, &source);
     let store = Arc::new(Mutex::new(Store::default()));
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (registry, metrics) = fresh_registry();
     let (first, _stop) = start(
         &cluster,
         config.clone(),
@@ -297,8 +296,7 @@ async fn a_dead_letter_written_just_before_a_crash_shows_in_the_next_process() {
     // Dies before any scrape: its counter is gone with it.
     first.crash().await;
 
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (registry, metrics) = fresh_registry();
     let (second, stop) = start(&cluster, config, store, plan, Duration::ZERO, &metrics).await;
     wait_for(
         "the next process's reading of the DLQ's end offsets",

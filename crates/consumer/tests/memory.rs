@@ -22,7 +22,7 @@ use prometheus::Registry;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
-use slackline_consumer::{ConsumerMetrics, HandlerError};
+use slackline_consumer::HandlerError;
 
 const KEYS: usize = 100;
 const PER_KEY: usize = 500;
@@ -118,8 +118,7 @@ async fn a_target_down_for_fifty_thousand_records_costs_the_bound_not_the_backlo
     // Enough rounds that nothing is dead-lettered while the target is down.
     config.retry_delays = vec![Duration::from_millis(250); 2_000];
     let store = Arc::new(Mutex::new(Store::default()));
-    let registry = Registry::new();
-    let metrics = ConsumerMetrics::register(&registry).unwrap();
+    let (registry, metrics) = fresh_registry();
     let (runtime, stop) = start(
         &cluster,
         config,

@@ -197,17 +197,10 @@ impl Runtime {
         while st.in_retry.first().is_some_and(|&o| o < event.offset) {
             st.in_retry.pop_first();
         }
-        if st.in_retry.remove(&event.offset) {
-            tracing::debug!(
-                partition = p,
-                offset = event.offset,
-                "already in the retry topic"
-            );
-            st.main.finished(event.offset);
-            return;
-        }
         let key = event.key.clone();
-        if st
+        let skip = if st.in_retry.remove(&event.offset) {
+            Some("in_retry")
+        } else if st
             .retry_origins
             .get(&key)
             .is_some_and(|&origin| event.offset < origin)
@@ -215,12 +208,19 @@ impl Runtime {
             // Finished before a later record of its key went to the retry topic
             // (handled or dead-lettered by a previous owner, above the commit point):
             // running it now would apply it after that later record.
+            Some("finished_before_moved")
+        } else {
+            None
+        };
+        if let Some(reason) = skip {
             tracing::debug!(
                 partition = p,
                 offset = event.offset,
-                "finished before a later record of its key was moved"
+                reason,
+                "replayed source record skipped"
             );
             st.main.finished(event.offset);
+            self.metrics.skipped(reason);
             return;
         }
         let ks = st.keys.entry(key.clone()).or_default();

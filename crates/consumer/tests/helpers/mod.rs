@@ -286,6 +286,14 @@ pub fn recording_handler(
     }
 }
 
+/// A fresh registry with the runtime's metrics in it (one per runtime a test starts,
+/// so each one's counters are its own).
+pub fn fresh_registry() -> (Registry, ConsumerMetrics) {
+    let registry = Registry::new();
+    let metrics = ConsumerMetrics::register(&registry).expect("the runtime's metrics register");
+    (registry, metrics)
+}
+
 /// Starts a runtime with its own shutdown signal.
 pub async fn start(
     cluster: &TestCluster,
