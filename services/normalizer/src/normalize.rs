@@ -327,6 +327,12 @@ impl Builder<'_> {
                     }
                 }
                 let ts = str_field(self.event, "ts").ok_or("message without ts")?;
+                // Slack hid the author (no user, no bot, no subtype saying who posts):
+                // nobody can tell a customer's request from an agent's reply, so the
+                // team must look (the degraded path keeps channel, ts, team, text).
+                if other.is_none() && author(self.event, &self.team_id).is_none() {
+                    return Err("missing_author".into());
+                }
                 let thread_ts = str_field(self.event, "thread_ts");
                 Ok(self.base(
                     self.event,

@@ -117,13 +117,26 @@ fn thread_ts_different_from_ts_is_a_reply_even_without_subtype() {
     assert!(matches!(broadcast.kind, Kind::Posted(ref p) if p.is_reply && p.is_broadcast));
 }
 
+/// Issue 12, item 4: a message whose author Slack hid was a full message with no
+/// author (neither a customer's request nor an agent's reply); it is degraded, with
+/// what there is, so the team is told.
 #[test]
-fn hidden_author_stays_full_with_no_author() {
+fn hidden_author_is_degraded_with_what_there_is() {
     let e = event(&envelope(
-        json!({"type": "message", "channel": "C0CHAN", "text": "who?", "ts": "1.0"}),
+        json!({"type": "message", "channel": "C0CHAN", "text": "who?", "ts": "1.0", "thread_ts": "0.5"}),
+    ));
+    assert_eq!(e.mode, Mode::Degraded);
+    assert_eq!(e.degraded_reason.as_deref(), Some("missing_author"));
+    assert!(e.author.is_none());
+    assert_eq!(e.channel_id.as_deref(), Some("C0CHAN"));
+    assert_eq!(e.ts.as_deref(), Some("1.0"));
+    assert_eq!(e.text.as_deref(), Some("who?"));
+    assert!(!e.team_id.is_empty());
+    // A bot's message has its bot id for an author: still full.
+    let e = event(&envelope(
+        json!({"type": "message", "channel": "C0CHAN", "bot_id": "B0X", "text": "ci", "ts": "2.0"}),
     ));
     assert_eq!(e.mode, Mode::Full);
-    assert!(e.author.is_none());
 }
 
 #[test]
@@ -245,7 +258,7 @@ fn event_ts_without_a_dot_is_seconds() {
 
 #[test]
 fn nul_lone_surrogates_and_huge_texts_survive() {
-    let body = br#"{"type":"event_callback","event_id":"Ev9","authorizations":[{"team_id":"T0HOME"}],"event":{"type":"message","channel":"C0CHAN","ts":"1.0","text":"nul \u0000 lone \ud800 end \udc00 pair \ud83d\ude00"}}"#;
+    let body = br#"{"type":"event_callback","event_id":"Ev9","authorizations":[{"team_id":"T0HOME"}],"event":{"type":"message","channel":"C0CHAN","user":"U1","ts":"1.0","text":"nul \u0000 lone \ud800 end \udc00 pair \ud83d\ude00"}}"#;
     let e = event(body);
     assert_eq!(e.mode, Mode::Full);
     assert_eq!(
@@ -254,7 +267,7 @@ fn nul_lone_surrogates_and_huge_texts_survive() {
     );
     let long = "x".repeat(40_000);
     let e = event(&envelope(
-        json!({"type": "message", "channel": "C0CHAN", "text": long, "ts": "1.0"}),
+        json!({"type": "message", "channel": "C0CHAN", "user": "U1", "text": long, "ts": "1.0"}),
     ));
     assert_eq!(e.text.as_deref().map(str::len), Some(40_000));
 }
