@@ -17,6 +17,7 @@ mod dedup;
 mod dlq;
 pub mod metrics;
 pub mod normalize;
+pub mod render;
 
 use std::future::Future;
 use std::pin::Pin;
