@@ -1,6 +1,6 @@
 //! thread-state's configuration, from environment variables (see the README's table).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -89,6 +89,15 @@ pub struct Grouping {
     /// `SLACK_BOT_TOKENS` (or while that lookup fails) reactors stay `unknown` and only
     /// `:anyone` commands act.
     pub reaction_commands: HashMap<String, ReactionCommand>,
+    /// `BOT_QUIET_CHANNELS`: channels whose customers' bots change nothing
+    /// (`C1,C2`). Elsewhere a bot of another workspace than the installing one (an
+    /// incoming webhook, a CI app of the customer) speaks for the customer: its
+    /// message opens or joins a thread like a customer's (`todo`), its author kind
+    /// staying `bot`. A bot whose workspace Slack did not tell counts as the
+    /// customer's too (a missed message is a missed urgent request). Bots of the
+    /// installing workspace never change anything, and bots' reactions are never
+    /// commands.
+    pub bot_quiet_channels: HashSet<String>,
 }
 
 /// Whose reaction is a command (the `:agents` / `:anyone` suffix of a
@@ -151,6 +160,7 @@ impl Default for Grouping {
             )]
             .into_iter()
             .collect(),
+            bot_quiet_channels: HashSet::new(),
         }
     }
 }
@@ -208,12 +218,23 @@ impl Grouping {
                 HashMap::new()
             }
         };
+        let bot_quiet_channels = env
+            .get("BOT_QUIET_CHANNELS")
+            .map(|raw| {
+                raw.split(',')
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
         Grouping {
             default_mode,
             channels,
             window: Duration::from_secs(minutes.saturating_mul(60)),
             manual_open_reaction,
             reaction_commands,
+            bot_quiet_channels,
         }
     }
 }
@@ -358,6 +379,7 @@ mod tests {
             Some(&ReactionCommand::agents(ThreadStatus::Done))
         );
         assert_eq!(g.reaction_commands.len(), 1);
+        assert!(g.bot_quiet_channels.is_empty());
     }
 
     #[test]
@@ -371,9 +393,14 @@ mod tests {
                 "REACTION_COMMANDS",
                 "white_check_mark:done, eyes:waiting,+1::skin-tone-2:todo",
             ),
+            ("BOT_QUIET_CHANNELS", " C9, ,C8"),
         ])
         .unwrap();
         let g = config.grouping;
+        assert_eq!(
+            g.bot_quiet_channels,
+            ["C8", "C9"].into_iter().map(str::to_owned).collect()
+        );
         assert_eq!(g.mode_for("C1"), GroupingMode::TimeWindow);
         assert_eq!(g.mode_for("C2"), GroupingMode::SlackThread);
         assert_eq!(g.mode_for("C3"), GroupingMode::Manual);

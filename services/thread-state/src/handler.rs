@@ -63,7 +63,7 @@ impl Handler {
                 "unthreaded"
             };
             self.metrics.fact(outcome);
-            if let Some(cause) = applied.cause {
+            for cause in &applied.causes {
                 self.metrics.transition(cause);
             }
         }
@@ -71,7 +71,7 @@ impl Handler {
             fact = %message.fact(),
             duplicate = applied.duplicate,
             thread_id = applied.thread_id.as_deref().unwrap_or(""),
-            cause = applied.cause.unwrap_or(""),
+            causes = ?applied.causes,
             "fact applied"
         );
         // Also after a duplicate: the earlier attempt may have stopped between its

@@ -40,20 +40,74 @@ pub(crate) struct FactKey {
     pub(crate) fact: String,
 }
 
+/// Where a status decision sits in Slack's order: its Slack time in microseconds, then
+/// a tie-break (`0:<fact>` for a message, `1:<fact>` for a reaction, so a reaction
+/// reported in the same microsecond as a message counts after it, and two facts never
+/// compare equal). Compared as a tuple: numerically by time, never as ts strings.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Order {
+    pub(crate) micros: i64,
+    pub(crate) key: String,
+}
+
+impl Order {
+    /// The order of a message fact: its own ts.
+    pub(crate) fn message(ts: &str, fact: &str) -> Order {
+        Order {
+            micros: ts_micros(ts).unwrap_or(0),
+            key: format!("0:{fact}"),
+        }
+    }
+
+    /// The order of a reaction fact on message `item_ts` at `event_time_ms`: never
+    /// before the message it is on (a reaction cannot precede its message, and
+    /// Slack's `event_time` has only whole seconds).
+    pub(crate) fn reaction(item_ts: &str, event_time_ms: Option<i64>, fact: &str) -> Order {
+        let item = ts_micros(item_ts).unwrap_or(0);
+        let at = event_time_ms
+            .and_then(|ms| ms.checked_mul(1000))
+            .unwrap_or(0);
+        Order {
+            micros: item.max(at),
+            key: format!("1:{fact}"),
+        }
+    }
+
+    /// The time as a Slack ts (`seconds.micros`).
+    pub(crate) fn ts(&self) -> String {
+        format!(
+            "{}.{:06}",
+            self.micros.div_euclid(1_000_000),
+            self.micros.rem_euclid(1_000_000)
+        )
+    }
+}
+
 /// A locked thread, as far as a decision needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Thread {
     pub(crate) thread_id: String,
+    pub(crate) root_ts: String,
     pub(crate) status: ThreadStatus,
+    /// The order of the fact that decided `status`.
+    pub(crate) order: Order,
 }
+
+/// The columns [`thread_from`] reads (of `threads`, aliased `t`).
+const THREAD_COLUMNS: &str = "t.thread_id, t.root_ts, t.status, t.status_micros, t.status_key";
 
 fn thread_from(row: &sqlx::postgres::PgRow) -> Result<Thread, StoreError> {
     let status: String = row.try_get("status")?;
     Ok(Thread {
         thread_id: row.try_get("thread_id")?,
+        root_ts: row.try_get("root_ts")?,
         status: status
             .parse()
             .map_err(|e| StoreError::Query(format!("threads.status: {e}")))?,
+        order: Order {
+            micros: row.try_get("status_micros")?,
+            key: row.try_get("status_key")?,
+        },
     })
 }
 
@@ -105,10 +159,10 @@ pub(crate) async fn thread_by_root(
     channel_id: &str,
     root_ts: &str,
 ) -> Result<Option<Thread>, StoreError> {
-    let row = sqlx::query(
-        "SELECT thread_id, status FROM threads \
-         WHERE team_id = $1 AND channel_id = $2 AND root_ts = $3 FOR UPDATE",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {THREAD_COLUMNS} FROM threads t \
+         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.root_ts = $3 FOR UPDATE"
+    ))
     .bind(team_id)
     .bind(channel_id)
     .bind(root_ts)
@@ -127,11 +181,11 @@ pub(crate) async fn thread_of_message(
     if let Some(thread) = thread_by_root(&mut *conn, team_id, channel_id, ts).await? {
         return Ok(Some(thread));
     }
-    let row = sqlx::query(
-        "SELECT t.thread_id, t.status FROM threads t \
+    let row = sqlx::query(&format!(
+        "SELECT {THREAD_COLUMNS} FROM threads t \
          JOIN thread_messages m ON m.thread_id = t.thread_id \
-         WHERE m.team_id = $1 AND m.channel_id = $2 AND m.ts = $3 FOR UPDATE OF t",
-    )
+         WHERE m.team_id = $1 AND m.channel_id = $2 AND m.ts = $3 FOR UPDATE OF t"
+    ))
     .bind(team_id)
     .bind(channel_id)
     .bind(ts)
@@ -150,14 +204,14 @@ pub(crate) async fn window_thread(
     at_micros: i64,
     window_micros: i64,
 ) -> Result<Option<Thread>, StoreError> {
-    let row = sqlx::query(
-        "SELECT t.thread_id, t.status FROM threads t \
+    let row = sqlx::query(&format!(
+        "SELECT {THREAD_COLUMNS} FROM threads t \
          WHERE t.team_id = $1 AND t.channel_id = $2 AND t.status <> 'done' \
            AND EXISTS (SELECT 1 FROM thread_messages m \
                        WHERE m.thread_id = t.thread_id AND m.author_id = $3 \
                          AND m.ts_micros BETWEEN $4 - $5 AND $4) \
-         ORDER BY t.root_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE",
-    )
+         ORDER BY t.root_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE"
+    ))
     .bind(team_id)
     .bind(channel_id)
     .bind(author_id)
@@ -175,11 +229,11 @@ pub(crate) async fn latest_open_thread(
     team_id: &str,
     channel_id: &str,
 ) -> Result<Option<Thread>, StoreError> {
-    let row = sqlx::query(
-        "SELECT thread_id, status FROM threads \
-         WHERE team_id = $1 AND channel_id = $2 AND status <> 'done' \
-         ORDER BY last_micros DESC NULLS LAST, thread_id DESC LIMIT 1 FOR UPDATE",
-    )
+    let row = sqlx::query(&format!(
+        "SELECT {THREAD_COLUMNS} FROM threads t \
+         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.status <> 'done' \
+         ORDER BY t.last_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE"
+    ))
     .bind(team_id)
     .bind(channel_id)
     .fetch_optional(conn)
@@ -195,6 +249,8 @@ pub(crate) struct NewThread<'a> {
     pub(crate) channel_id: &'a str,
     pub(crate) root_ts: &'a str,
     pub(crate) status: ThreadStatus,
+    /// The order of the fact that opened it (and decided `status`).
+    pub(crate) order: &'a Order,
     pub(crate) grouping: &'a str,
     pub(crate) opened_by: Option<&'a str>,
     pub(crate) last_ts: &'a str,
@@ -207,8 +263,9 @@ pub(crate) async fn create_thread(
 ) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO threads (thread_id, team_id, channel_id, root_ts, status, grouping, \
-                              opened_by, last_ts, root_micros, last_micros) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+                              opened_by, last_ts, root_micros, last_micros, \
+                              status_ts, status_micros, status_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT DO NOTHING",
     )
     .bind(t.thread_id)
     .bind(t.team_id)
@@ -220,6 +277,9 @@ pub(crate) async fn create_thread(
     .bind(t.last_ts)
     .bind(ts_micros(t.root_ts))
     .bind(ts_micros(t.last_ts))
+    .bind(t.order.ts())
+    .bind(t.order.micros)
+    .bind(&t.order.key)
     .execute(conn)
     .await?
     .rows_affected();
@@ -270,6 +330,213 @@ pub(crate) async fn add_message(
     Ok(())
 }
 
+/// A message fact as remembered in `seen_messages`.
+#[derive(Debug, Clone)]
+pub(crate) struct SeenMessage {
+    pub(crate) ts: String,
+    pub(crate) fact: String,
+    pub(crate) thread_ts: Option<String>,
+    pub(crate) author_id: Option<String>,
+    pub(crate) author_kind: String,
+    /// `customer`, `agent` or `silent`.
+    pub(crate) role: String,
+    pub(crate) event_id: String,
+    pub(crate) event_time_ms: Option<i64>,
+}
+
+/// Remembers a message fact (whether or not it belongs to a thread).
+pub(crate) async fn insert_seen_message(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    m: &SeenMessage,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO seen_messages (team_id, channel_id, ts, fact, thread_ts, author_id, \
+                                   author_kind, role, event_id, event_time_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(&m.ts)
+    .bind(&m.fact)
+    .bind(&m.thread_ts)
+    .bind(&m.author_id)
+    .bind(&m.author_kind)
+    .bind(&m.role)
+    .bind(&m.event_id)
+    .bind(m.event_time_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The remembered message facts that belong to no thread yet and whose ts or Slack
+/// thread root is one of `roots`, except the fact `(except_ts, except_fact)`, by ts.
+pub(crate) async fn loose_messages(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    roots: &[&str],
+    except: (&str, &str),
+) -> Result<Vec<SeenMessage>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.ts, s.fact, s.thread_ts, s.author_id, s.author_kind, s.role, s.event_id, \
+                s.event_time_ms \
+         FROM seen_messages s \
+         WHERE s.team_id = $1 AND s.channel_id = $2 \
+           AND (s.ts = ANY($3) OR s.thread_ts = ANY($3)) \
+           AND NOT (s.ts = $4 AND s.fact = $5) \
+           AND NOT EXISTS (SELECT 1 FROM thread_messages m \
+                           WHERE m.team_id = s.team_id AND m.channel_id = s.channel_id \
+                             AND m.ts = s.ts) \
+         ORDER BY s.ts, s.fact",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(roots)
+    .bind(except.0)
+    .bind(except.1)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(SeenMessage {
+                ts: r.try_get("ts")?,
+                fact: r.try_get("fact")?,
+                thread_ts: r.try_get("thread_ts")?,
+                author_id: r.try_get("author_id")?,
+                author_kind: r.try_get("author_kind")?,
+                role: r.try_get("role")?,
+                event_id: r.try_get("event_id")?,
+                event_time_ms: r.try_get("event_time_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// A reaction fact as remembered in `seen_reactions`.
+#[derive(Debug, Clone)]
+pub(crate) struct SeenReaction {
+    pub(crate) ts: String,
+    pub(crate) fact: String,
+    pub(crate) name: String,
+    pub(crate) author_kind: String,
+    pub(crate) command_status: Option<ThreadStatus>,
+    pub(crate) order_micros: i64,
+    pub(crate) event_id: String,
+    pub(crate) event_time_ms: Option<i64>,
+}
+
+/// Remembers a reaction fact.
+pub(crate) async fn insert_seen_reaction(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    r: &SeenReaction,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO seen_reactions (team_id, channel_id, ts, fact, name, author_kind, \
+                                    command_status, order_micros, event_id, event_time_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(&r.ts)
+    .bind(&r.fact)
+    .bind(&r.name)
+    .bind(&r.author_kind)
+    .bind(r.command_status.map(ThreadStatus::as_str))
+    .bind(r.order_micros)
+    .bind(&r.event_id)
+    .bind(r.event_time_ms)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The remembered reaction commands on the messages `ts`.
+pub(crate) async fn reaction_commands_on(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    ts: &[&str],
+) -> Result<Vec<SeenReaction>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT ts, fact, name, author_kind, command_status, order_micros, event_id, \
+                event_time_ms \
+         FROM seen_reactions \
+         WHERE team_id = $1 AND channel_id = $2 AND ts = ANY($3) \
+           AND command_status IS NOT NULL",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(ts)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let status: Option<String> = r.try_get("command_status")?;
+            Ok(SeenReaction {
+                ts: r.try_get("ts")?,
+                fact: r.try_get("fact")?,
+                name: r.try_get("name")?,
+                author_kind: r.try_get("author_kind")?,
+                command_status: status
+                    .map(|s| {
+                        s.parse().map_err(|e| {
+                            StoreError::Query(format!("seen_reactions.command_status: {e}"))
+                        })
+                    })
+                    .transpose()?,
+                order_micros: r.try_get("order_micros")?,
+                event_id: r.try_get("event_id")?,
+                event_time_ms: r.try_get("event_time_ms")?,
+            })
+        })
+        .collect()
+}
+
+/// Notes `thread_id` on the remembered message and reaction facts of the messages
+/// `ts` that name no thread yet (they were applied before their message joined it).
+pub(crate) async fn set_facts_thread(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    ts: &[&str],
+    thread_id: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE facts f SET thread_id = $4 \
+         WHERE f.team_id = $1 AND f.channel_id = $2 AND f.ts = ANY($3) AND f.thread_id IS NULL \
+           AND (EXISTS (SELECT 1 FROM seen_messages s WHERE s.team_id = f.team_id \
+                          AND s.channel_id = f.channel_id AND s.ts = f.ts AND s.fact = f.fact) \
+             OR EXISTS (SELECT 1 FROM seen_reactions s WHERE s.team_id = f.team_id \
+                          AND s.channel_id = f.channel_id AND s.ts = f.ts AND s.fact = f.fact))",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .bind(ts)
+    .bind(thread_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Sets who opened a thread when that was not known (its root arrived after a reply).
+pub(crate) async fn fill_opened_by(
+    conn: &mut PgConnection,
+    thread_id: &str,
+    opened_by: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE threads SET opened_by = $2 WHERE thread_id = $1 AND opened_by IS NULL")
+        .bind(thread_id)
+        .bind(opened_by)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// A transition to record.
 #[derive(Debug)]
 pub(crate) struct NewTransition<'a> {
@@ -290,16 +557,34 @@ pub(crate) fn transition_id(thread_id: &str, key: &FactKey) -> String {
     format!("{thread_id}/{}/{}", key.ts, key.fact)
 }
 
-/// Sets the thread's status and records the transition.
+/// Sets the thread's status and the order of the fact that decided it.
+pub(crate) async fn set_decision(
+    conn: &mut PgConnection,
+    thread_id: &str,
+    status: ThreadStatus,
+    order: &Order,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE threads SET status = $2, status_ts = $3, status_micros = $4, status_key = $5, \
+                            updated_at = now() \
+         WHERE thread_id = $1",
+    )
+    .bind(thread_id)
+    .bind(status.as_str())
+    .bind(order.ts())
+    .bind(order.micros)
+    .bind(&order.key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a transition (the thread's status is set by [`set_decision`] or
+/// [`create_thread`]).
 pub(crate) async fn transition(
     conn: &mut PgConnection,
     t: &NewTransition<'_>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE threads SET status = $2, updated_at = now() WHERE thread_id = $1")
-        .bind(t.thread_id)
-        .bind(t.to_status.as_str())
-        .execute(&mut *conn)
-        .await?;
     sqlx::query(
         "INSERT INTO transitions (transition_id, thread_id, from_status, to_status, cause, \
              trigger_ts, trigger_event_id, trigger_fact, author_kind, reaction, event_time_ms) \
@@ -395,6 +680,8 @@ mod tests {
         assert_eq!(ts_micros("1700000000.1"), Some(1_700_000_000_100_000));
         assert_eq!(ts_micros("1700000000"), Some(1_700_000_000_000_000));
         assert_eq!(ts_micros("1700000000.1234567"), Some(1_700_000_000_123_456));
+        // Numerically, not as strings of different lengths.
+        assert!(ts_micros("999999999.9") < ts_micros("1000000000.000001"));
         for bad in ["", ".5", "abc", "1.2.3", "-1.0", "17e9"] {
             assert_eq!(ts_micros(bad), None, "{bad}");
         }

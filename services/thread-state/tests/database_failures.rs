@@ -61,15 +61,22 @@ fn script() -> (Vec<MessageEvent>, BTreeMap<String, Vec<T>>) {
                             &here,
                         ),
                     ),
+                    // The ✅ on the root comes at this step's time in Slack's order.
                     _ => (
-                        react(
-                            &id,
-                            channel,
-                            &root,
-                            "white_check_mark",
-                            Agent,
-                            "U0AGENT",
-                            &customer,
+                        at_ms(
+                            react(
+                                &id,
+                                channel,
+                                &root,
+                                "white_check_mark",
+                                Agent,
+                                "U0AGENT",
+                                &customer,
+                            ),
+                            here.split_once('.')
+                                .and_then(|(s, _)| s.parse::<i64>().ok())
+                                .expect("a ts")
+                                * 1000,
                         ),
                         t(&thread_id, Some("todo"), "done", "reaction", &root),
                     ),

@@ -21,6 +21,11 @@ fn at(offset: i64) -> String {
     format!("{}.000100", 1_700_000_000 + offset)
 }
 
+/// Slack event time (ms) `offset` seconds after 1700000000.
+fn ms(offset: i64) -> i64 {
+    (1_700_000_000 + offset) * 1000
+}
+
 fn script() -> Vec<MessageEvent> {
     vec![
         // time-window (30 minutes)
@@ -34,29 +39,42 @@ fn script() -> Vec<MessageEvent> {
         reply("Ev-tw-7", TW, &at(2700), &at(600), Customer, "U0BOB"), // reply to a message of A
         post("Ev-tw-8", TW, &at(2800), Bot, "B0BOT"),     // bots open nothing
         // manual
-        post("Ev-m-1", MAN, &at(0), Customer, "U0CAROL"), // fact only
-        reply("Ev-m-2", MAN, &at(10), &at(0), Customer, "U0CAROL"), // no thread yet: fact only
-        react("Ev-m-3", MAN, &at(0), "ticket", Agent, "U0AGENT", "U0CAROL"), // opens M
+        post("Ev-m-1", MAN, &at(0), Customer, "U0CAROL"), // no thread yet
+        reply("Ev-m-2", MAN, &at(10), &at(0), Customer, "U0CAROL"), // no thread yet
+        // opens M (at 15 s): with the conversation delivered before it
+        at_ms(
+            react("Ev-m-3", MAN, &at(0), "ticket", Agent, "U0AGENT", "U0CAROL"),
+            ms(15),
+        ),
         reply("Ev-m-4", MAN, &at(20), &at(0), Customer, "U0CAROL"), // joins M (todo already)
-        reply("Ev-m-5", MAN, &at(30), &at(0), Agent, "U0AGENT"), // waiting
-        react(
-            "Ev-m-6",
-            MAN,
-            &at(0),
-            "ticket",
-            Agent,
-            "U0AGENT2",
-            "U0CAROL",
-        ), // already a thread
-        react(
-            "Ev-m-7",
-            MAN,
-            &at(20),
-            "white_check_mark",
-            Agent,
-            "U0AGENT",
-            "U0CAROL",
-        ), // done
+        reply("Ev-m-5", MAN, &at(30), &at(0), Agent, "U0AGENT"),    // waiting
+        // already a thread: a `todo` decision from 25 s, older than the agent's reply
+        // at 30 s, so it changes nothing
+        at_ms(
+            react(
+                "Ev-m-6",
+                MAN,
+                &at(0),
+                "ticket",
+                Agent,
+                "U0AGENT2",
+                "U0CAROL",
+            ),
+            ms(25),
+        ),
+        // done (at 40 s)
+        at_ms(
+            react(
+                "Ev-m-7",
+                MAN,
+                &at(20),
+                "white_check_mark",
+                Agent,
+                "U0AGENT",
+                "U0CAROL",
+            ),
+            ms(40),
+        ),
         post("Ev-m-8", MAN, &at(100), Customer, "U0CAROL"), // fact only
         react("Ev-m-9", MAN, &at(100), "ticket", Bot, "B0BOT", "U0CAROL"), // bots open nothing
         // the default mode (slack-thread) still applies elsewhere; ticket means nothing
@@ -130,6 +148,9 @@ async fn time_window_and_manual_channels() {
     );
     let messages: Vec<(String, String)> = [
         (at(0), &d),
+        // The ticket's thread adopts the conversation delivered before the ticket.
+        (at(0), &m),
+        (at(10), &m),
         (at(20), &m),
         (at(30), &m),
         (at(0), &a),

@@ -25,9 +25,19 @@ fn script() -> Vec<MessageEvent> {
     vec![
         post("Ev-1", CH, ROOT, Customer, "U0CUST"),
         reply("Ev-2", CH, ANSWER, ROOT, Agent, "U0AGENT"),
-        react("Ev-3", CH, ROOT, CHECK, Customer, "U0CUST", "U0CUST"),
-        react("Ev-4", CH, ROOT, CHECK, Unknown, "U0WHO", "U0CUST"),
-        react("Ev-5", CH, ROOT, CHECK, Agent, "U0AGENT", "U0CUST"),
+        // Reactions come after the answer in Slack's order (their event time).
+        at_ms(
+            react("Ev-3", CH, ROOT, CHECK, Customer, "U0CUST", "U0CUST"),
+            1_700_000_001_000,
+        ),
+        at_ms(
+            react("Ev-4", CH, ROOT, CHECK, Unknown, "U0WHO", "U0CUST"),
+            1_700_000_002_000,
+        ),
+        at_ms(
+            react("Ev-5", CH, ROOT, CHECK, Agent, "U0AGENT", "U0CUST"),
+            1_700_000_003_000,
+        ),
     ]
 }
 

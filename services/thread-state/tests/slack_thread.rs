@@ -34,17 +34,22 @@ fn script() -> Vec<MessageEvent> {
         degraded("Ev-c3-1", C3, G1),
         reply("Ev-c1-3", C1, "1700000000.000300", R1, Customer, "U0CUST"),
         reply("Ev-c2-2", C2, "1700000100.000200", R2, Customer, "U0CUST2"),
-        react(
-            "Ev-c1-4",
-            C1,
-            R1,
-            "white_check_mark",
-            Agent,
-            "U0AGENT",
-            "U0CUST",
+        // The agent's ✅ comes half a second after the customer's reply (Slack's
+        // event time of a reaction is its place in Slack's order).
+        at_ms(
+            react(
+                "Ev-c1-4",
+                C1,
+                R1,
+                "white_check_mark",
+                Agent,
+                "U0AGENT",
+                "U0CUST",
+            ),
+            1_700_000_000_500,
         ),
         post("Ev-c3-2", C3, G2, Customer, "U0CUST3"),
-        reply("Ev-c1-5", C1, "1700000000.000400", R1, Customer, "U0CUST"),
+        reply("Ev-c1-5", C1, "1700000001.000400", R1, Customer, "U0CUST"),
         // A customer's ✅ (a thank-you) is recorded in the thread but is no command.
         react(
             "Ev-c2-3",
@@ -55,7 +60,7 @@ fn script() -> Vec<MessageEvent> {
             "U0CUST2",
             "U0CUST2",
         ),
-        post("Ev-c1-6", C1, "1700000000.000500", Bot, "B0BOT"),
+        post("Ev-c1-6", C1, "1700000001.000500", Bot, "B0BOT"),
         react(
             "Ev-c3-3",
             C3,
@@ -65,7 +70,7 @@ fn script() -> Vec<MessageEvent> {
             "B0BOT",
             "U0CUST3",
         ),
-        reply("Ev-c1-7", C1, "1700000000.000600", R1, Bot, "B0BOT"),
+        reply("Ev-c1-7", C1, "1700000001.000600", R1, Bot, "B0BOT"),
         react("Ev-c2-4", C2, R2, "eyes", Customer, "U0CUST2", "U0AGENT"),
         joined("Ev-c3-4", C3, "1700000202.000100", "U0NEW"),
         reply(
@@ -78,7 +83,7 @@ fn script() -> Vec<MessageEvent> {
         ),
         reply("Ev-c3-5", C3, "1700000203.000100", G1, Agent, "U0AGENT"),
         edit("Ev-c2-6", C2, R2, "U0AGENT"),
-        reply("Ev-c1-8", C1, "1700000000.000700", R1, Bot, "B0BOT"),
+        reply("Ev-c1-8", C1, "1700000001.000700", R1, Bot, "B0BOT"),
     ]
 }
 
@@ -122,7 +127,7 @@ fn expected_transitions() -> BTreeMap<String, Vec<T>> {
                     "1700000000.000300",
                 ),
                 t(&a, Some("todo"), "done", "reaction", R1),
-                t(&a, Some("done"), "todo", "reopened", "1700000000.000400"),
+                t(&a, Some("done"), "todo", "reopened", "1700000001.000400"),
             ],
         ),
         (
@@ -170,7 +175,7 @@ async fn assert_state(cluster: &TestCluster, pool: &sqlx::PgPool, facts: i64) {
                 id(C1, R1),
                 Some("U0CUST".into()),
                 "slack-thread".into(),
-                "1700000000.000700".into()
+                "1700000001.000700".into()
             ),
             (
                 id(C2, ORPHAN_ROOT),
@@ -203,10 +208,10 @@ async fn assert_state(cluster: &TestCluster, pool: &sqlx::PgPool, facts: i64) {
         (R1, &a),
         ("1700000000.000200", &a),
         ("1700000000.000300", &a),
-        ("1700000000.000400", &a),
+        ("1700000001.000400", &a),
         // the bot's top-level message (…0500) belongs to no thread; its replies do
-        ("1700000000.000600", &a),
-        ("1700000000.000700", &a),
+        ("1700000001.000600", &a),
+        ("1700000001.000700", &a),
         (R2, &id(C2, R2)),
         ("1700000100.000200", &id(C2, R2)),
         ("1700000101.000100", &id(C2, ORPHAN_ROOT)),
@@ -230,7 +235,7 @@ async fn assert_state(cluster: &TestCluster, pool: &sqlx::PgPool, facts: i64) {
     let reopened = &events[C1][4];
     assert_eq!(
         reopened.transition_id,
-        format!("{a}/1700000000.000400/posted")
+        format!("{a}/1700000001.000400/posted")
     );
     assert_eq!(reopened.team_id, TEAM);
     assert_eq!(reopened.root_ts, R1);
@@ -239,7 +244,7 @@ async fn assert_state(cluster: &TestCluster, pool: &sqlx::PgPool, facts: i64) {
     assert_eq!(reopened.trigger_fact, "posted");
     assert_eq!(reopened.author_kind.as_deref(), Some("customer"));
     assert_eq!(reopened.reaction, None);
-    assert_eq!(reopened.event_time_ms, Some(1_700_000_000_000));
+    assert_eq!(reopened.event_time_ms, Some(1_700_000_001_000));
     let done = &events[C1][3];
     assert_eq!(done.reaction.as_deref(), Some("white_check_mark"));
     assert_eq!(done.author_kind.as_deref(), Some("agent"));
@@ -361,14 +366,17 @@ async fn a_shared_channel_under_two_teams_gives_two_threads() {
             ),
             PARTNER,
         ),
-        react(
-            "Ev-a-3",
-            SHARED,
-            R1,
-            "white_check_mark",
-            Agent,
-            "U0AGENT",
-            "U0CUST",
+        at_ms(
+            react(
+                "Ev-a-3",
+                SHARED,
+                R1,
+                "white_check_mark",
+                Agent,
+                "U0AGENT",
+                "U0CUST",
+            ),
+            1_700_000_001_000,
         ),
     ];
     let cluster = cluster();
@@ -466,7 +474,7 @@ async fn degraded_events_follow_their_author() {
         degraded_as(
             "Ev-d-4",
             THREADED,
-            "1700000000.000400",
+            "1700000001.000400",
             "message_deleted",
             Some(R1),
             None,

@@ -129,14 +129,20 @@ pub async fn wait_handled(running: &Running, n: usize, timeout: Duration) {
 // ---------------------------------------------------------------------------------
 // Message events
 
+/// The customers' workspace.
+pub const CUSTOMER_TEAM: &str = "T0CUSTOMER";
+
+/// An author of `kind`: agents and bots are of the installing workspace (`TEAM`, so
+/// a bot is one of ours: silent), customers of `CUSTOMER_TEAM`. See
+/// [`customer_bot`] for a bot of the customer's workspace.
 fn author(kind: AuthorKind, user: &str) -> Option<Author> {
     Some(Author {
         user_id: Some(user.to_owned()),
         team_id: Some(
-            if kind == AuthorKind::Agent {
+            if matches!(kind, AuthorKind::Agent | AuthorKind::Bot) {
                 TEAM
             } else {
-                "T0CUSTOMER"
+                CUSTOMER_TEAM
             }
             .to_owned(),
         ),
@@ -206,6 +212,33 @@ pub fn reply(
     e.thread_ts = Some(thread_ts.to_owned());
     e.author = author(kind, user);
     e
+}
+
+/// `event` as written by a bot of workspace `team` (`None`: Slack did not tell), the
+/// author kind staying `bot`.
+pub fn bot_of(mut event: MessageEvent, team: Option<&str>) -> MessageEvent {
+    let author = event.author.get_or_insert_with(|| Author {
+        user_id: Some("B0THEIRS".to_owned()),
+        team_id: None,
+        kind: AuthorKind::Bot,
+        display_name: None,
+        email: None,
+    });
+    author.kind = AuthorKind::Bot;
+    author.team_id = team.map(str::to_owned);
+    event
+}
+
+/// `event` as written by a bot of the customer's workspace (an incoming webhook, a CI
+/// app).
+pub fn customer_bot(event: MessageEvent) -> MessageEvent {
+    bot_of(event, Some(CUSTOMER_TEAM))
+}
+
+/// `event` with Slack's event time (for a reaction: when it was added) at `ms`.
+pub fn at_ms(mut event: MessageEvent, ms: i64) -> MessageEvent {
+    event.event_time_ms = Some(ms);
+    event
 }
 
 /// A reaction added to message `ts` (written by `item_user`).
