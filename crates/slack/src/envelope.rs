@@ -72,15 +72,30 @@ struct RawEvent<'a> {
     #[serde(borrow)]
     channel_id: Option<ChannelRef<'a>>,
     #[serde(borrow)]
-    item: Option<RawItem<'a>>,
+    item: Option<ItemRef<'a>>,
     #[serde(borrow)]
     team: Option<ChannelRef<'a>>,
 }
 
+/// The `item` of a reaction or pin: an object whose `channel` names the channel.
+/// Anything else is ignored (it never makes the body unroutable).
 #[derive(Deserialize)]
-struct RawItem<'a> {
-    #[serde(borrow)]
-    channel: Option<ChannelRef<'a>>,
+#[serde(untagged)]
+enum ItemRef<'a> {
+    Object {
+        #[serde(borrow)]
+        channel: Option<ChannelRef<'a>>,
+    },
+    Other(IgnoredAny),
+}
+
+impl ItemRef<'_> {
+    fn channel(&self) -> Option<&ChannelRef<'_>> {
+        match self {
+            ItemRef::Object { channel } => channel.as_ref(),
+            ItemRef::Other(_) => None,
+        }
+    }
 }
 
 /// A channel appears as an id string (`"C123"`) or as an object with an `id`
@@ -111,6 +126,47 @@ fn valid_key(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// The channel an inner event belongs to: `channel`, else `channel_id`, else
+/// `item.channel`, each either an id string or an object with an `id`, and a valid
+/// key (short and printable). The one rule for both the edge's routing key
+/// ([`inspect`]) and the normalizer's channel ([`event_channel`]).
+fn pick_channel<'s>(
+    channel: Option<&'s ChannelRef<'_>>,
+    channel_id: Option<&'s ChannelRef<'_>>,
+    item: Option<&'s ItemRef<'_>>,
+) -> Option<&'s str> {
+    channel
+        .and_then(ChannelRef::id)
+        .or_else(|| channel_id.and_then(ChannelRef::id))
+        .or_else(|| item?.channel()?.id())
+}
+
+/// The channel of an already parsed inner event (`body.event`), by the same rule as
+/// the edge's routing key ([`inspect`]): `None` when it names none.
+pub fn event_channel(event: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+    let field = |name: &str| {
+        event
+            .get(name)
+            .and_then(|v| ChannelRef::deserialize(v).ok())
+    };
+    let item = event.get("item").and_then(|v| ItemRef::deserialize(v).ok());
+    pick_channel(
+        field("channel").as_ref(),
+        field("channel_id").as_ref(),
+        item.as_ref(),
+    )
+    .map(str::to_owned)
+}
+
+/// Whether a Kafka record key is a channel id (`C…`, `G…` or `D…`, alphanumeric):
+/// the edge keys a body by its channel when it names one, else by its team (`T…`,
+/// `E…`) or [`UNKNOWN_KEY`].
+pub fn is_channel_id(key: &str) -> bool {
+    key.len() > 1
+        && matches!(key.as_bytes()[0], b'C' | b'G' | b'D')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Inspects a body for routing. Never fails.
 pub fn inspect(body: &[u8]) -> EnvelopeInfo {
     let Ok(raw) = serde_json::from_slice::<RawEnvelope<'_>>(body) else {
@@ -131,13 +187,8 @@ pub fn inspect(body: &[u8]) -> EnvelopeInfo {
         _ => EnvelopeKind::Other,
     };
     let event = raw.event.as_ref();
-    let channel = event.and_then(|e| {
-        e.channel
-            .as_ref()
-            .and_then(ChannelRef::id)
-            .or_else(|| e.channel_id.as_ref().and_then(ChannelRef::id))
-            .or_else(|| e.item.as_ref()?.channel.as_ref()?.id())
-    });
+    let channel = event
+        .and_then(|e| pick_channel(e.channel.as_ref(), e.channel_id.as_ref(), e.item.as_ref()));
     let team = || {
         [raw.team_id.as_deref(), raw.context_team_id.as_deref()]
             .into_iter()
@@ -329,6 +380,56 @@ mod tests {
             serde_json::json!([1]),
         ] {
             assert!(!is_bare_event(&body), "{body}");
+        }
+    }
+
+    /// The normalizer's channel ([`event_channel`], on a parsed event) and the
+    /// edge's routing key ([`inspect`], on the raw bytes) are one rule.
+    #[test]
+    fn event_channel_agrees_with_the_routing_key() {
+        for event in [
+            r#"{"type":"message","channel":"C42"}"#,
+            r#"{"type":"channel_created","channel":{"id":"C7","name":"x"}}"#,
+            r#"{"type":"reaction_added","item":{"type":"message","channel":"C8"}}"#,
+            r#"{"type":"file_shared","channel_id":"C9"}"#,
+            r#"{"type":"x","channel":{"weird":1},"item":{"channel":"C10"}}"#,
+            r#"{"type":"x","channel":"","channel_id":{"id":"G11"}}"#,
+            r#"{"type":"x","channel":"C\u0031"}"#,
+            r#"{"type":"x","channel":"C 1 with spaces"}"#,
+            r#"{"type":"x","channel":5,"item":"not an object"}"#,
+            r#"{"type":"x","channel":{"id":""},"item":{"channel":["C1"]}}"#,
+            r#"{"type":"app_home_opened"}"#,
+        ] {
+            let body = format!(r#"{{"type":"event_callback","team_id":"T1","event":{event}}}"#);
+            let info = inspect(body.as_bytes());
+            let parsed: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(event).unwrap();
+            let channel = event_channel(&parsed);
+            assert_eq!(
+                channel.as_deref(),
+                info.keyed_by_channel.then_some(info.routing_key.as_str()),
+                "{event}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_item_that_is_not_an_object_leaves_the_body_routable() {
+        let info = inspect(br#"{"team_id":"T4","event":{"type":"x","item":"str"}}"#);
+        assert_eq!(info.kind, EnvelopeKind::Other);
+        assert_eq!(
+            (info.routing_key.as_str(), info.keyed_by_channel),
+            ("T4", false)
+        );
+    }
+
+    #[test]
+    fn channel_ids_are_recognised_as_record_keys() {
+        for key in ["C1", "G0ABC", "D9"] {
+            assert!(is_channel_id(key), "{key}");
+        }
+        for key in ["", "C", "T1", "E1", UNKNOWN_KEY, "C-1", "Cé"] {
+            assert!(!is_channel_id(key), "{key}");
         }
     }
 

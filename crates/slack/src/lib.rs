@@ -11,5 +11,8 @@
 pub mod envelope;
 pub mod signature;
 
-pub use envelope::{inspect, is_bare_event, wrap_bare_event, EnvelopeInfo, EnvelopeKind};
+pub use envelope::{
+    event_channel, inspect, is_bare_event, is_channel_id, wrap_bare_event, EnvelopeInfo,
+    EnvelopeKind,
+};
 pub use signature::{sign, SignatureError, SigningSecrets};

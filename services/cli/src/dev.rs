@@ -798,6 +798,8 @@ async fn start_services(
             rules: options.rules,
             log_format: LogFormat::Text,
             shutdown_grace: Duration::from_secs(5),
+            author_lookup_concurrency:
+                slackline_normalizer::config::DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
         },
         shutdown.clone(),
     )

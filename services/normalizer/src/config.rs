@@ -41,10 +41,20 @@ pub struct NormalizerConfig {
     /// stops (the rest is read again after the restart). The process exits within
     /// this plus [`slackline_service::shutdown::STOP_MARGIN`].
     pub shutdown_grace: Duration,
+    /// `AUTHOR_LOOKUP_CONCURRENCY` (default 16, at least 1): most `users.info`
+    /// lookups in flight at once, across channels (and users of one channel); the
+    /// events still come out in each channel's order. 1 looks authors up one at a
+    /// time, in reading order.
+    pub author_lookup_concurrency: usize,
 }
 
 /// The default of `SHUTDOWN_GRACE_MS`.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The default of `AUTHOR_LOOKUP_CONCURRENCY`: with a 300 ms Slack API and a cold
+/// cache, about 50 lookups per second, under Slack's burst allowance for
+/// `users.info` (a 429 pauses the lookups; the events still flow).
+pub const DEFAULT_AUTHOR_LOOKUP_CONCURRENCY: usize = 16;
 
 fn id_set(env: &Env, name: &str) -> HashSet<String> {
     env.get(name)
@@ -98,7 +108,14 @@ impl NormalizerConfig {
                 "SHUTDOWN_GRACE_MS",
                 u64::try_from(DEFAULT_SHUTDOWN_GRACE.as_millis()).unwrap_or(u64::MAX),
             )),
+            author_lookup_concurrency: env.parse_or(
+                "AUTHOR_LOOKUP_CONCURRENCY",
+                DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
+            ),
         };
+        if config.author_lookup_concurrency == 0 {
+            env.problem("AUTHOR_LOOKUP_CONCURRENCY", "must be at least 1");
+        }
         env.finish()?;
         Ok(config)
     }
@@ -123,12 +140,18 @@ mod tests {
         assert!(config.rules.enabled_teams.is_empty(), "empty means all");
         assert!(config.rules.self_bot_ids.contains("B1"));
         assert_eq!(config.shutdown_grace, DEFAULT_SHUTDOWN_GRACE);
+        assert_eq!(
+            config.author_lookup_concurrency,
+            DEFAULT_AUTHOR_LOOKUP_CONCURRENCY
+        );
         let config = NormalizerConfig::from_env(Env::from_pairs([
             ("KAFKA_BOOTSTRAP_SERVERS", "k:9092"),
             ("SHUTDOWN_GRACE_MS", "2500"),
+            ("AUTHOR_LOOKUP_CONCURRENCY", "1"),
         ]))
         .unwrap();
         assert_eq!(config.shutdown_grace, Duration::from_millis(2500));
+        assert_eq!(config.author_lookup_concurrency, 1);
     }
 
     #[test]
@@ -137,6 +160,7 @@ mod tests {
             ("SLACK_BOT_TOKENS", "garbage"),
             ("ADMIN_ADDR", "x"),
             ("SHUTDOWN_GRACE_MS", "10s"),
+            ("AUTHOR_LOOKUP_CONCURRENCY", "0"),
         ]))
         .unwrap_err()
         .to_string();
@@ -145,6 +169,7 @@ mod tests {
             "SLACK_BOT_TOKENS",
             "ADMIN_ADDR",
             "SHUTDOWN_GRACE_MS",
+            "AUTHOR_LOOKUP_CONCURRENCY",
         ] {
             assert!(err.contains(name), "{err}");
         }

@@ -2,7 +2,7 @@
 //! (guarantee 5), so `slackline_normalizer_consumed_total` equals the sum of
 //! `slackline_normalizer_outcomes_total` over all labels.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::normalize::IgnoreReason;
 
@@ -47,6 +47,7 @@ pub struct NormalizerMetrics {
     consumed: IntCounter,
     outcomes: IntCounterVec,
     enrichment: IntCounterVec,
+    dlq_end_offset: IntGaugeVec,
 }
 
 impl NormalizerMetrics {
@@ -72,7 +73,15 @@ impl NormalizerMetrics {
         )?;
         registry.register(Box::new(consumed.clone()))?;
         registry.register(Box::new(outcomes.clone()))?;
+        let dlq_end_offset = IntGaugeVec::new(
+            Opts::new(
+                "slackline_dlq_end_offset",
+                "Records ever written to the group's DLQ topic (its end offsets, read at start and every 15 s)",
+            ),
+            &["group"],
+        )?;
         registry.register(Box::new(enrichment.clone()))?;
+        registry.register(Box::new(dlq_end_offset.clone()))?;
         for t in EVENT_TYPES {
             outcomes.with_label_values(&["full", "-", t]);
             outcomes.with_label_values(&["degraded", "missing_field", t]);
@@ -85,6 +94,7 @@ impl NormalizerMetrics {
             consumed,
             outcomes,
             enrichment,
+            dlq_end_offset,
         })
     }
 
@@ -119,6 +129,14 @@ impl NormalizerMetrics {
         self.outcomes
             .with_label_values(&["dlq", "-", event_type])
             .inc();
+    }
+
+    /// The DLQ topic's end offsets, summed over its partitions, for consumer group
+    /// `group` (the normalizer's). Unlike the counter, it survives the process: a
+    /// record dead-lettered just before a crash shows in the next process's first
+    /// reading.
+    pub fn dlq_end_offset(&self, group: &str, end: i64) {
+        self.dlq_end_offset.with_label_values(&[group]).set(end);
     }
 
     /// An author lookup ended with `result`.

@@ -30,8 +30,18 @@ pub enum IgnoreReason {
     /// `url_verification` or `app_rate_limited` (handled and alerted at the edge).
     NotAnEvent,
     /// A notice that duplicates another event Slack sends (`app_mention` duplicates
-    /// the `message`; `file_shared` duplicates the `file_share` message).
+    /// the `message`; `file_shared` duplicates the `file_share` message; a
+    /// `channel_join` / `channel_leave` message duplicates `member_joined_channel` /
+    /// `member_left_channel`).
     CoveredByOtherEvent,
+    /// Slack's own notice about the channel (topic, purpose, name, archive, pins,
+    /// reminders, huddles, ...): nobody's support message.
+    Housekeeping,
+    /// A message from Slackbot (`USLACKBOT`: `/remind`, custom responses).
+    Slackbot,
+    /// The hidden summary of a thread root (`message_replied`, or a `message_changed`
+    /// whose only change is the root's reply count): the reply itself is its own event.
+    ParentSummary,
 }
 
 impl IgnoreReason {
@@ -44,17 +54,23 @@ impl IgnoreReason {
             IgnoreReason::Duplicate => "duplicate",
             IgnoreReason::NotAnEvent => "not_an_event",
             IgnoreReason::CoveredByOtherEvent => "covered_by_other_event",
+            IgnoreReason::Housekeeping => "housekeeping",
+            IgnoreReason::Slackbot => "slackbot",
+            IgnoreReason::ParentSummary => "parent_summary",
         }
     }
 
     /// Every reason, for initialising metrics.
-    pub const ALL: [IgnoreReason; 6] = [
+    pub const ALL: [IgnoreReason; 9] = [
         IgnoreReason::NotEnabled,
         IgnoreReason::IrrelevantType,
         IgnoreReason::OwnEcho,
         IgnoreReason::Duplicate,
         IgnoreReason::NotAnEvent,
         IgnoreReason::CoveredByOtherEvent,
+        IgnoreReason::Housekeeping,
+        IgnoreReason::Slackbot,
+        IgnoreReason::ParentSummary,
     ];
 }
 
@@ -98,17 +114,27 @@ pub struct RawMeta<'a> {
     pub event_id: Option<&'a str>,
 }
 
-/// Message subtypes that are understood fully; any other subtype degrades.
-const KNOWN_POSTED_SUBTYPES: [&str; 20] = [
+/// Message subtypes people and bots post with, understood fully. Which subtype gets
+/// which outcome, and why, is the table in the README ("What the normalizer does").
+const POSTED_SUBTYPES: [&str; 4] = [
     "thread_broadcast",
     "bot_message",
     "me_message",
     "file_share",
+];
+
+/// Slack's own notices about the channel: who changed the topic, pinned a message,
+/// started a huddle. Nobody's support message, so ignored as `housekeeping` (an
+/// agent's topic change must not look like a reply).
+const HOUSEKEEPING_SUBTYPES: [&str; 24] = [
     "channel_topic",
     "channel_purpose",
     "channel_name",
     "channel_archive",
     "channel_unarchive",
+    "channel_convert_to_private",
+    "channel_convert_to_public",
+    "channel_posting_permissions",
     "group_topic",
     "group_purpose",
     "group_name",
@@ -118,9 +144,50 @@ const KNOWN_POSTED_SUBTYPES: [&str; 20] = [
     "unpinned_item",
     "reminder_add",
     "huddle_thread",
-    "channel_convert_to_private",
-    "channel_convert_to_public",
+    "sh_room_created",
+    "assistant_app_thread",
+    "bot_add",
+    "bot_remove",
+    "bot_enable",
+    "bot_disable",
+    "channel_canvas_updated",
 ];
+
+/// Joins and leaves told as messages. The dedicated events `member_joined_channel` /
+/// `member_left_channel` tell the same fact (with the member's team and the inviter),
+/// so these are `covered_by_other_event`: one membership fact per join or leave.
+const MEMBERSHIP_SUBTYPES: [&str; 4] =
+    ["channel_join", "group_join", "channel_leave", "group_leave"];
+
+/// Legacy subtypes Slack no longer sends (file comments went in 2018): someone's words
+/// in a shape we do not read, so degraded rather than ignored.
+const LEGACY_SUBTYPES: [&str; 2] = ["file_comment", "file_mention"];
+
+/// Slackbot's user id.
+const SLACKBOT: &str = "USLACKBOT";
+
+/// Slack's placeholder author of a message whose content the workspace revoked
+/// (`ekm_access_denied`): not a user.
+const REVOKED_USER: &str = "UREVOKEDU";
+
+/// Fields of a thread root that Slack updates as replies come in. A `message_changed`
+/// that changes only these is the root's reply summary, not an edit.
+const THREAD_SUMMARY_FIELDS: [&str; 10] = [
+    "thread_ts",
+    "reply_count",
+    "reply_users",
+    "reply_users_count",
+    "latest_reply",
+    "replies",
+    "subscribed",
+    "last_read",
+    "unread_count",
+    "is_locked",
+];
+
+/// Fields Slack updates for pins and stars: a `message_changed` that changes only these
+/// (and thread summary fields) is housekeeping, not an edit.
+const PIN_FIELDS: [&str; 3] = ["pinned_to", "pinned_info", "is_starred"];
 
 /// Event types that duplicate another event Slack sends for the same fact.
 const COVERED_TYPES: [&str; 2] = ["app_mention", "file_shared"];
@@ -179,9 +246,9 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
         }
         return ignored(IgnoreReason::IrrelevantType, type_label);
     }
-    let channel = event_channel(event).or_else(|| {
+    let channel = slackline_slack::event_channel(event).or_else(|| {
         meta.record_key
-            .filter(|k| looks_like_channel(k))
+            .filter(|k| slackline_slack::is_channel_id(k))
             .map(str::to_owned)
     });
     if let Some(channel) = &channel {
@@ -191,6 +258,11 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
     }
     if is_own_echo(event, rules) {
         return ignored(IgnoreReason::OwnEcho, type_label);
+    }
+    if event_type == "message" {
+        if let Some(reason) = not_a_support_message(event) {
+            return ignored(reason, type_label);
+        }
     }
 
     let mut builder = Builder {
@@ -230,7 +302,7 @@ impl Builder<'_> {
             ts: str_field(source, "ts").map(str::to_owned),
             thread_ts: str_field(source, "thread_ts").map(str::to_owned),
             event_time_ms: event_time_ms(self.root, self.event),
-            author: author(source, &self.team_id),
+            author: author(source, &self.team_id, str_field(self.root, "team_id")),
             text: str_field(source, "text").map(str::to_owned),
             rendered_text: source.get("blocks").and_then(crate::render::render_blocks),
             files: files(source),
@@ -252,7 +324,7 @@ impl Builder<'_> {
         self.require_channel()?;
         let subtype = str_field(self.event, "subtype");
         match subtype {
-            Some("message_changed") | Some("message_replied") => {
+            Some("message_changed") => {
                 let Some(Value::Object(inner)) = self.event.get("message") else {
                     return Err(format!(
                         "{} without a message object",
@@ -305,32 +377,26 @@ impl Builder<'_> {
                 event.files = Vec::new();
                 Ok(event)
             }
-            Some("channel_join")
-            | Some("group_join")
-            | Some("channel_leave")
-            | Some("group_leave") => {
-                let joined = subtype.is_some_and(|s| s.ends_with("_join"));
-                let member = Member {
-                    inviter_id: str_field(self.event, "inviter").map(str::to_owned),
-                };
-                let kind = if joined {
-                    Kind::MemberJoined(member)
-                } else {
-                    Kind::MemberLeft(member)
-                };
-                Ok(self.base(self.event, kind))
-            }
             other => {
-                if let Some(s) = other {
-                    if !KNOWN_POSTED_SUBTYPES.contains(&s) {
+                match other {
+                    // Someone's message whose content the workspace revoked: the team
+                    // must know there was one.
+                    Some(s @ "ekm_access_denied") => {
+                        return Err(format!("{s}: content revoked by the workspace"));
+                    }
+                    Some(s) if LEGACY_SUBTYPES.contains(&s) => {
+                        return Err(format!("legacy message subtype {s:?}"));
+                    }
+                    Some(s) if !POSTED_SUBTYPES.contains(&s) => {
                         return Err(format!("unknown message subtype {s:?}"));
                     }
+                    _ => {}
                 }
                 let ts = str_field(self.event, "ts").ok_or("message without ts")?;
                 // Slack hid the author (no user, no bot, no subtype saying who posts):
                 // nobody can tell a customer's request from an agent's reply, so the
                 // team must look (the degraded path keeps channel, ts, team, text).
-                if other.is_none() && author(self.event, &self.team_id).is_none() {
+                if other.is_none() && author(self.event, &self.team_id, None).is_none() {
                     return Err("missing_author".into());
                 }
                 let thread_ts = str_field(self.event, "thread_ts");
@@ -431,12 +497,14 @@ fn degraded(
             .or_else(|| inner.and_then(|m| str_field(m, name)))
             .map(str::to_owned)
     };
-    let channel = event.and_then(event_channel).or_else(|| {
+    let channel = event.and_then(slackline_slack::event_channel).or_else(|| {
         meta.record_key
-            .filter(|k| looks_like_channel(k))
+            .filter(|k| slackline_slack::is_channel_id(k))
             .map(str::to_owned)
     });
-    let author = author(source, &team_id).or_else(|| inner.and_then(|m| author(m, &team_id)));
+    let sender_team = str_field(root, "team_id");
+    let author = author(source, &team_id, sender_team)
+        .or_else(|| inner.and_then(|m| author(m, &team_id, sender_team)));
     Outcome::Event(Box::new(MessageEvent {
         event_id,
         team_id,
@@ -498,28 +566,6 @@ fn installing_team(root: &Map<String, Value>) -> String {
         .to_owned()
 }
 
-fn looks_like_channel(key: &str) -> bool {
-    key.len() > 1
-        && matches!(key.as_bytes()[0], b'C' | b'G' | b'D')
-        && key.bytes().all(|b| b.is_ascii_alphanumeric())
-}
-
-fn event_channel(event: &Map<String, Value>) -> Option<String> {
-    let id_of = |v: &Value| match v {
-        Value::String(s) if !s.is_empty() => Some(s.clone()),
-        Value::Object(o) => str_field(o, "id").map(str::to_owned),
-        _ => None,
-    };
-    event
-        .get("channel")
-        .and_then(id_of)
-        .or_else(|| event.get("channel_id").and_then(id_of))
-        .or_else(|| match event.get("item") {
-            Some(Value::Object(item)) => item.get("channel").and_then(id_of),
-            _ => None,
-        })
-}
-
 fn is_own_echo(event: &Map<String, Value>, rules: &Rules) -> bool {
     let inner = match event.get("message") {
         Some(Value::Object(m)) => Some(m),
@@ -540,23 +586,55 @@ fn is_own_echo(event: &Map<String, Value>, rules: &Rules) -> bool {
     })
 }
 
-fn author(source: &Map<String, Value>, installing_team: &str) -> Option<Author> {
-    let user_id = match source.get("user") {
-        Some(Value::String(u)) if !u.is_empty() => Some(u.clone()),
+/// The author's user id: `user` as a string or an object; Slack's placeholder for
+/// revoked content (`UREVOKEDU`) is nobody.
+fn user_field(source: &Map<String, Value>) -> Option<&str> {
+    match source.get("user") {
+        Some(Value::String(u)) => Some(u.as_str()),
         // Some payloads carry the user as an object.
-        Some(Value::Object(u)) => str_field(u, "id").map(str::to_owned),
+        Some(Value::Object(u)) => str_field(u, "id"),
         _ => None,
-    };
+    }
+    .filter(|u| !u.is_empty() && *u != REVOKED_USER)
+}
+
+fn is_bot(source: &Map<String, Value>) -> bool {
+    str_field(source, "bot_id").is_some()
+        || str_field(source, "subtype") == Some("bot_message")
+        || matches!(source.get("bot_profile"), Some(Value::Object(_)))
+}
+
+/// Who wrote `source`. A bot's team is its own workspace: `bot_profile.team_id`, else
+/// the message's `user_team` / `team`, else the envelope's `team_id` (`sender_team`,
+/// the sender's workspace), so that a customer's bot is known as the customer's.
+fn author(
+    source: &Map<String, Value>,
+    installing_team: &str,
+    sender_team: Option<&str>,
+) -> Option<Author> {
+    let user_id = user_field(source).map(str::to_owned);
     let bot_id = str_field(source, "bot_id");
-    let is_bot = bot_id.is_some() || str_field(source, "subtype") == Some("bot_message");
+    let is_bot = is_bot(source);
     let profile = match source.get("user_profile") {
         Some(Value::Object(p)) => Some(p),
         _ => None,
     };
-    let team_id = str_field(source, "user_team")
+    let bot_profile = match source.get("bot_profile") {
+        Some(Value::Object(p)) => Some(p),
+        _ => None,
+    };
+    let message_team = str_field(source, "user_team")
         .or_else(|| str_field(source, "team"))
-        .or_else(|| profile.and_then(|p| str_field(p, "team")))
-        .map(str::to_owned);
+        .or_else(|| profile.and_then(|p| str_field(p, "team")));
+    let team_id = if is_bot {
+        bot_profile
+            .and_then(|p| str_field(p, "team_id"))
+            .or(message_team)
+            .or(sender_team)
+    } else {
+        message_team
+    }
+    .map(str::to_owned);
     if user_id.is_none() && bot_id.is_none() {
         return None;
     }
@@ -568,6 +646,7 @@ fn author(source: &Map<String, Value>, installing_team: &str) -> Option<Author> 
     let display_name = profile
         .and_then(|p| str_field(p, "display_name").or_else(|| str_field(p, "real_name")))
         .or_else(|| str_field(source, "username"))
+        .or_else(|| bot_profile.and_then(|p| str_field(p, "name")))
         .map(str::to_owned);
     Some(Author {
         user_id: user_id.or_else(|| bot_id.map(str::to_owned)),
@@ -576,6 +655,82 @@ fn author(source: &Map<String, Value>, installing_team: &str) -> Option<Author> 
         display_name,
         email: None,
     })
+}
+
+/// Why a `message` event is nobody's support message, if it is: Slack's housekeeping,
+/// Slackbot, a thread root's reply summary, a join or leave told as a message. An edit
+/// or delete of such a message is ignored for the same reason (there is no support
+/// message to edit or delete). A root deleted while it had replies (a Slackbot
+/// `tombstone`) stays a delete.
+fn not_a_support_message(event: &Map<String, Value>) -> Option<IgnoreReason> {
+    let object = |name: &str| match event.get(name) {
+        Some(Value::Object(o)) => Some(o),
+        _ => None,
+    };
+    match str_field(event, "subtype") {
+        Some("message_replied") => Some(IgnoreReason::ParentSummary),
+        Some("message_changed") => {
+            // Without a message object the edit degrades (as before).
+            let inner = object("message")?;
+            let previous = object("previous_message");
+            if let Some(reason) = previous.and_then(posted_ignore_reason) {
+                return Some(reason);
+            }
+            if str_field(inner, "subtype") == Some("tombstone") {
+                return None;
+            }
+            posted_ignore_reason(inner).or_else(|| summary_only_change(inner, previous))
+        }
+        Some("message_deleted") => object("previous_message").and_then(posted_ignore_reason),
+        _ => posted_ignore_reason(event),
+    }
+}
+
+/// Why a message as posted is nobody's support message, if it is.
+fn posted_ignore_reason(message: &Map<String, Value>) -> Option<IgnoreReason> {
+    match str_field(message, "subtype") {
+        Some(s) if HOUSEKEEPING_SUBTYPES.contains(&s) => Some(IgnoreReason::Housekeeping),
+        Some(s) if MEMBERSHIP_SUBTYPES.contains(&s) => Some(IgnoreReason::CoveredByOtherEvent),
+        Some("slackbot_response") => Some(IgnoreReason::Slackbot),
+        Some("tombstone") => None,
+        _ if user_field(message) == Some(SLACKBOT) => Some(IgnoreReason::Slackbot),
+        _ => None,
+    }
+}
+
+/// A `message_changed` that is not an edit: only the thread summary of a root changed
+/// (`parent_summary`), or only pins and stars (`housekeeping`). Without
+/// `previous_message` to compare with: no `edited` mark and the root's reply counters.
+fn summary_only_change(
+    inner: &Map<String, Value>,
+    previous: Option<&Map<String, Value>>,
+) -> Option<IgnoreReason> {
+    let Some(previous) = previous else {
+        let summary = !inner.contains_key("edited")
+            && ["reply_count", "latest_reply", "reply_users"]
+                .iter()
+                .any(|f| inner.contains_key(*f));
+        return summary.then_some(IgnoreReason::ParentSummary);
+    };
+    let changed: Vec<&str> = inner
+        .keys()
+        .chain(previous.keys())
+        .filter(|k| inner.get(*k) != previous.get(*k))
+        .map(String::as_str)
+        .collect();
+    if changed.is_empty() {
+        return None;
+    }
+    if changed.iter().all(|k| THREAD_SUMMARY_FIELDS.contains(k)) {
+        return Some(IgnoreReason::ParentSummary);
+    }
+    if changed
+        .iter()
+        .all(|k| THREAD_SUMMARY_FIELDS.contains(k) || PIN_FIELDS.contains(k))
+    {
+        return Some(IgnoreReason::Housekeeping);
+    }
+    None
 }
 
 /// Agents are users of the installing workspace, customers those of other workspaces.
@@ -587,18 +742,25 @@ pub fn author_kind(author_team: Option<&str>, installing_team: &str) -> AuthorKi
     }
 }
 
+/// When the fact happened: the event's own `event_ts` (or `ts`), which has
+/// sub-second precision, so that thread-state can order a reaction against messages
+/// of the same second; else the envelope's `event_time` (whole seconds).
 fn event_time_ms(root: &Map<String, Value>, event: &Map<String, Value>) -> Option<i64> {
-    if let Some(t) = root.get("event_time").and_then(Value::as_i64) {
-        return Some(t.saturating_mul(1000));
-    }
-    let ts = str_field(event, "event_ts").or_else(|| str_field(event, "ts"))?;
-    let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let millis: i64 = frac
-        .get(..3.min(frac.len()))
-        .map_or(Ok(0), |f| format!("{f:0<3}").parse())
-        .ok()?;
-    Some(secs.saturating_mul(1000).saturating_add(millis))
+    let from_ts = || {
+        let ts = str_field(event, "event_ts").or_else(|| str_field(event, "ts"))?;
+        let (secs, frac) = ts.split_once('.').unwrap_or((ts, ""));
+        let secs: i64 = secs.parse().ok()?;
+        let millis: i64 = frac
+            .get(..3.min(frac.len()))
+            .map_or(Ok(0), |f| format!("{f:0<3}").parse())
+            .ok()?;
+        Some(secs.saturating_mul(1000).saturating_add(millis))
+    };
+    from_ts().or_else(|| {
+        root.get("event_time")
+            .and_then(Value::as_i64)
+            .map(|t| t.saturating_mul(1000))
+    })
 }
 
 fn files(source: &Map<String, Value>) -> Vec<FileRef> {

@@ -195,6 +195,7 @@ async fn stack_on(cluster: TestCluster, slack_api_base_url: String) -> Stack {
         rules: Default::default(),
         log_format: LogFormat::Text,
         shutdown_grace: slackline_normalizer::config::DEFAULT_SHUTDOWN_GRACE,
+        author_lookup_concurrency: slackline_normalizer::config::DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
     };
     let normalizer_shutdown = Shutdown::new();
     let normalizer = Some(
@@ -501,36 +502,48 @@ async fn an_event_that_cannot_be_produced_goes_to_the_dlq_with_its_coordinates()
     s.stop().await;
 }
 
+/// Lookups run concurrently (`AUTHOR_LOOKUP_CONCURRENCY`): the lookups of events
+/// arriving together time out together, within one budget, and the first timeout
+/// pauses every later lookup (no request, no budget spent).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_slack_api_costs_one_lookup_budget_then_lookups_pause() {
     let s = stack_with_slack(slow_slack().await).await;
     let http = reqwest::Client::new();
-    for i in 0..6 {
-        let body = envelope(
-            &format!("EvSlow{i}"),
-            json!({"type": "message", "channel": "C0SLOW", "user": format!("U0CUST{i}"), "text": format!("m{i}"), "ts": format!("1764003{i:03}.000100")}),
-        );
-        post(&http, &s.edge, &body).await;
-    }
+    let lookups = |result: &str| {
+        slackline_testkit::metrics::metric(
+            &s.n().registry,
+            "slackline_normalizer_author_lookups_total",
+            &[("result", result)],
+        ) as u64
+    };
+    let post_range = |range: std::ops::Range<usize>| {
+        let http = http.clone();
+        let edge = s.edge.addr;
+        async move {
+            for i in range {
+                let body = envelope(
+                    &format!("EvSlow{i}"),
+                    json!({"type": "message", "channel": "C0SLOW", "user": format!("U0CUST{i}"), "text": format!("m{i}"), "ts": format!("1764003{i:03}.000100")}),
+                );
+                post_at(&http, edge, &body).await;
+            }
+        }
+    };
+    post_range(0..6).await;
     let events = read_events(&s.bootstrap, &s.messages_topic, 6).await;
     assert_eq!(events.len(), 6, "every message still comes out");
     assert!(events
         .iter()
         .all(|(.., e)| e.mode == Mode::Full && e.author.as_ref().unwrap().display_name.is_none()));
-    let text = reqwest::get(format!("http://{}/metrics", s.n().admin_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        text.contains(r#"slackline_normalizer_author_lookups_total{result="timeout"} 1"#),
-        "{text}"
-    );
-    assert!(
-        text.contains(r#"slackline_normalizer_author_lookups_total{result="paused"} 5"#),
-        "{text}"
-    );
+    let (timeouts, paused) = (lookups("timeout"), lookups("paused"));
+    assert!(timeouts >= 1, "the slow API was asked");
+    assert_eq!(timeouts + paused, 6, "every author lookup ended");
+
+    post_range(6..12).await;
+    let events = read_events(&s.bootstrap, &s.messages_topic, 12).await;
+    assert_eq!(events.len(), 12);
+    assert_eq!(lookups("timeout"), timeouts, "no lookup during the pause");
+    assert_eq!(lookups("paused"), paused + 6);
     s.stop().await;
 }
 
