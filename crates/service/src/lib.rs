@@ -7,11 +7,14 @@
 //! [`shutdown::STOP_MARGIN`], non-zero when the stop was not clean. While running it serves `/metrics`, `/healthz` and
 //! `/readyz` on a separate admin port ([`admin`]) so that probes and scrapes never
 //! queue behind Slack traffic. Settings holding credentials write their `Debug`
-//! through [`redact`], so a logged configuration carries no secret.
+//! through [`redact`], so a logged configuration carries no secret. With `SENTRY_DSN`
+//! set, error-level events (each DLQ record among them) and panics are reported to
+//! Sentry ([`reporting`]); [`run_service`] flushes the reports before the process exits.
 
 pub mod admin;
 pub mod env;
 pub mod redact;
+pub mod reporting;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -8,7 +8,8 @@
 //! plain thread of its own so that no wedged task or runtime can hold them up:
 //!
 //! - **a second signal** (ctrl-c or SIGTERM after the first) exits at once with
-//!   [`EXIT_SECOND_SIGNAL`]: an operator who asks twice gets the process gone;
+//!   [`EXIT_SECOND_SIGNAL`]: an operator who asks twice gets the process gone
+//!   (pending Sentry reports are not flushed then);
 //! - **the watchdog**: once the signal has fired (by a signal or because a task
 //!   failed), a process still running after its grace plus [`STOP_MARGIN`] logs an
 //!   error and exits with [`EXIT_STOP_TIMEOUT`], whatever Kafka and PostgreSQL are
@@ -29,8 +30,9 @@ use tokio::sync::watch;
 /// What a service may take beyond its grace to stop, as a fixed margin: the last
 /// step after the grace (a consumer's final commit and leaving the group, bounded by
 /// `slackline_consumer::FINAL_COMMIT_BUDGET` = 5 s; the edge's producer flush, also
-/// 5 s), then [`RUNTIME_STOP_BUDGET`] for the runtime's remaining tasks, and 2 s of
-/// slack for a loaded machine. Keep a pod's `terminationGracePeriodSeconds` above
+/// 5 s), then [`RUNTIME_STOP_BUDGET`] for the runtime's remaining tasks, then
+/// [`crate::reporting::FLUSH_BUDGET`] (1 s) for pending Sentry reports when Sentry is
+/// configured, and 1 s of slack for a loaded machine. Keep a pod's `terminationGracePeriodSeconds` above
 /// its `preStop` plus grace plus this margin.
 pub const STOP_MARGIN: Duration = Duration::from_secs(8);
 
@@ -153,16 +155,26 @@ fn spawn_thread(name: &str, f: impl FnOnce() + Send + 'static) {
 
 /// Once `shutdown` has fired, waits `bound`, then ends the process: a service
 /// still running then is stuck (brokers or database unreachable in a way its own
-/// timeouts did not cover), and only a restart helps.
+/// timeouts did not cover), and only a restart helps. With Sentry configured it
+/// logs [`crate::reporting::FLUSH_BUDGET`] earlier and flushes the reports (this
+/// error among them) within that budget, so the exit still comes at `bound`.
 fn watchdog(service: &'static str, shutdown: &Shutdown, bound: Duration) {
     futures::executor::block_on(shutdown.wait());
-    std::thread::sleep(bound);
+    let flush = if crate::reporting::enabled() {
+        crate::reporting::FLUSH_BUDGET.min(bound)
+    } else {
+        Duration::ZERO
+    };
+    std::thread::sleep(bound - flush);
     tracing::error!(
         service,
         bound_ms = millis(bound),
         exit_code = EXIT_STOP_TIMEOUT,
         "still running after the shutdown bound (grace + margin): exiting without finishing the stop"
     );
+    if !flush.is_zero() {
+        crate::reporting::flush(flush);
+    }
     std::process::exit(i32::from(EXIT_STOP_TIMEOUT));
 }
 
@@ -259,6 +271,9 @@ impl SignalListener {
 /// [`RUNTIME_STOP_BUDGET`] (dropping it would wait for blocking tasks without
 /// limit). Exits 0 when `run` returned `Ok`, else logs the error with its causes
 /// and exits [`EXIT_FAILED`]; the backstops may exit earlier (see the module docs).
+/// Last, it flushes pending Sentry reports (the final log line included), bounded by
+/// [`crate::reporting::FLUSH_BUDGET`]: the process exits without dropping anything,
+/// so nothing else would send them.
 pub fn run_service<F, Fut, E>(service: &'static str, grace: Duration, run: F) -> ExitCode
 where
     F: FnOnce(Shutdown) -> Fut,
@@ -285,7 +300,7 @@ where
             "left tasks still running after {RUNTIME_STOP_BUDGET:?}"
         );
     }
-    match result {
+    let code = match result {
         Ok(()) => {
             tracing::info!(service, "stopped");
             ExitCode::SUCCESS
@@ -294,7 +309,15 @@ where
             tracing::error!(service, error = %chain(&e), "stopped with an error");
             ExitCode::from(EXIT_FAILED)
         }
+    };
+    if !crate::reporting::flush(crate::reporting::FLUSH_BUDGET) {
+        tracing::warn!(
+            service,
+            "Sentry reports still unsent after {:?}",
+            crate::reporting::FLUSH_BUDGET
+        );
     }
+    code
 }
 
 /// `error: cause: cause`.

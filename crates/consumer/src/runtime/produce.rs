@@ -100,18 +100,26 @@ impl Runtime {
             self.metrics.dlq_end_offset(self.dlq_ends.iter().sum());
         }
         let event = &letter.event;
+        // The one log line of a DLQ record, in the fields every DLQ writer uses (the
+        // normalizer's too): Sentry reporting turns them into tags.
         tracing::error!(
             group = self.config.group_id,
+            event_id = event
+                .header_str(slackline_kafka::headers::EVENT_ID)
+                .unwrap_or_default(),
+            channel = %event.key_str(),
+            archive_key = event
+                .header_str(slackline_kafka::headers::ARCHIVE_KEY)
+                .unwrap_or_default(),
             topic = event.topic,
             partition = event.partition,
             offset = event.offset,
-            key = %event.key_str(),
+            reason = letter.error,
             attempts = letter.attempts,
-            error = letter.error,
             payload_omitted = letter.stripped,
             dlq_partition = dlq_p,
             dlq_offset = dlq_o,
-            "event dead-lettered"
+            "record sent to the DLQ"
         );
         self.refresh_parked(p, &key);
         self.schedule(p, &key).await;
