@@ -40,10 +40,11 @@ pub struct RuntimeConfig {
     /// (its own only) and resumes at half. What was already fetched or on its way
     /// when a partition paused still arrives: librdkafka's read-ahead is sized from
     /// the bound for that (`queued.max.messages.kbytes` a fifth,
-    /// `max.partition.fetch.bytes` a twentieth, at most 1 MiB), and so are the
-    /// batches to the loop, so that everything held stays under the bound (82 % of
-    /// it at the peak in `tests/memory.rs`; records larger than a batch can add one
-    /// each).
+    /// `max.partition.fetch.bytes` a twentieth, at most 1 MiB, and one fetch at most
+    /// the read-ahead: `message.max.bytes` lowered with it), and so are the
+    /// batches to the loop, so that everything held stays under the bound (82 % to
+    /// 88 % of it at the peak in `tests/memory.rs`, idle and loaded machine; records
+    /// larger than a batch can add one each).
     /// A target that is down for hours thus costs this much memory, not its backlog.
     pub max_buffered_bytes: usize,
     /// On shutdown, how long in-flight handlers may finish (default 10 s).

@@ -220,12 +220,20 @@ impl ConsumerRuntime {
         // librdkafka's read-ahead is memory too, and pausing a partition does not
         // take back what it already fetched: size it from the same bound (a fifth,
         // and a twentieth per partition per fetch) so that what it delivers after a
-        // pause stays inside it.
+        // pause stays inside it. One fetch response may land on top of a full queue:
+        // librdkafka sizes `fetch.max.bytes` as the queue's size but never below
+        // `message.max.bytes` (1 MB by default, half of a 2 MiB bound), so that is
+        // lowered with it. A record batch larger than a fetch is still received
+        // (`receive.message.max.bytes` stays at its 100 MB default).
         let read_ahead = config.max_buffered_bytes / 5;
         consumer_config
             .set(
                 "queued.max.messages.kbytes",
                 (read_ahead / 1024).max(64).to_string(),
+            )
+            .set(
+                "message.max.bytes",
+                read_ahead.clamp(64 * 1024, 1_000_000).to_string(),
             )
             .set(
                 "max.partition.fetch.bytes",
