@@ -1,7 +1,13 @@
 //! Sentry, the last line of defence: with `SENTRY_DSN` set, every service reports
-//! every error-level log event (each DLQ record is one: "record sent to the DLQ"),
-//! and every panic, through the `sentry` crate's `tracing` and panic integrations.
-//! Unset or empty, none of this runs: no client, no layer, no panic hook.
+//! every error-level log event (each DLQ record is one: [`DLQ_MESSAGE`]) through
+//! the `sentry` crate's `tracing` integration, and every panic from the panic hook
+//! of [`crate::init_telemetry`]. Unset or empty, none of this runs: no client, no
+//! layer, nothing reported from the panic hook.
+//!
+//! **Not reported**: events of the `log` bridge (every `log` record, librdkafka's
+//! among them: during a broker outage it logs an error per connection attempt, with
+//! host names in the text) and events whose target is `rdkafka` or `librdkafka` (or
+//! under them): see [`UNREPORTED_TARGETS`]. They stay in the logs.
 //!
 //! **What a report carries, and what it never does.** Log lines can quote Slack
 //! messages (an error text that includes a payload, a field holding a message), and
@@ -13,10 +19,14 @@
 //!   `offset`, `group` (the consumer runtime's span names the record key `key`: on
 //!   slackline topics it is the channel id, so it becomes `channel` when the event has
 //!   no `channel` of its own). Values are clipped to 200 characters;
-//! - the log line's message: by the codebase's convention a fixed text, the values
-//!   going in fields (an event without a message is reported as
+//! - the log line's message as rendered (an event without a message is reported as
 //!   [`NO_MESSAGE`], never with the `error` field that `sentry-tracing` would use
-//!   instead);
+//!   instead). Only a convention keeps Slack text and secrets out of it: **an
+//!   error-level message must be a literal, its values going in fields**
+//!   (`tracing::error!(error = %e, "cannot store the event")`, never
+//!   `tracing::error!("cannot store the event: {e}")`). The layer cannot tell the two
+//!   apart: `tracing` hands the message over as `&dyn Debug`, so
+//!   `fmt::Arguments::as_str` is out of reach;
 //! - the numbers [`NUMBER_EXTRAS`] (`attempts`, `dlq_partition`, `dlq_offset`, ...), as
 //!   extra data;
 //! - the code location (module, file, line) and, for an error passed as
@@ -35,17 +45,21 @@
 //! Reports follow the log filter: a `RUST_LOG` that silences error lines silences
 //! their reports too (panics are reported regardless).
 //!
-//! Reports go out from a queue on a thread of their own (module `transport`).
-//! [`crate::run_service`] flushes it, bounded by [`FLUSH_BUDGET`], after the service's
-//! last log line, so a DLQ record written just before SIGTERM still reaches Sentry.
+//! Reports go out from a queue on a thread of their own (module `transport`): DLQ
+//! reports on a lane of their own that other reports cannot fill, sent first;
+//! Sentry's rate limits honoured (other reports dropped while one is in force);
+//! dropped reports counted by reason ([`dropped_reports`], logged by
+//! [`crate::run_service`] when the service stops). Nothing waits for a report when it
+//! is made, a panic's included: [`crate::run_service`] flushes the queue, bounded by
+//! [`FLUSH_BUDGET`], after the service's last log line (so a DLQ record written just
+//! before SIGTERM still reaches Sentry), and the shutdown watchdog before it exits.
 
 mod transport;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
-use sentry::integrations::panic::PanicIntegration;
 use sentry::integrations::tracing::ErrorLayer;
 use sentry::protocol::{Context as SentryContext, Event, Exception, Level, Mechanism, Value};
 use sentry::types::Dsn;
@@ -57,10 +71,20 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::env::Env;
 
-/// How long a flush of pending reports may take: at the end of [`crate::run_service`],
-/// in the watchdog before it exits, and after a panic. Part of
-/// [`crate::shutdown::STOP_MARGIN`].
+/// How long a flush of pending reports may take: at the end of [`crate::run_service`]
+/// and in the watchdog before it exits (never after a panic: the panicking thread
+/// goes on at once). Part of [`crate::shutdown::STOP_MARGIN`]; one request's timeout
+/// is shorter, so a request under way when the flush starts can end within it.
 pub const FLUSH_BUDGET: Duration = Duration::from_secs(1);
+
+/// The message of the log line of a DLQ record (the consumer runtime's and the
+/// normalizer's): its reports are never dropped to make room for others.
+pub const DLQ_MESSAGE: &str = "record sent to the DLQ";
+
+/// Targets whose events are never reported (the target itself and those under it,
+/// `rdkafka::client` say). `log` is the target of every event the `log` bridge
+/// (`tracing-log`) makes, whatever the `log` record's own target was.
+pub const UNREPORTED_TARGETS: [&str; 3] = ["log", "rdkafka", "librdkafka"];
 
 /// The tags a report may carry (`service` is set from the service's name).
 pub const TAGS: [&str; 8] = [
@@ -89,8 +113,8 @@ pub const TEXT_EXTRAS: [&str; 2] = ["error", "reason"];
 /// The message of a report whose log line had none.
 pub const NO_MESSAGE: &str = "error-level log event without a message";
 
-/// The target of the log line the panic hook writes: not reported (the panic
-/// integration reports the panic itself).
+/// The target of the log line the panic hook writes: not reported as an error event
+/// (the hook reports the panic itself, with [`report_panic`]).
 pub(crate) const PANIC_LOG_TARGET: &str = "slackline_service::panic";
 
 const TAG_MAX: usize = 200;
@@ -157,29 +181,175 @@ pub fn enabled() -> bool {
     CLIENT.get().is_some()
 }
 
-/// Waits until the reports queued so far are sent, at most `timeout`; `true` when
-/// they were (or reporting is off).
+/// Waits until the reports made so far are sent (panic reports whose stack is still
+/// being resolved included), at most `timeout`; `true` when they were (or reporting
+/// is off).
 pub fn flush(timeout: Duration) -> bool {
-    CLIENT
-        .get()
-        .is_none_or(|client| client.flush(Some(timeout)))
+    let Some(client) = CLIENT.get() else {
+        return true;
+    };
+    let deadline = Instant::now() + timeout;
+    let panics_done = PANICS.get().is_none_or(|panics| panics.wait(deadline));
+    let left = deadline.saturating_duration_since(Instant::now());
+    client.flush(Some(left)) && panics_done
 }
 
-/// Starts the Sentry client (once per process) with its panic integration, whose
-/// hook runs before the one installed before it. Called by
-/// [`crate::init_telemetry`] after it installed the subscriber with [`layer`].
+/// The name of the thread that resolves panics' stacks and reports them.
+const PANIC_THREAD_NAME: &str = "slackline-sentry-panics";
+
+/// Panic reports on their way to the `slackline-sentry-panics` thread, which
+/// resolves their stacks (symbolication can take a second in a binary with debug
+/// info: not on the panicking thread) and hands them to the client.
+struct PanicQueue {
+    tx: mpsc::Sender<PanicReport>,
+    /// Reports sent to the thread and not yet handed to the client.
+    pending: Mutex<usize>,
+    done: Condvar,
+}
+
+struct PanicReport {
+    hub: Arc<sentry::Hub>,
+    event: Event<'static>,
+    backtrace: std::backtrace::Backtrace,
+}
+
+static PANICS: OnceLock<PanicQueue> = OnceLock::new();
+
+impl PanicQueue {
+    fn start() -> Option<PanicQueue> {
+        let (tx, rx) = mpsc::channel::<PanicReport>();
+        let spawned = std::thread::Builder::new()
+            .name(PANIC_THREAD_NAME.to_owned())
+            .spawn(move || {
+                while let Ok(report) = rx.recv() {
+                    let PanicReport {
+                        hub,
+                        mut event,
+                        backtrace,
+                    } = report;
+                    let stacktrace =
+                        sentry::integrations::backtrace::parse_stacktrace(&backtrace.to_string());
+                    if let Some(exception) = event.exception.values.first_mut() {
+                        exception.stacktrace = stacktrace;
+                    }
+                    hub.capture_event(event);
+                    if let Some(panics) = PANICS.get() {
+                        panics.finished();
+                    }
+                }
+            });
+        match spawned {
+            Ok(_) => Some(PanicQueue {
+                tx,
+                pending: Mutex::new(0),
+                done: Condvar::new(),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the Sentry panic reporter: panics will not be reported");
+                None
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, usize> {
+        self.pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn send(&self, report: PanicReport) {
+        *self.lock() += 1;
+        if self.tx.send(report).is_err() {
+            self.finished();
+        }
+    }
+
+    fn finished(&self) {
+        let mut pending = self.lock();
+        *pending = pending.saturating_sub(1);
+        drop(pending);
+        self.done.notify_all();
+    }
+
+    /// Waits until no report is pending, at most until `deadline`.
+    fn wait(&self, deadline: Instant) -> bool {
+        let mut pending = self.lock();
+        while *pending > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            pending = match self.done.wait_timeout(pending, left) {
+                Ok((pending, _)) => pending,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// Reports dropped so far in this process, by reason: `queue_full`, `rate_limited`
+/// (Sentry's rate limit in force, or a 429), `send_failed` (the request failed or
+/// Sentry refused the report).
+pub fn dropped_reports() -> Vec<(&'static str, u64)> {
+    transport::dropped()
+        .into_iter()
+        .map(|(reason, n)| (reason.as_str(), n))
+        .collect()
+}
+
+/// Logs [`dropped_reports`] at `warn` when any was dropped (the end of a service).
+pub(crate) fn log_dropped(service: &'static str) {
+    let counts = dropped_reports();
+    if counts.iter().any(|(_, n)| *n > 0) {
+        let count = |reason: &str| {
+            counts
+                .iter()
+                .find(|(r, _)| *r == reason)
+                .map_or(0, |(_, n)| *n)
+        };
+        tracing::warn!(
+            service,
+            queue_full = count("queue_full"),
+            rate_limited = count("rate_limited"),
+            send_failed = count("send_failed"),
+            "Sentry reports dropped"
+        );
+    }
+}
+
+static INCLUDE_TEXT: OnceLock<bool> = OnceLock::new();
+
+/// Reports a panic (from the panic hook of [`crate::init_telemetry`]): captures the
+/// stack unresolved and hands the report to the `slackline-sentry-panics` thread;
+/// returns at once, never waiting for the report to be resolved or sent.
+pub(crate) fn report_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let Some(panics) = PANICS.get() else {
+        return;
+    };
+    let payload = info.payload();
+    let message = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    let include_text = INCLUDE_TEXT.get().copied().unwrap_or(false);
+    panics.send(PanicReport {
+        hub: sentry::Hub::current(),
+        event: panic_event(info.location(), message, include_text),
+        backtrace: std::backtrace::Backtrace::force_capture(),
+    });
+}
+
+/// Starts the Sentry client (once per process), without integrations: panics are
+/// reported by [`report_panic`]. Called by [`crate::init_telemetry`] after it
+/// installed the subscriber with [`layer`].
 pub(crate) fn start(service: &'static str, settings: SentrySettings) {
     let include_text = settings.include_error_text;
+    let _ = INCLUDE_TEXT.set(include_text);
     let release = settings
         .release
         .unwrap_or_else(|| format!("{service}@{}", env!("CARGO_PKG_VERSION")));
-    let panics = PanicIntegration::new().add_extractor(move |info| {
-        Some(panic_event(
-            info.location(),
-            sentry::integrations::panic::message_from_panic_info(info),
-            include_text,
-        ))
-    });
     // `ClientOptions` is non-exhaustive: set field by field.
     let mut options = ClientOptions::default();
     options.dsn = Some(settings.dsn);
@@ -189,7 +359,7 @@ pub(crate) fn start(service: &'static str, settings: SentrySettings) {
     options.max_breadcrumbs = 0;
     options.attach_stacktrace = false;
     options.default_integrations = false;
-    options.integrations = vec![Arc::new(panics)];
+    options.integrations = Vec::new();
     options.before_send = Some(Arc::new(move |event| {
         Some(scrub(event, service, include_text))
     }));
@@ -197,6 +367,9 @@ pub(crate) fn start(service: &'static str, settings: SentrySettings) {
     options.transport = Some(Arc::new(transport::HttpTransportFactory));
     options.shutdown_timeout = FLUSH_BUDGET;
     let _ = CLIENT.set(sentry::init(options));
+    if let Some(panics) = PanicQueue::start() {
+        let _ = PANICS.set(panics);
+    }
 }
 
 /// The `tracing` layer that turns error-level events into reports (see the module
@@ -263,6 +436,7 @@ where
         let meta = event.metadata();
         if *meta.level() != tracing::Level::ERROR
             || meta.target() == PANIC_LOG_TARGET
+            || unreported(meta)
             || std::thread::current().name() == Some(transport::THREAD_NAME)
         {
             return;
@@ -289,6 +463,19 @@ where
             || Layer::<S>::on_event(&self.errors, event, ctx),
         );
     }
+}
+
+/// Whether an event comes from the `log` bridge or a target of
+/// [`UNREPORTED_TARGETS`].
+fn unreported(meta: &tracing::Metadata<'_>) -> bool {
+    let target = meta.target();
+    // `tracing-log` events carry the `log` record's target in this field.
+    meta.fields().field("log.target").is_some()
+        || UNREPORTED_TARGETS.iter().any(|t| {
+            target
+                .strip_prefix(t)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
 }
 
 /// The allow-listed fields of a span or an event, by tag name.
@@ -397,8 +584,8 @@ fn clip(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// The report of a panic: where it happened, the stack, the tags of the spans it
-/// happened in; the panic's message only with `include_text`.
+/// The report of a panic, but its stack: where it happened, the tags of the spans
+/// it happened in; the panic's message only with `include_text`.
 fn panic_event(
     location: Option<&std::panic::Location<'_>>,
     message: &str,
@@ -427,7 +614,8 @@ fn panic_event(
                 handled: Some(false),
                 ..Mechanism::default()
             }),
-            stacktrace: sentry::integrations::backtrace::current_stacktrace(),
+            // Filled in by the `slackline-sentry-panics` thread.
+            stacktrace: None,
             ..Exception::default()
         }]
         .into(),

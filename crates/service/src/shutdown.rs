@@ -174,6 +174,7 @@ fn watchdog(service: &'static str, shutdown: &Shutdown, bound: Duration) {
     );
     if !flush.is_zero() {
         crate::reporting::flush(flush);
+        crate::reporting::log_dropped(service);
     }
     std::process::exit(i32::from(EXIT_STOP_TIMEOUT));
 }
@@ -273,7 +274,8 @@ impl SignalListener {
 /// and exits [`EXIT_FAILED`]; the backstops may exit earlier (see the module docs).
 /// Last, it flushes pending Sentry reports (the final log line included), bounded by
 /// [`crate::reporting::FLUSH_BUDGET`]: the process exits without dropping anything,
-/// so nothing else would send them.
+/// so nothing else would send them; then it logs how many reports were dropped, if
+/// any ([`crate::reporting::dropped_reports`]).
 pub fn run_service<F, Fut, E>(service: &'static str, grace: Duration, run: F) -> ExitCode
 where
     F: FnOnce(Shutdown) -> Fut,
@@ -291,7 +293,18 @@ where
         }
     };
     let shutdown = Shutdown::for_service(service, grace);
-    let result = runtime.block_on(run(shutdown.clone()));
+    // A panic out of `run` (its own, not a task's) ends the process: its report is
+    // flushed first, as at a normal end.
+    let result = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(run(shutdown.clone()))
+    })) {
+        Ok(result) => result,
+        Err(panic) => {
+            runtime.shutdown_timeout(RUNTIME_STOP_BUDGET);
+            crate::reporting::flush(crate::reporting::FLUSH_BUDGET);
+            std::panic::resume_unwind(panic);
+        }
+    };
     let stopping = Instant::now();
     runtime.shutdown_timeout(RUNTIME_STOP_BUDGET);
     if stopping.elapsed() >= RUNTIME_STOP_BUDGET {
@@ -317,6 +330,7 @@ where
             crate::reporting::FLUSH_BUDGET
         );
     }
+    crate::reporting::log_dropped(service);
     code
 }
 

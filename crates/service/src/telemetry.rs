@@ -35,8 +35,9 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Installs the global subscriber (filter from `RUST_LOG`, default `info`) and a
-/// panic hook, and starts Sentry reporting when `SENTRY_DSN` is set (not when it is
+/// Installs the global subscriber (filter from `RUST_LOG`, default `info`; `log`
+/// records are bridged into it) and a panic hook (which logs the panic and, with
+/// Sentry on, queues its report), and starts Sentry reporting when `SENTRY_DSN` is set (not when it is
 /// unset or empty: see [`crate::reporting`]). A second call in the same process is a
 /// no-op, so tests may call it.
 ///
@@ -71,15 +72,16 @@ pub fn init_telemetry(service: &'static str, format: LogFormat) {
             .try_init(),
     };
     if installed.is_ok() {
-        // Sentry's panic hook first, so that ours (installed over it) logs the panic
-        // before Sentry reports it and the default hook prints it.
         if let Some(settings) = sentry {
             reporting::start(service, settings);
         }
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // Not reported as an error event: the panic integration reports the panic.
+            // Not reported as an error event: the next line reports the panic.
             tracing::error!(target: reporting::PANIC_LOG_TARGET, service, panic = %info, "panic");
+            // Queued, not waited for: the panicking thread goes on at once (the
+            // queue is flushed when the process exits).
+            reporting::report_panic(info);
             default_hook(info);
         }));
         tracing::info!(

@@ -10,7 +10,13 @@
 //! - a panic in a service task arrives once, with its location and its span's tags,
 //!   without its message;
 //! - with `SENTRY_DSN` unset or empty nothing is sent, no Sentry client exists, and
-//!   the service runs and exits as usual; an invalid one stops the start (exit 2).
+//!   the service runs and exits as usual; an invalid one stops the start (exit 2);
+//! - `log` records (librdkafka's) and `rdkafka` targets are not reported;
+//! - after a flood of error events a DLQ report still arrives (its reserved lane);
+//! - Sentry's rate limit (a 429 with `X-Sentry-Rate-Limits`) stops other reports,
+//!   not DLQ ones, and the dropped reports are counted;
+//! - a panic does not wait for its report: with a receiver that never answers, the
+//!   panicking thread is joined well under the flush budget.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 #[path = "support/sentry_receiver.rs"]
@@ -22,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use sentry_receiver::Receiver;
 use serde_json::Value;
-use slackline_service::reporting::NO_MESSAGE;
+use slackline_service::reporting::{DLQ_MESSAGE, FLUSH_BUDGET, NO_MESSAGE};
 use slackline_service::{init_telemetry, run_service, LogFormat};
 
 const CHILD_ENV: &str = "SLACKLINE_SENTRY_CHILD";
@@ -99,6 +105,10 @@ where
 {
     init_telemetry(SERVICE, LogFormat::Text);
     let code = run_service(SERVICE, Duration::from_secs(2), run);
+    println!(
+        "dropped reports: {:?}",
+        slackline_service::reporting::dropped_reports()
+    );
     std::process::exit(if code == ExitCode::SUCCESS { 0 } else { 1 })
 }
 
@@ -231,6 +241,9 @@ fn child_panic() {
             panic!("{MESSAGE_TEXT} {SECRET}");
         });
         assert!(task.await.is_err(), "the task panicked");
+        // Resolving the stack of a debug test binary can take longer than the flush
+        // budget of `run_service`.
+        assert!(slackline_service::reporting::flush(Duration::from_secs(20)));
         Ok(())
     });
 }
@@ -330,4 +343,203 @@ fn without_a_dsn_nothing_is_sent_and_nothing_fails() {
         "{}",
         finished.output
     );
+}
+
+/// Child: librdkafka-style `log` records and an `rdkafka` target at error level, then
+/// one ordinary error event.
+#[test]
+fn child_log_bridge() {
+    if child_mode().as_deref() != Some("log-bridge") {
+        return;
+    }
+    child_service(|_shutdown| async move {
+        // What rdkafka's client logs for a librdkafka error (`log::error!`).
+        log::error!(
+            target: "librdkafka",
+            "librdkafka: FAIL [thrd:sasl_ssl://broker-7.internal:9093/7]: user {SECRET}: Connect failed"
+        );
+        log::error!("a log record of another crate: {SECRET}");
+        tracing::error!(target: "rdkafka::client", "native rdkafka event: {SECRET}");
+        tracing::error!(event_id = "EvAfterLogs", "handling failed");
+        Ok(())
+    });
+}
+
+#[test]
+fn log_records_and_rdkafka_events_are_not_reported_but_stay_in_the_logs() {
+    let receiver = Receiver::start(Duration::ZERO);
+    let dsn = receiver.dsn();
+    let finished = run_child(
+        "child_log_bridge",
+        "log-bridge",
+        &[("SENTRY_DSN", Some(&dsn))],
+    );
+    assert_eq!(finished.code, 0, "{}", finished.output);
+    assert!(
+        finished.output.contains("Connect failed")
+            && finished.output.contains("a log record of another crate")
+            && finished.output.contains("native rdkafka event"),
+        "the records are still logged: {}",
+        finished.output
+    );
+    let events = receiver.events();
+    assert_eq!(events.len(), 1, "only the tracing event: {events:#?}");
+    assert_eq!(events[0]["message"], "handling failed");
+    assert_eq!(tag(&events[0], "event_id"), Some("EvAfterLogs"));
+    assert!(!receiver.raw_text().contains(SECRET));
+}
+
+/// Error events that a DLQ report follows.
+const FLOOD: usize = 300;
+
+/// Child: a flood of error events, then one DLQ record's line.
+#[test]
+fn child_flood() {
+    if child_mode().as_deref() != Some("flood") {
+        return;
+    }
+    child_service(|_shutdown| async move {
+        for attempt in 0..FLOOD {
+            tracing::error!(attempts = attempt, "handling failed");
+        }
+        tracing::error!(
+            event_id = "EvDlqAfterFlood",
+            attempts = 5,
+            "record sent to the DLQ"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn a_dlq_report_arrives_after_a_flood_of_other_reports() {
+    // 50 ms an answer, two at a time: the flood overflows the queue, and in the
+    // flush budget only a part of it goes out. The DLQ report must be in that part.
+    let receiver = Receiver::start(Duration::from_millis(50));
+    let dsn = receiver.dsn();
+    let finished = run_child("child_flood", "flood", &[("SENTRY_DSN", Some(&dsn))]);
+    assert_eq!(finished.code, 0, "{}", finished.output);
+    let events = receiver.events();
+    let dlq: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"] == DLQ_MESSAGE)
+        .collect();
+    assert_eq!(
+        dlq.len(),
+        1,
+        "the DLQ report arrived once ({} reports in all)\n{}",
+        events.len(),
+        finished.output
+    );
+    assert_eq!(tag(dlq[0], "event_id"), Some("EvDlqAfterFlood"));
+    assert!(
+        events.len() < FLOOD,
+        "the flood overflowed the queue: {} reports arrived",
+        events.len()
+    );
+    assert!(
+        !finished.output.contains(r#"("queue_full", 0)"#),
+        "dropped reports are counted: {}",
+        finished.output
+    );
+}
+
+/// Child: one report (answered 429 with a rate limit), then an ordinary report and
+/// a DLQ report.
+#[test]
+fn child_rate_limited() {
+    if child_mode().as_deref() != Some("rate-limited") {
+        return;
+    }
+    child_service(|_shutdown| async move {
+        tracing::error!(event_id = "EvFirst", "first report");
+        // Answered (429) before the next ones are made.
+        assert!(slackline_service::reporting::flush(Duration::from_secs(10)));
+        tracing::error!(event_id = "EvLimited", "second report");
+        tracing::error!(event_id = "EvDlqLimited", "record sent to the DLQ");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_rate_limit_stops_other_reports_but_not_dlq_ones() {
+    let limited =
+        "HTTP/1.1 429 Too Many Requests\r\nX-Sentry-Rate-Limits: 60:error:organization\r\n\
+                   Retry-After: 60\r\nContent-Length: 0\r\n\r\n";
+    let receiver = Receiver::start_with(Duration::ZERO, vec![limited.to_owned()]);
+    let dsn = receiver.dsn();
+    let finished = run_child(
+        "child_rate_limited",
+        "rate-limited",
+        &[("SENTRY_DSN", Some(&dsn))],
+    );
+    assert_eq!(finished.code, 0, "{}", finished.output);
+    let messages: Vec<_> = receiver
+        .events()
+        .iter()
+        .map(|e| e["message"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        messages,
+        ["first report", DLQ_MESSAGE],
+        "{}",
+        finished.output
+    );
+    // The first (refused with 429) and the second (not sent).
+    assert!(
+        finished.output.contains(r#"("rate_limited", 2)"#),
+        "{}",
+        finished.output
+    );
+}
+
+/// Child: a thread panics; prints how long the join took.
+#[test]
+fn child_panic_unanswered() {
+    if child_mode().as_deref() != Some("panic-unanswered") {
+        return;
+    }
+    child_service(|_shutdown| async move {
+        let started = Instant::now();
+        let joined = std::thread::spawn(|| {
+            let span = tracing::info_span!("event", event_id = "EvSlowPanic");
+            let _entered = span.enter();
+            panic!("{MESSAGE_TEXT}");
+        })
+        .join();
+        assert!(joined.is_err(), "the thread panicked");
+        println!("panic joined after {} ms", started.elapsed().as_millis());
+        // The report is resolved and sent now; never answered, the request times out.
+        slackline_service::reporting::flush(Duration::from_secs(20));
+        Ok(())
+    });
+}
+
+#[test]
+fn a_panic_does_not_wait_for_its_report() {
+    let receiver = Receiver::silent();
+    let dsn = receiver.dsn();
+    let finished = run_child(
+        "child_panic_unanswered",
+        "panic-unanswered",
+        &[("SENTRY_DSN", Some(&dsn))],
+    );
+    assert_eq!(finished.code, 0, "{}", finished.output);
+    let joined_ms: u64 = finished
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("panic joined after "))
+        .and_then(|rest| rest.strip_suffix(" ms"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no join time: {}", finished.output));
+    // The guarantee under test; the old hook waited for the flush (1 s).
+    assert!(
+        joined_ms < 500,
+        "the panicking thread was held {joined_ms} ms (flush budget {FLUSH_BUDGET:?})"
+    );
+    // Sent all the same (by the flush), never answered.
+    let events = receiver.events();
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(tag(&events[0], "event_id"), Some("EvSlowPanic"));
+    assert_eq!(events[0]["level"], "fatal");
 }

@@ -2,7 +2,9 @@
 //! service configured with [`Receiver::dsn`] sends arrives here as Sentry would get
 //! it (`POST /api/<project>/envelope/`, `X-Sentry-Auth`, the envelope format:
 //! newline-separated JSON headers and items). Each answer can be delayed, to test
-//! that a service waits for its reports before it exits.
+//! that a service waits for its reports before it exits; the first answers can be
+//! given (a 429 with rate limit headers, say); [`Receiver::silent`] stores requests
+//! and never answers.
 //!
 //! Shared by the tests of `slackline-service` and `slackline-consumer` (included with
 //! `#[path]`).
@@ -29,9 +31,46 @@ pub struct Receiver {
     requests: Arc<Mutex<Vec<Request>>>,
 }
 
+/// A 200 with an empty JSON object.
+pub const OK: &str =
+    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+
+/// How the receiver answers.
+#[derive(Clone)]
+struct Answers {
+    delay: Duration,
+    /// Raw HTTP answers for the first requests (then [`OK`]).
+    first: Arc<Mutex<std::collections::VecDeque<String>>>,
+    /// Never answer (keep the connection open until the client closes it).
+    silent: bool,
+}
+
 impl Receiver {
     /// Listens on 127.0.0.1 (a free port); every answer waits `delay` first.
     pub fn start(delay: Duration) -> Receiver {
+        Self::start_with(delay, Vec::new())
+    }
+
+    /// As [`Receiver::start`], answering the first requests with `first` (raw HTTP
+    /// answers, in order), then with [`OK`].
+    pub fn start_with(delay: Duration, first: Vec<String>) -> Receiver {
+        Self::listen(Answers {
+            delay,
+            first: Arc::new(Mutex::new(first.into())),
+            silent: false,
+        })
+    }
+
+    /// Accepts connections and stores requests, never answers.
+    pub fn silent() -> Receiver {
+        Self::listen(Answers {
+            delay: Duration::ZERO,
+            first: Arc::default(),
+            silent: true,
+        })
+    }
+
+    fn listen(answers: Answers) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding the Sentry receiver");
         let addr = listener.local_addr().expect("the receiver's address");
         let requests = Arc::new(Mutex::new(Vec::new()));
@@ -40,7 +79,8 @@ impl Receiver {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
                 let stored = stored.clone();
-                std::thread::spawn(move || serve(conn, &stored, delay));
+                let answers = answers.clone();
+                std::thread::spawn(move || serve(conn, &stored, &answers));
             }
         });
         Receiver { addr, requests }
@@ -98,7 +138,7 @@ impl Receiver {
 }
 
 /// HTTP/1.1 with keep-alive: requests with a `Content-Length` body.
-fn serve(conn: TcpStream, stored: &Mutex<Vec<Request>>, delay: Duration) {
+fn serve(conn: TcpStream, stored: &Mutex<Vec<Request>>, answers: &Answers) {
     let Ok(mut writer) = conn.try_clone() else {
         return;
     };
@@ -142,9 +182,19 @@ fn serve(conn: TcpStream, stored: &Mutex<Vec<Request>>, delay: Duration) {
             .lock()
             .expect("receiver lock")
             .push(Request { path, auth, body });
-        std::thread::sleep(delay);
-        let answer =
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        if answers.silent {
+            // Until the client gives up and closes the connection.
+            let mut rest = Vec::new();
+            let _ = reader.read_to_end(&mut rest);
+            return;
+        }
+        std::thread::sleep(answers.delay);
+        let answer = answers
+            .first
+            .lock()
+            .expect("receiver lock")
+            .pop_front()
+            .unwrap_or_else(|| OK.to_owned());
         if writer.write_all(answer.as_bytes()).is_err() {
             return;
         }
