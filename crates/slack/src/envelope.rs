@@ -7,9 +7,10 @@
 //! built, which keeps the edge's hot path cheap.
 
 use std::borrow::Cow;
+use std::fmt;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 
 /// The routing key used when a body names neither a channel nor a team.
 pub const UNKNOWN_KEY: &str = "unknown";
@@ -50,23 +51,23 @@ pub struct EnvelopeInfo {
 #[derive(Deserialize)]
 struct RawEnvelope<'a> {
     #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
-    challenge: Option<Cow<'a, str>>,
+    challenge: Option<Text<'a>>,
     #[serde(borrow)]
-    event_id: Option<Cow<'a, str>>,
+    event_id: Option<Text<'a>>,
     #[serde(borrow)]
-    team_id: Option<Cow<'a, str>>,
+    team_id: Option<Text<'a>>,
     #[serde(borrow)]
-    context_team_id: Option<Cow<'a, str>>,
+    context_team_id: Option<Text<'a>>,
     #[serde(borrow)]
-    event: Option<RawEvent<'a>>,
+    event: Option<EventRef<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawEvent<'a> {
     #[serde(borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(borrow)]
     channel: Option<ChannelRef<'a>>,
     #[serde(borrow)]
@@ -75,6 +76,108 @@ struct RawEvent<'a> {
     item: Option<ItemRef<'a>>,
     #[serde(borrow)]
     team: Option<ChannelRef<'a>>,
+}
+
+/// A field read as a string: any other JSON type (a number where Slack sends a
+/// string, an object, ...) reads as absent instead of making the whole body
+/// unroutable. Read without buffering, so the hot path stays cheap.
+struct Text<'a>(Option<Cow<'a, str>>);
+
+impl Text<'_> {
+    fn get(this: &Option<Self>) -> Option<&str> {
+        this.as_ref()?.0.as_deref()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct TextVisitor;
+        impl<'de> Visitor<'de> for TextVisitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Some(Cow::Owned(v))))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Text<'de>, E> {
+                Ok(Text(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Text<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Text<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Text(None))
+            }
+        }
+        deserializer.deserialize_any(TextVisitor)
+    }
+}
+
+/// The inner `event`: an object, or anything else read as absent (the body stays
+/// routable by its team).
+struct EventRef<'a>(Option<RawEvent<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for EventRef<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EventVisitor;
+        impl<'de> Visitor<'de> for EventVisitor {
+            type Value = EventRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EventRef<'de>, A::Error> {
+                RawEvent::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|e| EventRef(Some(e)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EventRef<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(EventRef(None))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, _: &'de str) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<EventRef<'de>, E> {
+                Ok(EventRef(None))
+            }
+        }
+        deserializer.deserialize_any(EventVisitor)
+    }
 }
 
 /// The `item` of a reaction or pin: an object whose `channel` names the channel.
@@ -178,19 +281,19 @@ pub fn inspect(body: &[u8]) -> EnvelopeInfo {
             keyed_by_channel: false,
         };
     };
-    let kind = match raw.kind.as_deref() {
+    let kind = match Text::get(&raw.kind) {
         Some("url_verification") => EnvelopeKind::UrlVerification {
-            challenge: raw.challenge.as_deref().unwrap_or_default().to_owned(),
+            challenge: Text::get(&raw.challenge).unwrap_or_default().to_owned(),
         },
         Some("event_callback") => EnvelopeKind::EventCallback,
         Some("app_rate_limited") => EnvelopeKind::AppRateLimited,
         _ => EnvelopeKind::Other,
     };
-    let event = raw.event.as_ref();
+    let event = raw.event.as_ref().and_then(|e| e.0.as_ref());
     let channel = event
         .and_then(|e| pick_channel(e.channel.as_ref(), e.channel_id.as_ref(), e.item.as_ref()));
     let team = || {
-        [raw.team_id.as_deref(), raw.context_team_id.as_deref()]
+        [Text::get(&raw.team_id), Text::get(&raw.context_team_id)]
             .into_iter()
             .flatten()
             .find(|t| valid_key(t))
@@ -201,15 +304,13 @@ pub fn inspect(body: &[u8]) -> EnvelopeInfo {
         None => (team().unwrap_or(UNKNOWN_KEY).to_owned(), false),
     };
     let event_type = event
-        .and_then(|e| e.kind.as_deref())
-        .or(raw.kind.as_deref())
+        .and_then(|e| Text::get(&e.kind))
+        .or(Text::get(&raw.kind))
         .filter(|t| !t.is_empty())
         .map(str::to_owned);
     EnvelopeInfo {
         kind,
-        event_id: raw
-            .event_id
-            .as_deref()
+        event_id: Text::get(&raw.event_id)
             .filter(|id| valid_key(id))
             .map(str::to_owned),
         event_type,
@@ -421,6 +522,46 @@ mod tests {
             (info.routing_key.as_str(), info.keyed_by_channel),
             ("T4", false)
         );
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_leaves_the_rest_of_the_body_routable() {
+        // Found by fuzzing: one field of an unexpected type used to make the whole
+        // body "not JSON", keyed `unknown`, and a url_verification unanswered.
+        let info = inspect(br#"{"type":"event_callback","event_id":5,"team_id":"T1","event":{"type":"message","channel":"C1"}}"#);
+        assert_eq!(info.kind, EnvelopeKind::EventCallback);
+        assert_eq!(
+            (info.routing_key.as_str(), info.keyed_by_channel),
+            ("C1", true)
+        );
+        assert_eq!(info.event_id, None);
+        assert_eq!(info.event_type.as_deref(), Some("message"));
+
+        let info = inspect(br#"{"type":5,"event_id":"Ev1","event":{"type":1,"channel":"C1"}}"#);
+        assert_eq!(info.kind, EnvelopeKind::Other);
+        assert_eq!(info.routing_key, "C1");
+        assert_eq!(info.event_id.as_deref(), Some("Ev1"));
+        assert_eq!(info.event_type, None);
+
+        let info = inspect(
+            br#"{"type":"event_callback","team_id":7,"context_team_id":"T2","event":"message"}"#,
+        );
+        assert_eq!(
+            (info.routing_key.as_str(), info.keyed_by_channel),
+            ("T2", false)
+        );
+
+        let info = inspect(br#"{"type":"url_verification","challenge":5}"#);
+        assert_eq!(
+            info.kind,
+            EnvelopeKind::UrlVerification {
+                challenge: String::new()
+            }
+        );
+
+        let info =
+            inspect(br#"{"type":"event_callback","event":[1,{"channel":"C9"}],"team_id":"T3"}"#);
+        assert_eq!(info.routing_key, "T3");
     }
 
     #[test]
