@@ -2,13 +2,16 @@
 //! outcome, store its offset.
 //!
 //! Every raw event read becomes one future in a [`FuturesOrdered`]: its author
-//! lookup ([`crate::authors`]) and its produce run concurrently with the other
-//! events', while the outcomes are finished (counted, dead-lettered if need be,
-//! offset stored) strictly in consumption order, so a stored offset never passes an
-//! unfinished record. Each channel's events are handed to the producer in the order
-//! they were read (a chain of turns per channel, see [`Lanes`]), and the idempotent
-//! producer keeps that order on the partition, so a lookup that finishes early
-//! never lets a later event of its channel overtake an earlier one.
+//! lookup ([`crate::authors`]), its produce and, when the produce fails, its DLQ
+//! write run concurrently with the other events', while the outcomes are finished
+//! (counted, offset stored, without waiting on anything) strictly in consumption
+//! order, so a stored offset never passes an unfinished record. A slow DLQ write
+//! holds back only the offsets after its record, never the other events' lookups
+//! and produces (and so never trips the lookup pause). Each channel's events are
+//! handed to the producer in the order they were read (a chain of turns per
+//! channel, see [`Lanes`]), and the idempotent producer keeps that order on the
+//! partition, so a lookup that finishes early never lets a later event of its
+//! channel overtake an earlier one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -42,19 +45,25 @@ const RECENT_IDS: usize = 100_000;
 
 type Pending = Pin<Box<dyn Future<Output = Finished> + Send>>;
 
-/// A raw event whose outcome has resolved.
+/// A raw event whose outcome has resolved (and is durable, unless `Stuck`).
 struct Finished {
     partition: i32,
     offset: i64,
-    /// `Err` when the event could not be encoded or its produce was not
-    /// acknowledged: it then goes to the DLQ.
-    result: Result<(), String>,
-    /// Kept for the DLQ path only.
-    raw: Option<RawCopy>,
+    ending: Ending,
     event_type: &'static str,
     /// What was produced, counted once Kafka has acknowledged it (`None`: ignored,
     /// already counted).
     produced: Option<Produced>,
+}
+
+/// How a raw event's outcome ended.
+enum Ending {
+    /// Produced and acknowledged, or ignored (nothing to produce).
+    Done,
+    /// Could not be encoded or produced; its DLQ record is acknowledged.
+    DeadLettered,
+    /// Could neither be produced nor dead-lettered (why).
+    Stuck(String),
 }
 
 /// An event whose outcome is counted when its delivery is acknowledged.
@@ -228,18 +237,14 @@ impl Worker {
             tokio::select! {
                 biased;
                 () = shutdown.wait() => break,
-                Some(done) = pending.next(), if !pending.is_empty() => self.finish(consumer, done).await?,
+                // `finish` never waits: `pending` (every other event's lookup, produce
+                // and DLQ write) keeps being polled.
+                Some(done) = pending.next(), if !pending.is_empty() => self.finish(consumer, done)?,
                 received = consumer.recv(), if pending.len() < MAX_IN_FLIGHT => {
                     match received {
                         Ok(message) => {
-                            let span = tracing::debug_span!(
-                                "raw_event",
-                                partition = message.partition(),
-                                offset = message.offset(),
-                                channel = message.key().map(String::from_utf8_lossy).as_deref().unwrap_or("-"),
-                            );
-                            let item = span.in_scope(|| self.handle(&message));
-                            pending.push_back(Box::pin(item.instrument(span)));
+                            let item = self.handle(&message);
+                            pending.push_back(item);
                         }
                         Err(e) => tracing::warn!(error = %e, "consume error"),
                     }
@@ -249,21 +254,49 @@ impl Worker {
         tracing::info!(in_flight = pending.len(), "normalizer stopping");
         // Drain: every started outcome is finished before the final commit.
         while let Some(done) = pending.next().await {
-            self.finish(consumer, done).await?;
+            self.finish(consumer, done)?;
         }
         Ok(())
     }
 
-    /// Normalises one raw event and returns the future of its outcome: enrich the
-    /// author, wait for the channel's turn, produce, wait for the acknowledgement.
+    /// Starts one raw event's outcome in a span naming it (at info level, so an
+    /// error or panic inside the outcome carries its coordinates as tags).
     fn handle(&mut self, message: &BorrowedMessage<'_>) -> Pending {
+        let header = |name: &str| header_value(message, name);
+        let archive_key = header(headers::ARCHIVE_KEY).unwrap_or_default();
+        let event_id = header(headers::EVENT_ID);
+        let span = tracing::info_span!(
+            "raw_event",
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            channel = message
+                .key()
+                .map(String::from_utf8_lossy)
+                .as_deref()
+                .unwrap_or("-"),
+            event_id = event_id.as_deref().unwrap_or("-"),
+            archive_key = archive_key.as_str(),
+        );
+        let item = span.in_scope(|| self.start(message, archive_key, event_id));
+        Box::pin(item.instrument(span))
+    }
+
+    /// Normalises one raw event and returns the future of its outcome: enrich the
+    /// author, wait for the channel's turn, produce, wait for the acknowledgement,
+    /// and when the event could not be encoded or produced, write its DLQ record and
+    /// wait for that acknowledgement.
+    fn start(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        archive_key: String,
+        event_id: Option<String>,
+    ) -> Pending {
         self.metrics.consumed();
         let partition = message.partition();
         let offset = message.offset();
         let header = |name: &str| header_value(message, name);
-        let archive_key = header(headers::ARCHIVE_KEY).unwrap_or_default();
         let record_key = message.key().and_then(|k| std::str::from_utf8(k).ok());
-        let event_id = header(headers::EVENT_ID);
         let payload = message.payload().unwrap_or_default();
         let meta = RawMeta {
             archive_key: &archive_key,
@@ -275,8 +308,7 @@ impl Worker {
             Box::pin(std::future::ready(Finished {
                 partition,
                 offset,
-                result: Ok(()),
-                raw: None,
+                ending: Ending::Done,
                 event_type,
                 produced: None,
             }))
@@ -334,6 +366,7 @@ impl Worker {
         let turn = self.lanes.join(&key);
         let authors = self.authors.clone();
         let producer = self.producer.clone();
+        let dead_letters = self.dead_letters.clone();
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             if let Some(authors) = &authors {
@@ -345,11 +378,11 @@ impl Worker {
                 Ok(bytes) => bytes,
                 Err(e) => {
                     drop(done);
+                    let reason = format!("encoding the event: {e}");
                     return Finished {
                         partition,
                         offset,
-                        result: Err(format!("encoding the event: {e}")),
-                        raw: Some(raw),
+                        ending: dead_letter(&dead_letters, &raw, reason).await,
                         event_type: label,
                         produced: Some(produced),
                     };
@@ -374,23 +407,23 @@ impl Worker {
                     Err(_) => Err("delivery cancelled".to_owned()),
                 },
             };
+            let ending = match result {
+                Ok(()) => Ending::Done,
+                Err(reason) => dead_letter(&dead_letters, &raw, reason).await,
+            };
             Finished {
                 partition,
                 offset,
-                raw: result.is_err().then_some(raw),
-                result,
+                ending,
                 event_type: label,
                 produced: Some(produced),
             }
         })
     }
 
-    /// Stores the offset of a finished outcome (after a DLQ record when it failed).
-    async fn finish(
-        &mut self,
-        consumer: &StreamConsumer,
-        done: Finished,
-    ) -> Result<(), NormalizerError> {
+    /// Counts a finished outcome and stores its offset (its outcome, the DLQ record
+    /// included, is durable by then); never waits.
+    fn finish(&mut self, consumer: &StreamConsumer, done: Finished) -> Result<(), NormalizerError> {
         if let Some(id) = done.produced.as_ref().and_then(|p| p.event_id.as_ref()) {
             if let Some(count) = self.in_flight.get_mut(id) {
                 *count -= 1;
@@ -399,27 +432,29 @@ impl Worker {
                 }
             }
         }
-        if let Err(reason) = done.result {
-            let raw = done.raw.unwrap_or_default();
-            self.dead_letters
-                .send(&raw, &reason)
-                .await
-                .map_err(|e| NormalizerError::Stuck {
+        match done.ending {
+            Ending::Stuck(reason) => {
+                return Err(NormalizerError::Stuck {
                     partition: done.partition,
                     offset: done.offset,
-                    reason: format!("{reason}; then the DLQ failed too: {e}"),
-                })?;
-            self.metrics.dead_lettered(done.event_type);
-        } else if let Some(produced) = done.produced {
-            match produced.mode {
-                Mode::Full => self.metrics.produced_full(done.event_type),
-                Mode::Degraded => self.metrics.produced_degraded(
-                    produced.degraded_reason.as_deref().unwrap_or_default(),
-                    done.event_type,
-                ),
+                    reason,
+                })
             }
-            if let Some(id) = produced.event_id {
-                self.recent.insert(id);
+            Ending::DeadLettered => self.metrics.dead_lettered(done.event_type),
+            // Ignored events were counted when they were read.
+            Ending::Done => {
+                if let Some(produced) = done.produced {
+                    match produced.mode {
+                        Mode::Full => self.metrics.produced_full(done.event_type),
+                        Mode::Degraded => self.metrics.produced_degraded(
+                            produced.degraded_reason.as_deref().unwrap_or_default(),
+                            done.event_type,
+                        ),
+                    }
+                    if let Some(id) = produced.event_id {
+                        self.recent.insert(id);
+                    }
+                }
             }
         }
         // librdkafka stores `offset + 1` itself: the next record to read.
@@ -493,6 +528,16 @@ async fn close<H: Send + 'static>(consumer: StreamConsumer, held: H) -> Result<(
         }
     }
     result
+}
+
+/// Writes the DLQ record of a raw event that could not be produced (`reason`) and
+/// waits for its acknowledgement.
+async fn dead_letter(dead_letters: &DeadLetters, raw: &RawCopy, reason: String) -> Ending {
+    tracing::debug!(reason, "not produced; writing the DLQ record");
+    match dead_letters.send(raw, &reason).await {
+        Ok(()) => Ending::DeadLettered,
+        Err(e) => Ending::Stuck(format!("{reason}; then the DLQ failed too: {e}")),
+    }
 }
 
 /// Sends a record, waiting while the producer's local queue is full (backpressure

@@ -27,8 +27,11 @@ use crate::metrics::NormalizerMetrics;
 /// How often the DLQ topic's end offsets are read (as the consumer groups' lag
 /// interval).
 pub(crate) const END_OFFSET_INTERVAL: Duration = Duration::from_secs(15);
-/// Limit on one metadata or watermark request of that reading.
-const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(5);
+/// Limit on one metadata or watermark request of that reading. The requests block a
+/// thread of the blocking pool and cannot be cancelled: a reading under way when the
+/// normalizer stops finishes its current request (at most this long) and skips the
+/// rest (the stop is checked between requests).
+const END_OFFSET_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the DLQ record needs from the raw message (copied, since the message is
 /// borrowed from the consumer).
@@ -189,13 +192,17 @@ impl DeadLetters {
     }
 
     /// Reads the DLQ topic's end offsets now and then every [`END_OFFSET_INTERVAL`]
-    /// until `shutdown` fires (on the blocking pool: librdkafka's calls block).
+    /// until `shutdown` fires (on the blocking pool: librdkafka's calls block). The
+    /// task ends as soon as `shutdown` fires; a reading under way then ends on its
+    /// thread within one [`END_OFFSET_TIMEOUT`] (it checks `shutdown` between
+    /// requests), well inside the runtime's stop budget.
     pub(crate) fn spawn_end_offset_reader(&self, shutdown: Shutdown) -> JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
             loop {
                 let reader = this.clone();
-                let read = tokio::task::spawn_blocking(move || reader.read_ends());
+                let stop = shutdown.clone();
+                let read = tokio::task::spawn_blocking(move || reader.read_ends(&stop));
                 let result = tokio::select! {
                     () = shutdown.wait() => return,
                     result = read => result,
@@ -224,8 +231,10 @@ impl DeadLetters {
         })
     }
 
-    /// The high watermark of every partition of the DLQ topic, by partition.
-    fn read_ends(&self) -> Result<Vec<(usize, i64)>, String> {
+    /// The high watermark of every partition of the DLQ topic, by partition; cut
+    /// short (an error) once `stop` has fired.
+    fn read_ends(&self, stop: &Shutdown) -> Result<Vec<(usize, i64)>, String> {
+        const STOPPED: &str = "stopped during the reading";
         let client = self.producer.client();
         let metadata = client
             .fetch_metadata(Some(&self.dlq_topic), END_OFFSET_TIMEOUT)
@@ -242,6 +251,9 @@ impl DeadLetters {
             .partitions()
             .iter()
             .map(|p| {
+                if stop.is_triggered() {
+                    return Err(STOPPED.to_owned());
+                }
                 let index = usize::try_from(p.id()).map_err(|e| e.to_string())?;
                 client
                     .fetch_watermarks(&self.dlq_topic, p.id(), END_OFFSET_TIMEOUT)

@@ -85,11 +85,13 @@ impl NormalizerMetrics {
         for t in EVENT_TYPES {
             outcomes.with_label_values(&["full", "-", t]);
             outcomes.with_label_values(&["degraded", "missing_field", t]);
+            // At zero for every type: the first DLQ record of a type is then an
+            // increase the DLQ alert sees, not a new series starting at 1.
+            outcomes.with_label_values(&["dlq", "-", t]);
         }
         for reason in IgnoreReason::ALL {
             outcomes.with_label_values(&["ignored", reason.label(), "other"]);
         }
-        outcomes.with_label_values(&["dlq", "-", "other"]);
         Ok(NormalizerMetrics {
             consumed,
             outcomes,
@@ -142,5 +144,37 @@ impl NormalizerMetrics {
     /// An author lookup ended with `result`.
     pub fn author_lookup(&self, result: &str) {
         self.enrichment.with_label_values(&[result]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The DLQ alert's counter leg needs every `dlq` series at 0 before the first
+    /// record: a series born at 1 has no increase.
+    #[test]
+    fn the_dlq_outcome_starts_at_zero_for_every_event_type() {
+        let registry = Registry::new();
+        NormalizerMetrics::new(&registry).expect("metrics");
+        let families = registry.gather();
+        let outcomes = families
+            .iter()
+            .find(|f| f.name() == "slackline_normalizer_outcomes_total")
+            .expect("the outcome counter");
+        for t in EVENT_TYPES {
+            let series = outcomes.get_metric().iter().find(|m| {
+                let label = |name: &str| {
+                    m.get_label()
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                label("outcome").as_deref() == Some("dlq")
+                    && label("event_type").as_deref() == Some(t)
+            });
+            let series = series.unwrap_or_else(|| panic!("no dlq series for {t}"));
+            assert_eq!(series.get_counter().get_value(), 0.0, "{t}");
+        }
     }
 }

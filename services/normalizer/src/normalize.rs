@@ -204,8 +204,9 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
         Ok(_) => return degraded_without_body(meta, "body is JSON but not an object"),
         Err(e) => return degraded_without_body(meta, &format!("body is not JSON: {e}")),
     };
+    // An empty header is no id (found by fuzzing: it would be one shared dedup key).
     let event_id = str_field(&root, "event_id")
-        .or(meta.event_id)
+        .or(meta.event_id.filter(|id| !id.is_empty()))
         .map(str::to_owned)
         .unwrap_or_else(|| format!("archive:{}", meta.archive_key));
     let ignored = |reason, event_type: Option<&str>| Outcome::Ignored {
@@ -539,6 +540,7 @@ fn degraded_without_body(meta: RawMeta<'_>, reason: &str) -> Outcome {
         None,
         meta,
         meta.event_id
+            .filter(|id| !id.is_empty())
             .map(str::to_owned)
             .unwrap_or_else(|| format!("archive:{}", meta.archive_key)),
         reason,
@@ -660,8 +662,9 @@ fn author(
 /// Why a `message` event is nobody's support message, if it is: Slack's housekeeping,
 /// Slackbot, a thread root's reply summary, a join or leave told as a message. An edit
 /// or delete of such a message is ignored for the same reason (there is no support
-/// message to edit or delete). A root deleted while it had replies (a Slackbot
-/// `tombstone`) stays a delete.
+/// message to edit or delete), except that of a join or leave message: no other event
+/// covers the edit or delete, so it is `housekeeping`. A root deleted while it had
+/// replies (a Slackbot `tombstone`) stays a delete.
 fn not_a_support_message(event: &Map<String, Value>) -> Option<IgnoreReason> {
     let object = |name: &str| match event.get(name) {
         Some(Value::Object(o)) => Some(o),
@@ -673,15 +676,15 @@ fn not_a_support_message(event: &Map<String, Value>) -> Option<IgnoreReason> {
             // Without a message object the edit degrades (as before).
             let inner = object("message")?;
             let previous = object("previous_message");
-            if let Some(reason) = previous.and_then(posted_ignore_reason) {
+            if let Some(reason) = previous.and_then(changed_ignore_reason) {
                 return Some(reason);
             }
             if str_field(inner, "subtype") == Some("tombstone") {
                 return None;
             }
-            posted_ignore_reason(inner).or_else(|| summary_only_change(inner, previous))
+            changed_ignore_reason(inner).or_else(|| summary_only_change(inner, previous))
         }
-        Some("message_deleted") => object("previous_message").and_then(posted_ignore_reason),
+        Some("message_deleted") => object("previous_message").and_then(changed_ignore_reason),
         _ => posted_ignore_reason(event),
     }
 }
@@ -696,6 +699,16 @@ fn posted_ignore_reason(message: &Map<String, Value>) -> Option<IgnoreReason> {
         _ if user_field(message) == Some(SLACKBOT) => Some(IgnoreReason::Slackbot),
         _ => None,
     }
+}
+
+/// Why an edit or delete of `message` is nobody's: the reason of the message as
+/// posted, but `housekeeping` for a join or leave message (only the message itself is
+/// covered by the membership event, not its edit or delete).
+fn changed_ignore_reason(message: &Map<String, Value>) -> Option<IgnoreReason> {
+    posted_ignore_reason(message).map(|reason| match reason {
+        IgnoreReason::CoveredByOtherEvent => IgnoreReason::Housekeeping,
+        other => other,
+    })
 }
 
 /// A `message_changed` that is not an edit: only the thread summary of a root changed

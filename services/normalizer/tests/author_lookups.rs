@@ -234,3 +234,36 @@ async fn a_concurrency_of_one_looks_authors_up_one_at_a_time() {
     assert_eq!(seen.calls.lock().unwrap().len(), 8);
     assert_eq!(seen.max_in_flight.load(Ordering::SeqCst), 1);
 }
+
+/// Nit of the review of item 12: messages of one user whose lookup is in flight wait
+/// on it without holding a permit, so with a limit of 2 a slow user's burst leaves
+/// the second permit to another user's lookup (while they held one each, the other
+/// user waited for the slow answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_on_a_lookup_in_flight_holds_no_permit() {
+    let (slack, seen) = stub(Arc::new(|user: &str| {
+        if user == "U0SLOW" {
+            Duration::from_millis(1000)
+        } else {
+            Duration::from_millis(50)
+        }
+    }))
+    .await;
+    let cluster = cluster();
+    let mut records = Vec::new();
+    // One channel, so one raw partition: read in this order.
+    for seq in 0..4 {
+        records.push(raw("C0DUP", "U0SLOW", seq));
+    }
+    records.push(raw("C0DUP", "U0FAST", 4));
+    let config = config(&cluster, slack, 2);
+    let got = run(&cluster, config, &records).await;
+    assert_eq!(got, expected(&records));
+    let calls = seen.calls.lock().unwrap().clone();
+    assert_eq!(calls, ["U0SLOW", "U0FAST"], "one lookup per user");
+    assert_eq!(
+        seen.max_in_flight.load(Ordering::SeqCst),
+        2,
+        "the other user's lookup ran while the slow one was in flight"
+    );
+}

@@ -383,3 +383,22 @@ fn files_are_kept() {
     assert_eq!(e.files[0].thumbs, vec!["https://t/64", "https://t/360"]);
     assert_eq!(e.files[0].size, Some(12));
 }
+
+#[test]
+fn an_empty_event_id_header_is_no_event_id() {
+    // Found by fuzzing: an empty header became the event id, so every such event
+    // would share one deduplication key.
+    let meta = RawMeta {
+        archive_key: "raw/2026/11/24/22/empty-id.json",
+        record_key: None,
+        event_id: Some(""),
+    };
+    for body in [&b""[..], br#"{"type":"event_callback","event":{"type":"message","channel":"C0CHAN","user":"U1","text":"hi","ts":"1764000000.000100"}}"#] {
+        match normalize(body, meta, &Rules::default()) {
+            Outcome::Event(e) => {
+                assert_eq!(e.event_id, "archive:raw/2026/11/24/22/empty-id.json")
+            }
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}

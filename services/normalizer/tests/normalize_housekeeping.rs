@@ -308,6 +308,39 @@ fn edits_and_deletes_of_ignored_messages_are_ignored_alike() {
     assert_eq!(ignored(&deleted), IgnoreReason::Slackbot);
 }
 
+/// An edit or delete of a join or leave message is `housekeeping`: the membership
+/// event covers the join or leave, not what later happens to Slack's message about it.
+#[test]
+fn edits_and_deletes_of_join_or_leave_messages_are_housekeeping() {
+    for (i, subtype) in MEMBERSHIP_MESSAGES.into_iter().enumerate() {
+        let joined = message(Some(subtype), "U0CUSTB", CUST, "1764002800.000100");
+        let mut after = joined.clone();
+        after["text"] = json!("<@U0CUSTB> has joined the channel (edited)");
+        let changed = envelope(
+            &format!("EvMmEd{i}"),
+            CUST,
+            json!({"type": "message", "subtype": "message_changed", "hidden": true, "channel": "C0SHARED01",
+                "ts": "1764002900.000100", "message": after, "previous_message": joined}),
+        );
+        assert_eq!(
+            ignored(&changed),
+            IgnoreReason::Housekeeping,
+            "{subtype} edited"
+        );
+        let deleted = envelope(
+            &format!("EvMmDel{i}"),
+            CUST,
+            json!({"type": "message", "subtype": "message_deleted", "hidden": true, "channel": "C0SHARED01",
+                "ts": "1764002900.000200", "deleted_ts": "1764002800.000100", "previous_message": joined}),
+        );
+        assert_eq!(
+            ignored(&deleted),
+            IgnoreReason::Housekeeping,
+            "{subtype} deleted"
+        );
+    }
+}
+
 /// Item 6: Slack reports one join twice (the `member_joined_channel` event and the
 /// `channel_join` message, with different event ids); the member event is the
 /// canonical one, so the pair is exactly one membership fact. Likewise for leaves.

@@ -71,7 +71,8 @@ async fn a_dead_letter_logs_one_error_and_shows_in_the_dlq_end_offset_after_a_re
     let writer = captured.clone();
     tracing_subscriber::fmt()
         .json()
-        .with_env_filter("slackline_normalizer=debug")
+        // Info, as in production: the per-event span must be enabled at that level.
+        .with_env_filter("slackline_normalizer=info")
         .with_writer(move || writer.clone())
         .init();
 
@@ -181,6 +182,16 @@ async fn a_dead_letter_logs_one_error_and_shows_in_the_dlq_end_offset_after_a_re
             .contains("too large"),
         "{fields}"
     );
+    // The per-event span (info level) names the raw event, so any error or panic
+    // inside its outcome carries these as tags.
+    let span = &dlq_logs[0]["span"];
+    assert_eq!(span["name"], "raw_event", "{:#}", dlq_logs[0]);
+    assert_eq!(span["topic"], config.raw_topic.as_str());
+    assert_eq!(span["partition"], raw_partition);
+    assert_eq!(span["offset"], raw_offset);
+    assert_eq!(span["channel"], "C0DEAD");
+    assert_eq!(span["event_id"], "EvDead1");
+    assert_eq!(span["archive_key"], "raw/2025/11/24/EvDead1.json");
     assert_eq!(errors.len(), 1, "no other error event: {errors:#?}");
     assert!(
         !serde_json::to_string(&errors).unwrap().contains(TEXT),
