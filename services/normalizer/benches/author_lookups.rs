@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::Json;
 use serde_json::json;
 use slackline_normalizer::{Normalizer, NormalizerConfig};
-use slackline_service::{LogFormat, Shutdown};
+use slackline_service::Shutdown;
 use slackline_slack_api::BotTokens;
 use slackline_testkit::kafka::TestCluster;
 
@@ -96,18 +96,11 @@ async fn run(channels: usize, users: usize, delay: Duration, concurrency: usize)
     let mut tokens = BotTokens::default();
     tokens.insert(HOME, "xoxb-bench");
     let config = NormalizerConfig {
-        kafka: cluster.settings(),
-        raw_topic: names.raw_events(),
-        messages_topic: names.messages(),
-        dlq_topic: names.raw_dlq(),
-        group_id: names.group(slackline_kafka::topics::NORMALIZER_GROUP),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
         slack_api_base_url: slack,
         bot_tokens: tokens,
-        rules: Default::default(),
-        log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(5),
         author_lookup_concurrency: concurrency,
+        ..NormalizerConfig::new(cluster.settings(), names)
     };
     let shutdown = Shutdown::new();
     let normalizer = Normalizer::start(config.clone(), shutdown.clone())

@@ -89,6 +89,27 @@ pub fn bot_tokens_from_env(env: &mut Env) -> BotTokens {
 }
 
 impl NormalizerConfig {
+    /// A normalizer on `names`' topics and group with every other setting at its
+    /// default (no bot tokens, so no author lookups), its admin port ephemeral on
+    /// loopback: for embedding it (`slackline dev`, tests, benches); override fields
+    /// with struct update syntax.
+    pub fn new(kafka: KafkaSettings, names: &topics::TopicNames) -> NormalizerConfig {
+        NormalizerConfig {
+            kafka,
+            raw_topic: names.raw_events(),
+            messages_topic: names.messages(),
+            dlq_topic: names.raw_dlq(),
+            group_id: names.group(topics::NORMALIZER_GROUP),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            slack_api_base_url: DEFAULT_SLACK_API.to_owned(),
+            bot_tokens: BotTokens::default(),
+            rules: Rules::default(),
+            log_format: LogFormat::Text,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            author_lookup_concurrency: DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
+        }
+    }
+
     /// Reads the configuration, reporting every problem at once.
     pub fn from_env(mut env: Env) -> Result<NormalizerConfig, ConfigError> {
         let kafka = KafkaSettings::from_env(&mut env);

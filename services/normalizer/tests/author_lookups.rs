@@ -16,7 +16,7 @@ use axum::Json;
 use serde_json::json;
 use slackline_events::decode_message;
 use slackline_normalizer::{Normalizer, NormalizerConfig};
-use slackline_service::{LogFormat, Shutdown};
+use slackline_service::Shutdown;
 use slackline_slack_api::BotTokens;
 use slackline_testkit::kafka::TestCluster;
 
@@ -78,18 +78,11 @@ fn config(cluster: &TestCluster, slack: String, concurrency: usize) -> Normalize
     let mut tokens = BotTokens::default();
     tokens.insert(HOME, "xoxb-test");
     NormalizerConfig {
-        kafka: cluster.settings(),
-        raw_topic: names.raw_events(),
-        messages_topic: names.messages(),
-        dlq_topic: names.raw_dlq(),
-        group_id: names.group(slackline_kafka::topics::NORMALIZER_GROUP),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
         slack_api_base_url: slack,
         bot_tokens: tokens,
-        rules: Default::default(),
-        log_format: LogFormat::Text,
         shutdown_grace: Duration::from_secs(5),
         author_lookup_concurrency: concurrency,
+        ..NormalizerConfig::new(cluster.settings(), names)
     }
 }
 

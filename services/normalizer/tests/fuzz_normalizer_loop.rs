@@ -20,8 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use slackline_normalizer::{Normalizer, NormalizerConfig};
-use slackline_service::{LogFormat, Shutdown};
-use slackline_slack_api::BotTokens;
+use slackline_service::Shutdown;
 use slackline_testkit::kafka::{group_lag, topic_len, TestCluster};
 
 const PARTITIONS: i32 = 4;
@@ -261,21 +260,8 @@ async fn generated_payloads_through_the_loop_each_end_as_one_counted_outcome() {
     cluster.create_topic(&dlq, 1);
     produce_raw(&cluster, &raw, &records).await;
 
-    let config = NormalizerConfig {
-        kafka: cluster.settings(),
-        raw_topic: raw.clone(),
-        messages_topic: messages.clone(),
-        dlq_topic: dlq.clone(),
-        group_id: names.group(slackline_kafka::topics::NORMALIZER_GROUP),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        // No bot tokens: no author lookups, the loop alone is under test.
-        slack_api_base_url: "http://127.0.0.1:9".into(),
-        bot_tokens: BotTokens::default(),
-        rules: Default::default(),
-        log_format: LogFormat::Text,
-        shutdown_grace: slackline_normalizer::config::DEFAULT_SHUTDOWN_GRACE,
-        author_lookup_concurrency: slackline_normalizer::config::DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
-    };
+    // No bot tokens: no author lookups, the loop alone is under test.
+    let config = NormalizerConfig::new(cluster.settings(), names);
     let group = config.group_id.clone();
     let shutdown = Shutdown::new();
     let normalizer = Normalizer::start(config, shutdown.clone()).await.unwrap();

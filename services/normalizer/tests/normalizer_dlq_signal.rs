@@ -92,19 +92,12 @@ async fn a_dead_letter_logs_one_error_and_shows_in_the_dlq_end_offset_after_a_re
         .expect("create the refusing messages topic");
     let group = names.group(slackline_kafka::topics::NORMALIZER_GROUP);
     let config = NormalizerConfig {
-        kafka: cluster.settings(),
-        raw_topic: names.raw_events(),
-        messages_topic: names.messages(),
-        dlq_topic: names.raw_dlq(),
-        group_id: group.clone(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        slack_api_base_url: "http://127.0.0.1:9".to_owned(),
-        bot_tokens: Default::default(),
-        rules: Default::default(),
         log_format: LogFormat::Json,
         shutdown_grace: Duration::from_secs(5),
         author_lookup_concurrency: 4,
+        ..NormalizerConfig::new(cluster.settings(), names)
     };
+    assert_eq!(config.group_id, group);
     let shutdown = Shutdown::new();
     let first = Normalizer::start(config.clone(), shutdown.clone())
         .await

@@ -98,18 +98,10 @@ async fn a_slow_dlq_write_does_not_hold_up_other_channels() {
         .await
         .expect("create the messages topic");
     let config = NormalizerConfig {
-        kafka: cluster.settings(),
-        raw_topic: names.raw_events(),
-        messages_topic: names.messages(),
-        dlq_topic: names.raw_dlq(),
-        group_id: names.group(slackline_kafka::topics::NORMALIZER_GROUP),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        slack_api_base_url: "http://127.0.0.1:9".to_owned(),
-        bot_tokens: Default::default(),
-        rules: Default::default(),
         log_format: LogFormat::Json,
         shutdown_grace: Duration::from_secs(5),
         author_lookup_concurrency: 4,
+        ..NormalizerConfig::new(cluster.settings(), names)
     };
     let shutdown = Shutdown::new();
     let normalizer = Normalizer::start(config.clone(), shutdown.clone())

@@ -181,21 +181,12 @@ async fn stack_on(cluster: TestCluster, slack_api_base_url: String) -> Stack {
     .unwrap();
     let mut tokens = BotTokens::default();
     tokens.insert(HOME, "xoxb-test");
+    // The product's consumer settings (session timeout included): a normalizer
+    // that stops leaves the group, so its successor gets the partitions at once.
     let config = NormalizerConfig {
-        // The product's consumer settings (session timeout included): a normalizer
-        // that stops leaves the group, so its successor gets the partitions at once.
-        kafka: cluster.settings(),
-        raw_topic: raw,
-        messages_topic: messages.clone(),
-        dlq_topic: dlq.clone(),
-        group_id: names.group(slackline_kafka::topics::NORMALIZER_GROUP),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
         slack_api_base_url,
         bot_tokens: tokens,
-        rules: Default::default(),
-        log_format: LogFormat::Text,
-        shutdown_grace: slackline_normalizer::config::DEFAULT_SHUTDOWN_GRACE,
-        author_lookup_concurrency: slackline_normalizer::config::DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
+        ..NormalizerConfig::new(cluster.settings(), names)
     };
     let normalizer_shutdown = Shutdown::new();
     let normalizer = Some(
