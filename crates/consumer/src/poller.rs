@@ -124,8 +124,14 @@ impl RuntimeContext {
         if self.closing.load(Ordering::SeqCst) {
             return false;
         }
-        // Only ever called on the polling thread (or, once `closing` is set, not at
-        // all), never inside the tokio runtime, so blocking here is allowed.
+        // Called on the polling thread, where blocking is allowed. The one exception
+        // is a consumer dropped inside the tokio runtime without a stop (a panicking
+        // test unwinding with a runtime alive): librdkafka's close then runs the
+        // rebalance callback on a runtime thread, where blocking would panic and turn
+        // the first failure into a hang. The loop is going away then: do not wait.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return self.tx.try_send(input).is_ok();
+        }
         self.tx.blocking_send(input).is_ok()
     }
 }
