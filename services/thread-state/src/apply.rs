@@ -371,11 +371,15 @@ impl Fact<'_> {
             return match (self.mode, self.role) {
                 (_, Role::Silent) | (GroupingMode::Manual, _) => Ok(Effect::default()),
                 (GroupingMode::SlackThread, _) => self.open(conn, self.ts(), self.author_id).await,
+                // Which thread a top-level message joins is decided as of its own
+                // place in Slack's order: a thread's status as of its ts, not at
+                // its arrival.
                 (GroupingMode::TimeWindow, Role::Customer) => {
+                    let at = Order::message(self.ts(), &self.key.fact);
                     let joined = match (self.author_id, store::ts_micros(self.ts())) {
-                        (Some(author), Some(at)) => {
+                        (Some(author), Some(_)) => {
                             let window = self.grouping.window_micros();
-                            store::window_thread(conn, team, channel, author, at, window).await?
+                            store::window_thread(conn, team, channel, &at, author, window).await?
                         }
                         _ => None,
                     };
@@ -385,7 +389,8 @@ impl Fact<'_> {
                     }
                 }
                 (GroupingMode::TimeWindow, Role::Agent) => {
-                    match store::latest_open_thread(conn, team, channel).await? {
+                    let at = Order::message(self.ts(), &self.key.fact);
+                    match store::open_thread_at(conn, team, channel, &at).await? {
                         Some(thread) => self.join(conn, thread).await,
                         None => Ok(Effect::default()),
                     }
@@ -483,9 +488,16 @@ impl Fact<'_> {
                 .filter_map(|r| Decision::of_reaction(team, channel, r)),
         );
         store::set_facts_thread(conn, team, channel, &members, &thread.thread_id).await?;
-        decisions.sort_by(|a, b| a.order.cmp(&b.order));
+        store::forget_seen(conn, team, channel, &members).await?;
+        // Every decision is remembered (for the status as of a time); only the newest
+        // one can hold, and one transition goes from the old status to its status,
+        // so no superseded status is published.
         for decision in &decisions {
-            self.decide(conn, &mut thread, decision, effect).await?;
+            store::record_decision(conn, &thread.thread_id, decision.status, &decision.order)
+                .await?;
+        }
+        if let Some(newest) = decisions.iter().max_by(|a, b| a.order.cmp(&b.order)) {
+            self.decide(conn, &mut thread, newest, effect).await?;
         }
         Ok(())
     }
@@ -500,6 +512,7 @@ impl Fact<'_> {
         d: &Decision,
         effect: &mut Effect,
     ) -> Result<(), StoreError> {
+        store::record_decision(conn, &thread.thread_id, d.status, &d.order).await?;
         if d.order <= thread.order {
             return Ok(());
         }
@@ -558,7 +571,12 @@ impl Fact<'_> {
             };
         }
         self.add_member(conn, &thread_id).await?;
+        store::record_decision(conn, &thread_id, own.status, &own.order).await?;
         record(conn, &thread_id, None, &own, "opened").await?;
+        let mut loose = loose;
+        if self.mode == GroupingMode::TimeWindow && root_ts == self.ts() {
+            loose.extend(self.answers_before(conn, &thread_id, &own.order).await?);
+        }
         let mut effect = Effect {
             thread_id: Some(thread_id.clone()),
             causes: vec!["opened"],
@@ -572,6 +590,48 @@ impl Fact<'_> {
         self.adopt(conn, thread, loose, Vec::new(), &mut effect)
             .await?;
         Ok(effect)
+    }
+
+    /// For a `time-window` thread opened at `opened`: the agents' top-level messages
+    /// delivered before it (in no thread then) that in Slack's order came after it and
+    /// answered it (it is the open thread with the latest message as of their ts).
+    /// Each is made a member here, so the next one's choice sees it.
+    async fn answers_before(
+        &self,
+        conn: &mut PgConnection,
+        thread_id: &str,
+        opened: &Order,
+    ) -> Result<Vec<SeenMessage>, StoreError> {
+        let (team, channel) = (self.team(), self.channel());
+        let mut loose: Vec<(Order, SeenMessage)> = store::loose_agent_posts(conn, team, channel)
+            .await?
+            .into_iter()
+            .map(|m| (Order::message(&m.ts, &m.fact), m))
+            .filter(|(order, _)| order > opened)
+            .collect();
+        loose.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut answers = Vec::new();
+        for (order, m) in loose {
+            let chosen = store::open_thread_at(conn, team, channel, &order).await?;
+            if chosen.is_none_or(|t| t.thread_id != thread_id) {
+                continue;
+            }
+            store::add_message(
+                conn,
+                &NewMessage {
+                    team_id: team,
+                    channel_id: channel,
+                    ts: &m.ts,
+                    thread_id,
+                    author_id: m.author_id.as_deref(),
+                    author_kind: &m.author_kind,
+                },
+            )
+            .await?;
+            store::record_decision(conn, thread_id, ThreadStatus::Waiting, &order).await?;
+            answers.push(m);
+        }
+        Ok(answers)
     }
 
     /// Whether this fact's author may give `command`: agents always, customers and
@@ -620,9 +680,13 @@ impl Fact<'_> {
             event_id: self.event.event_id.clone(),
             event_time_ms: self.event.event_time_ms,
         };
-        store::insert_seen_reaction(conn, team, channel, &seen).await?;
         let decision = Decision::of_reaction(team, channel, &seen);
         let thread = store::thread_of_message(conn, team, channel, ts).await?;
+        if thread.is_none() && !ticket {
+            // Remembered until its message joins a thread (then it is adopted and
+            // forgotten).
+            store::insert_seen_reaction(conn, team, channel, &seen).await?;
+        }
         match (thread, decision) {
             (None, Some(decision)) if ticket => {
                 let loose = store::loose_messages(conn, team, channel, &[ts], ("", "")).await?;
@@ -643,6 +707,7 @@ impl Fact<'_> {
                         "thread {thread_id} exists in another team or channel"
                     )));
                 }
+                store::record_decision(conn, &thread_id, decision.status, &decision.order).await?;
                 record(conn, &thread_id, None, &decision, "opened").await?;
                 let mut effect = Effect {
                     thread_id: Some(thread_id.clone()),

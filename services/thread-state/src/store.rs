@@ -194,51 +194,113 @@ pub(crate) async fn thread_of_message(
     row.as_ref().map(thread_from).transpose()
 }
 
-/// For `time-window`: the newest (by root ts) not-done thread of the channel in which
-/// `author_id` wrote a message within `window_micros` before `at_micros`, locked.
+/// A thread's status as of the Slack order `($3, $4)` (the newest decision strictly
+/// before it), `'todo'` when none is that old: SQL for the queries below (thread `t`).
+/// They first drop the threads done since before `$3` (done as of it too), so the
+/// open threads' index does most of the work.
+const STATUS_AS_OF: &str = "coalesce((SELECT d.status FROM thread_decisions d \
+      WHERE d.thread_id = t.thread_id \
+        AND (d.order_micros, d.order_key) < ($3, $4::text COLLATE \"C\") \
+      ORDER BY d.order_micros DESC, d.order_key DESC LIMIT 1), 'todo')";
+
+/// For `time-window`: the newest (by root ts) thread of the channel that is not done
+/// as of `at` (Slack's order, whatever was delivered since) and in which `author_id`
+/// wrote a message within `window_micros` before `at`, locked.
 pub(crate) async fn window_thread(
     conn: &mut PgConnection,
     team_id: &str,
     channel_id: &str,
+    at: &Order,
     author_id: &str,
-    at_micros: i64,
     window_micros: i64,
 ) -> Result<Option<Thread>, StoreError> {
     let row = sqlx::query(&format!(
         "SELECT {THREAD_COLUMNS} FROM threads t \
-         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.status <> 'done' \
+         WHERE t.team_id = $1 AND t.channel_id = $2 \
+           AND (t.status <> 'done' OR t.status_micros >= $3) AND {STATUS_AS_OF} <> 'done' \
            AND EXISTS (SELECT 1 FROM thread_messages m \
-                       WHERE m.thread_id = t.thread_id AND m.author_id = $3 \
-                         AND m.ts_micros BETWEEN $4 - $5 AND $4) \
+                       WHERE m.thread_id = t.thread_id AND m.author_id = $5 \
+                         AND m.ts_micros BETWEEN $3 - $6 AND $3) \
          ORDER BY t.root_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE"
     ))
     .bind(team_id)
     .bind(channel_id)
+    .bind(at.micros)
+    .bind(&at.key)
     .bind(author_id)
-    .bind(at_micros)
     .bind(window_micros)
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(thread_from).transpose()
 }
 
-/// For `time-window` agent messages: the channel's not-done thread with the latest
-/// message (by Slack ts), locked.
-pub(crate) async fn latest_open_thread(
+/// For `time-window` agent messages at `at`: of the channel's threads rooted at or
+/// before `at` and not done as of `at` (Slack's order, whatever was delivered since),
+/// the one with the latest message at or before `at`, locked. So a late reply joins
+/// the thread it answered, not one opened after it.
+pub(crate) async fn open_thread_at(
     conn: &mut PgConnection,
     team_id: &str,
     channel_id: &str,
+    at: &Order,
 ) -> Result<Option<Thread>, StoreError> {
     let row = sqlx::query(&format!(
         "SELECT {THREAD_COLUMNS} FROM threads t \
-         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.status <> 'done' \
-         ORDER BY t.last_micros DESC NULLS LAST, t.thread_id DESC LIMIT 1 FOR UPDATE"
+         WHERE t.team_id = $1 AND t.channel_id = $2 AND t.root_micros <= $3 \
+           AND (t.status <> 'done' OR t.status_micros >= $3) AND {STATUS_AS_OF} <> 'done' \
+         ORDER BY (SELECT max(m.ts_micros) FROM thread_messages m \
+                   WHERE m.thread_id = t.thread_id AND m.ts_micros <= $3) DESC NULLS LAST, \
+                  t.thread_id DESC LIMIT 1 FOR UPDATE"
     ))
     .bind(team_id)
     .bind(channel_id)
+    .bind(at.micros)
+    .bind(&at.key)
     .fetch_optional(conn)
     .await?;
     row.as_ref().map(thread_from).transpose()
+}
+
+/// Remembers a status decision applied to a thread (older ones too), for
+/// [`window_thread`] and [`open_thread_at`].
+pub(crate) async fn record_decision(
+    conn: &mut PgConnection,
+    thread_id: &str,
+    status: ThreadStatus,
+    order: &Order,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO thread_decisions (thread_id, order_micros, order_key, status) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+    )
+    .bind(thread_id)
+    .bind(order.micros)
+    .bind(&order.key)
+    .bind(status.as_str())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Forgets the remembered message and reaction facts of the messages `ts` once they
+/// belong to a thread (`thread_messages` and `facts` keep what is needed).
+pub(crate) async fn forget_seen(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+    ts: &[&str],
+) -> Result<(), StoreError> {
+    for table in ["seen_messages", "seen_reactions"] {
+        sqlx::query(&format!(
+            "DELETE FROM {table} WHERE team_id = $1 AND channel_id = $2 AND ts = ANY($3)"
+        ))
+        .bind(team_id)
+        .bind(channel_id)
+        .bind(ts)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// A thread to create.
@@ -399,20 +461,45 @@ pub(crate) async fn loose_messages(
     .bind(except.1)
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(SeenMessage {
-                ts: r.try_get("ts")?,
-                fact: r.try_get("fact")?,
-                thread_ts: r.try_get("thread_ts")?,
-                author_id: r.try_get("author_id")?,
-                author_kind: r.try_get("author_kind")?,
-                role: r.try_get("role")?,
-                event_id: r.try_get("event_id")?,
-                event_time_ms: r.try_get("event_time_ms")?,
-            })
-        })
-        .collect()
+    rows.iter().map(seen_message_from).collect()
+}
+
+/// For `time-window`: the remembered top-level agent messages of the channel that
+/// belong to no thread (no thread was open as of their ts when they arrived), by ts.
+pub(crate) async fn loose_agent_posts(
+    conn: &mut PgConnection,
+    team_id: &str,
+    channel_id: &str,
+) -> Result<Vec<SeenMessage>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT s.ts, s.fact, s.thread_ts, s.author_id, s.author_kind, s.role, s.event_id, \
+                s.event_time_ms \
+         FROM seen_messages s \
+         WHERE s.team_id = $1 AND s.channel_id = $2 AND s.thread_ts IS NULL \
+           AND s.role = 'agent' \
+           AND NOT EXISTS (SELECT 1 FROM thread_messages m \
+                           WHERE m.team_id = s.team_id AND m.channel_id = s.channel_id \
+                             AND m.ts = s.ts) \
+         ORDER BY s.ts, s.fact",
+    )
+    .bind(team_id)
+    .bind(channel_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(seen_message_from).collect()
+}
+
+fn seen_message_from(r: &sqlx::postgres::PgRow) -> Result<SeenMessage, StoreError> {
+    Ok(SeenMessage {
+        ts: r.try_get("ts")?,
+        fact: r.try_get("fact")?,
+        thread_ts: r.try_get("thread_ts")?,
+        author_id: r.try_get("author_id")?,
+        author_kind: r.try_get("author_kind")?,
+        role: r.try_get("role")?,
+        event_id: r.try_get("event_id")?,
+        event_time_ms: r.try_get("event_time_ms")?,
+    })
 }
 
 /// A reaction fact as remembered in `seen_reactions`.

@@ -131,6 +131,38 @@ fn manual(tag: &str, ch: &str) -> Vec<MessageEvent> {
     ]
 }
 
+/// The time-window conversation, in Slack's order (window 30 minutes): two customers,
+/// one agent answering top-level, ✅ commands on the roots.
+fn time_window(tag: &str, ch: &str) -> Vec<MessageEvent> {
+    let e = |name: &str| ev(tag, name);
+    let done = |name: &str, root: &str, tenths: i64, item_user: &str| {
+        at_ms(
+            react(
+                &e(name),
+                ch,
+                root,
+                "white_check_mark",
+                Agent,
+                "U0AGENT",
+                item_user,
+            ),
+            ms(tenths),
+        )
+    };
+    vec![
+        post(&e("w0"), ch, &at(0), Customer, "U0CUST"), // opens T1: todo
+        post(&e("w1"), ch, &at(10), Agent, "U0AGENT"),  // T1 waiting
+        post(&e("w2"), ch, &at(20), Customer, "U0CUST2"), // opens T2: todo
+        post(&e("w3"), ch, &at(30), Customer, "U0CUST"), // joins T1 (window): todo
+        post(&e("w4"), ch, &at(40), Agent, "U0AGENT"),  // T1 (latest message): waiting
+        done("w5", &at(20), 450, "U0CUST2"),            // T2 done
+        post(&e("w6"), ch, &at(50), Customer, "U0CUST"), // joins T1: todo
+        done("w7", &at(0), 550, "U0CUST"),              // T1 done
+        post(&e("w8"), ch, &at(60), Customer, "U0CUST"), // T1 done as of 60: opens T3
+        post(&e("w9"), ch, &at(70), Agent, "U0AGENT"),  // T3 waiting
+    ]
+}
+
 /// A deterministic shuffle (xorshift), so a failure names its seed.
 fn shuffle<T>(items: &mut [T], seed: u64) {
     let mut x = seed.max(1);
@@ -159,7 +191,8 @@ fn moved(mut events: Vec<MessageEvent>, tag: &str, name: &str, to: usize) -> Vec
 fn orders(
     script: fn(&str, &str) -> Vec<MessageEvent>,
     prefix: &str,
-    late: &[(&str, &str, usize)],
+    late: &[(&str, &str, usize, bool)],
+    whole: &[&str],
 ) -> Vec<(String, bool, Vec<MessageEvent>)> {
     let mut out = Vec::new();
     let mut add = |name: &str, exact: bool, make: &dyn Fn(&str, &str) -> Vec<MessageEvent>| {
@@ -168,10 +201,14 @@ fn orders(
         out.push((name.to_owned(), exact, make(&tag, &ch)));
     };
     add("in order", true, &|tag, ch| script(tag, ch));
-    for (name, event, to) in late {
-        add(name, true, &|tag, ch| {
+    for (name, event, to, exact) in late {
+        add(name, *exact, &|tag, ch| {
             moved(script(tag, ch), tag, event, *to)
         });
+    }
+    let whole = |name: &str| whole.contains(&name);
+    if !whole("reversed pairs") {
+        return out;
     }
     add("reversed pairs", false, &|tag, ch| {
         let mut events = script(tag, ch);
@@ -180,11 +217,17 @@ fn orders(
         }
         events
     });
+    if !whole("reversed") {
+        return out;
+    }
     add("reversed", false, &|tag, ch| {
         let mut events = script(tag, ch);
         events.reverse();
         events
     });
+    if !whole("shuffles") {
+        return out;
+    }
     for seed in [7_u64, 1234, 987_654_321] {
         add(&format!("shuffle {seed}"), false, &|tag, ch| {
             let mut events = script(tag, ch);
@@ -204,6 +247,8 @@ async fn state(pool: &PgPool, channel: &str, tag: &str) -> Vec<String> {
         ("threads", "root_ts", "'created_at' - 'updated_at'"),
         ("thread_messages", "ts", "'no such column'"),
         ("facts", "ts, fact", "'handled_at'"),
+        ("seen_messages", "ts, fact", "'no such column'"),
+        ("seen_reactions", "ts, fact", "'no such column'"),
     ] {
         let sql = format!(
             "SELECT (to_jsonb(x) - {wall})::text FROM thread_state.{table} x \
@@ -234,6 +279,17 @@ fn published(events: &[ThreadEvent], tag: &str) -> Vec<(T, String)> {
             (t, e.trigger_fact.replace(&format!("Ev{tag}-"), "Ev-"))
         })
         .collect()
+}
+
+/// Published transitions grouped by thread, each thread's in publishing order.
+fn per_thread(list: &[(T, String)]) -> BTreeMap<String, Vec<(T, String)>> {
+    let mut map: BTreeMap<String, Vec<(T, String)>> = BTreeMap::new();
+    for (t, f) in list {
+        map.entry(t.thread_id.clone())
+            .or_default()
+            .push((t.clone(), f.clone()));
+    }
+    map
 }
 
 /// The position in Slack's order (the script) of the fact a transition names.
@@ -307,28 +363,56 @@ async fn every_delivery_order_ends_in_the_same_state_and_publishes_only_slack_or
         slack_thread,
         "S",
         &[
-            ("late retry after the reply", "a1", 2),
-            ("late retry at the end", "a1", usize::MAX),
-            ("DLQ redrive after done", "a1", 10),
+            ("late retry after the reply", "a1", 2, true),
+            ("late retry at the end", "a1", usize::MAX, true),
+            ("DLQ redrive after done", "a1", 10, true),
         ],
+        &["reversed pairs", "reversed", "shuffles"],
     );
     // Manual: the customer's m1 retried at the end; the ticket delivered last (it
-    // adopts the whole conversation and applies its decisions in Slack's order).
+    // adopts the whole conversation and publishes one transition to the newest of
+    // its decisions, never the superseded ones).
     let manual_orders = orders(
         manual,
         "M",
         &[
-            ("late retry at the end", "m1", usize::MAX),
-            ("ticket delivered last", "m3", usize::MAX),
+            ("late retry at the end", "m1", usize::MAX, true),
+            ("ticket delivered last", "m3", usize::MAX, false),
         ],
+        &["reversed pairs", "reversed", "shuffles"],
     );
-    let manual_channels: Vec<String> = manual_orders
-        .iter()
-        .map(|(_, _, events)| events[0].channel_id.clone().unwrap())
-        .collect();
-    let grouping = manual_channels
-        .iter()
-        .map(|c| format!("{c}:manual"))
+    // Time-window: the orders the README claims end as in Slack's order (a late fact
+    // that would have placed an already delivered newer top-level message elsewhere
+    // is not claimed: the whole reversal and shuffles do that).
+    let window_orders = orders(
+        time_window,
+        "W",
+        &[
+            // The agent's answer to C1 retried after C2 opened T2: it answers T1.
+            (
+                "late agent reply after another thread opened",
+                "w1",
+                2,
+                true,
+            ),
+            // The agent's second answer at the very end: it still answers T1 (as of
+            // its ts), and its decision is older than T1's.
+            ("late agent reply at the end", "w4", usize::MAX, false),
+            // The ✅ closing T2 at the end: the agent's last answer went to T3 anyway.
+            ("late ✅ at the end", "w5", usize::MAX, true),
+            // C2's question at the end: T2 opens then, and adopts its ✅.
+            ("late question of another customer", "w2", usize::MAX, true),
+        ],
+        &["reversed pairs"],
+    );
+    let channels_of = |list: &[(String, bool, Vec<MessageEvent>)], mode: &str| -> Vec<String> {
+        list.iter()
+            .map(|(_, _, events)| format!("{}:{mode}", events[0].channel_id.clone().unwrap()))
+            .collect()
+    };
+    let grouping = channels_of(&manual_orders, "manual")
+        .into_iter()
+        .chain(channels_of(&window_orders, "time-window"))
         .collect::<Vec<_>>()
         .join(",");
 
@@ -338,6 +422,7 @@ async fn every_delivery_order_ends_in_the_same_state_and_publishes_only_slack_or
     let all: Vec<MessageEvent> = threaded
         .iter()
         .chain(&manual_orders)
+        .chain(&window_orders)
         .flat_map(|(_, _, events)| events.clone())
         .collect();
     produce(&cluster, &all).await;
@@ -359,8 +444,19 @@ async fn every_delivery_order_ends_in_the_same_state_and_publishes_only_slack_or
             expected_slack_thread(),
         ),
         ("manual", manual, &manual_orders, expected_manual()),
+        (
+            "time-window",
+            time_window,
+            &window_orders,
+            expected_time_window(),
+        ),
     ] {
-        let tag_of = |i: usize| format!("{}{i}", if conversation == "manual" { "M" } else { "S" });
+        let prefix = match conversation {
+            "manual" => "M",
+            "time-window" => "W",
+            _ => "S",
+        };
+        let tag_of = |i: usize| format!("{prefix}{i}");
         let base_tag = tag_of(0);
         let base_state = state(&pool, &format!("C0{base_tag}"), &base_tag).await;
         let base_events = events
@@ -390,7 +486,11 @@ async fn every_delivery_order_ends_in_the_same_state_and_publishes_only_slack_or
             );
             let got = published(&events.get(&channel).cloned().unwrap_or_default(), &tag);
             if *exact {
-                assert_eq!(got, base_published, "{name}: exactly Slack's transitions");
+                assert_eq!(
+                    per_thread(&got),
+                    per_thread(&base_published),
+                    "{name}: exactly Slack's transitions"
+                );
             }
             // Positions are looked up in the order's own script (its tag).
             let script_i = script(&tag, &channel);
@@ -406,9 +506,73 @@ async fn every_delivery_order_ends_in_the_same_state_and_publishes_only_slack_or
         }
     }
 
+    // One fact publishes at most one status change per thread besides the thread's
+    // opening: an adoption goes straight to the newest decision's status (one
+    // transaction = one `at`).
+    let superseded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT thread_id, count(*) FROM thread_state.transitions WHERE cause <> 'opened' \
+         GROUP BY thread_id, at HAVING count(*) > 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        superseded,
+        vec![],
+        "transitions of one fact superseded at once"
+    );
+    // The ticket delivered last: opened, then straight to done.
+    let ticket_last = thread_id_of(TEAM, "C0", &at(0));
+    let tag = "M2";
+    let got: Vec<T> = published(
+        &events.get(&format!("C0{tag}")).cloned().unwrap_or_default(),
+        tag,
+    )
+    .into_iter()
+    .map(|(t, _)| t)
+    .collect();
+    assert_eq!(
+        got,
+        vec![
+            t(&ticket_last, None, "todo", "opened", &at(0)),
+            t(&ticket_last, Some("todo"), "done", "reaction", &at(4)),
+        ],
+        "manual: ticket delivered last"
+    );
+    // A remembered fact is forgotten once its message belongs to a thread.
+    for table in ["seen_messages", "seen_reactions"] {
+        let kept: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM thread_state.{table} s JOIN thread_state.thread_messages m \
+             USING (team_id, channel_id, ts)"
+        ))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(kept, 0, "{table} rows of messages in a thread");
+    }
+
     running.stop().await;
     pool.close().await;
     db.drop_database().await;
+}
+
+/// Slack's transitions of the time-window conversation.
+fn expected_time_window() -> Vec<T> {
+    let t1 = thread_id_of(TEAM, "C0", &at(0));
+    let t2 = thread_id_of(TEAM, "C0", &at(20));
+    let t3 = thread_id_of(TEAM, "C0", &at(60));
+    vec![
+        t(&t1, None, "todo", "opened", &at(0)),
+        t(&t1, Some("todo"), "waiting", "agent_reply", &at(10)),
+        t(&t2, None, "todo", "opened", &at(20)),
+        t(&t1, Some("waiting"), "todo", "customer_message", &at(30)),
+        t(&t1, Some("todo"), "waiting", "agent_reply", &at(40)),
+        t(&t2, Some("todo"), "done", "reaction", &at(20)),
+        t(&t1, Some("waiting"), "todo", "customer_message", &at(50)),
+        t(&t1, Some("todo"), "done", "reaction", &at(0)),
+        t(&t3, None, "todo", "opened", &at(60)),
+        t(&t3, Some("todo"), "waiting", "agent_reply", &at(70)),
+    ]
 }
 
 /// Slack's transitions of the slack-thread conversation (channel tag taken out).
