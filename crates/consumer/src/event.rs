@@ -1,5 +1,7 @@
 //! What a handler is given, and what it answers.
 
+use std::time::Duration;
+
 /// Record headers in order: a name may repeat, and a value may be null.
 pub type HeaderList = Vec<(String, Option<Vec<u8>>)>;
 
@@ -58,12 +60,24 @@ impl Event {
 /// The one bit decides the path: a retryable error is retried (quickly in process,
 /// then through the retry topic with growing delays, with the key parked behind it);
 /// a permanent one goes to the DLQ at once and the key moves on.
+///
+/// A retryable error may also say how long the key must wait at least
+/// ([`HandlerError::with_retry_after`]: a 429's `Retry-After`). Only that key waits:
+/// up to [`MAX_IN_PROCESS_RETRY_AFTER`] in process (the handler slot stays taken, the
+/// other keys keep running on the other slots), longer in the retry topic, whose
+/// not-before time is then at least that far away.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct HandlerError {
     message: String,
     retryable: bool,
+    retry_after: Option<Duration>,
 }
+
+/// The longest [`HandlerError::with_retry_after`] a key waits out in process (a
+/// quick retry); a longer one sends the record to the retry topic at once, its
+/// not-before time that far away, freeing the handler slot meanwhile.
+pub const MAX_IN_PROCESS_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl HandlerError {
     /// A failure worth retrying (a dependency is down, a timeout, a 5xx, a 429).
@@ -71,6 +85,7 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             retryable: true,
+            retry_after: None,
         }
     }
 
@@ -79,7 +94,22 @@ impl HandlerError {
         HandlerError {
             message: message.into(),
             retryable: false,
+            retry_after: None,
         }
+    }
+
+    /// The least time before the record may be tried again (a retryable error
+    /// only; ignored on a permanent one): the quick retry waits at least this, and a
+    /// retry round's not-before time is at least this far away.
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// The wait asked for with [`HandlerError::with_retry_after`], if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after.filter(|_| self.retryable)
     }
 
     /// Whether trying again may succeed.

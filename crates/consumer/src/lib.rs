@@ -135,7 +135,7 @@ mod service;
 pub use config::RuntimeConfig;
 pub use dlq::{redrive, DlqOriginal, DlqRecord, Redrive};
 pub use error::ConsumerError;
-pub use event::{Event, HandlerError, HeaderList};
+pub use event::{Event, HandlerError, HeaderList, MAX_IN_PROCESS_RETRY_AFTER};
 pub use metrics::ConsumerMetrics;
 pub use runtime::{ConsumerRuntime, RuntimeHandle, FINAL_COMMIT_BUDGET};
 pub use service::GroupService;

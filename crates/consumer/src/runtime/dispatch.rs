@@ -12,6 +12,7 @@ use super::state::{Completion, DeadLetter, Outcome, TaskInfo, Timer, Work};
 use super::{millis, now_ms, BoxedHandler, Key, Runtime};
 use crate::metrics::GroupMetrics;
 use crate::retry_headers::RetryMeta;
+use crate::event::MAX_IN_PROCESS_RETRY_AFTER;
 use crate::{Event, HandlerError, RuntimeConfig};
 
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -50,16 +51,22 @@ pub(super) async fn deliver(
         };
         let message = error.message().to_owned();
         let first = first_error.get_or_insert_with(|| message.clone()).clone();
-        if !error.is_retryable() || quick >= config.quick_retries {
+        let retry_after = error.retry_after();
+        if !error.is_retryable()
+            || quick >= config.quick_retries
+            || retry_after.is_some_and(|wait| wait > MAX_IN_PROCESS_RETRY_AFTER)
+        {
             return Outcome::Failed {
                 first_error: first,
                 last_error: message,
                 retryable: error.is_retryable(),
+                retry_after,
             };
         }
         quick += 1;
-        tracing::debug!(error = %message, quick, "retryable failure; retrying in process");
-        tokio::time::sleep(config.quick_delay(quick)).await;
+        tracing::debug!(error = %message, quick, ?retry_after, "retryable failure; retrying in process");
+        let wait = config.quick_delay(quick).max(retry_after.unwrap_or_default());
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -359,6 +366,7 @@ impl Runtime {
                     first_error,
                     last_error,
                     retryable,
+                    retry_after,
                 },
             ) => {
                 if !retryable || delays.is_empty() {
@@ -383,7 +391,8 @@ impl Runtime {
                     metrics.retried(1);
                     let meta = RetryMeta {
                         attempt: 1,
-                        not_before_ms: now_ms().saturating_add(millis(delays[0])),
+                        not_before_ms: now_ms()
+                            .saturating_add(millis(delays[0].max(retry_after.unwrap_or_default()))),
                         first_error: Some(first_error),
                         last_error: Some(last_error),
                     };
@@ -396,6 +405,7 @@ impl Runtime {
                     first_error,
                     last_error,
                     retryable,
+                    retry_after,
                 },
             ) => {
                 let rounds = item.event.attempt.saturating_add(1);
@@ -414,6 +424,7 @@ impl Runtime {
                         })
                     }
                     Some(&delay) => {
+                        let delay = delay.max(retry_after.unwrap_or_default());
                         tracing::warn!(
                             group = config.group_id,
                             partition = p,

@@ -152,6 +152,8 @@ pub(super) enum Outcome {
         first_error: String,
         last_error: String,
         retryable: bool,
+        /// The least wait before the next round the handler asked for.
+        retry_after: Option<std::time::Duration>,
     },
 }
 
