@@ -17,7 +17,9 @@
 //! `schemas/README.md`; the crate's tests enforce it).
 //!
 //! The crate also carries the support thread transitions that thread-state publishes
-//! on `support.thread-events` ([`thread`]: [`ThreadEvent`], same wire format).
+//! on `support.thread-events` ([`thread`]: [`ThreadEvent`], same wire format), and the
+//! agents' replies the slack-sender reads from `support.replies` ([`reply`]:
+//! [`Reply`], same wire format).
 //!
 //! Decoding fails with a typed [`EventsError`]; each failure is permanent for those
 //! bytes, so a consumer sends the record to its DLQ rather than retrying.
@@ -31,6 +33,7 @@ mod json;
 mod names;
 mod path;
 mod registry;
+pub mod reply;
 mod resolve;
 pub mod thread;
 
@@ -41,6 +44,9 @@ pub use error::EventsError;
 pub use model::{
     Author, AuthorKind, Degraded, Deleted, Edited, FileRef, Kind, Member, MessageEvent, Mode,
     Posted, Reaction,
+};
+pub use reply::{
+    decode_reply, encode_reply, reply_schema_fingerprint, Agent, Reply, REPLY_SCHEMA_JSON,
 };
 pub use thread::{
     decode_thread_event, encode_thread_event, thread_event_schema_fingerprint, ThreadEvent,
