@@ -1,7 +1,8 @@
 //! Test-only helpers for slackline's integration tests: Kafka ([`cluster::TestCluster`]:
 //! the shared Apache Kafka broker, or the mock cluster for injected faults), a throwaway
 //! [Garage] S3 server
-//! per test, a recording SMTP sink ([`smtp::SmtpSink`]), [`free_port`] for loopback
+//! per test, a recording SMTP sink ([`smtp::SmtpSink`]), a Slack Web API stand-in
+//! ([`slack_api::SlackApiStandIn`], which `slackline dev` runs too), [`free_port`] for loopback
 //! listeners, and [`unique_name`] for topics, buckets and databases that must not
 //! collide when cargo nextest runs tests in parallel processes.
 //!
@@ -14,6 +15,7 @@ mod garage;
 pub mod kafka;
 pub mod metrics;
 pub mod postgres;
+pub mod slack_api;
 pub mod smtp;
 pub mod webhook;
 
