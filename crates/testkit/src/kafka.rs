@@ -214,3 +214,19 @@ pub async fn produce_messages(cluster: &TestCluster, events: &[slackline_events:
         .collect();
     produce_records(cluster, &cluster.names().messages(), &records).await;
 }
+
+/// Produces agents' replies to the cluster's `support.replies` in order,
+/// Avro-encoded, key = channel, as `slackline reply` does.
+pub async fn produce_replies(cluster: &TestCluster, replies: &[slackline_events::Reply]) {
+    let records: Vec<(String, Vec<u8>, String)> = replies
+        .iter()
+        .map(|r| {
+            (
+                r.channel_id.clone(),
+                slackline_events::encode_reply(r).expect("every reply encodes"),
+                r.reply_id.clone(),
+            )
+        })
+        .collect();
+    produce_records(cluster, &cluster.names().replies(), &records).await;
+}

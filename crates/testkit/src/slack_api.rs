@@ -7,7 +7,10 @@
 //! `chat.postMessage` with `ok` and a fresh, increasing `ts` unless a scripted answer
 //! is queued for the channel (or for any channel): 429 with `Retry-After`, an HTTP
 //! status, a Slack error (`"ok": false`), or any of these after a delay (a delay
-//! longer than the client's timeout is a send that got no answer). `users.info`
+//! longer than the client's timeout is a send that got no answer). A post answered
+//! `ok` counts as posted when it arrives, before any delay of its answer: it is in
+//! [`SlackApiStandIn::posted`] and published to subscribers at once, as Slack sends
+//! the message's event while the HTTP answer may still be on its way. `users.info`
 //! answers a user named after its id. Successful posts are also published to
 //! [`SlackApiStandIn::subscribe`]rs, which `dev` uses to deliver the echo Slack would
 //! send back.
@@ -175,31 +178,35 @@ async fn post_message(
         .to_owned();
     let mut answer = shared.next_answer(&channel);
     let label = answer.label();
-    let index = {
-        let mut calls = lock(&shared.calls);
-        calls.push(Call {
-            method: "chat.postMessage".to_owned(),
-            token: bearer(&headers),
-            body: body.clone(),
-            at,
-            answer: label,
-            ts: None,
-        });
-        calls.len() - 1
-    };
-    while let Answer::Delayed(delay, inner) = answer {
-        tokio::time::sleep(delay).await;
+    let mut delay = Duration::ZERO;
+    while let Answer::Delayed(d, inner) = answer {
+        delay += d;
         answer = *inner;
+    }
+    // A post Slack takes is posted (and its event sent) at once, whatever the delay
+    // of its answer: a slow or lost answer is an ambiguous send, not a failed one.
+    let ts = (answer == Answer::Ok).then(|| shared.fresh_ts());
+    lock(&shared.calls).push(Call {
+        method: "chat.postMessage".to_owned(),
+        token: bearer(&headers),
+        body: body.clone(),
+        at,
+        answer: label,
+        ts: ts.clone(),
+    });
+    if let Some(ts) = &ts {
+        let _ = shared.posted.send(PostedMessage {
+            channel: channel.clone(),
+            ts: ts.clone(),
+            body: body.clone(),
+        });
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     match answer {
         Answer::Ok => {
-            let ts = shared.fresh_ts();
-            lock(&shared.calls)[index].ts = Some(ts.clone());
-            let _ = shared.posted.send(PostedMessage {
-                channel: channel.clone(),
-                ts: ts.clone(),
-                body: body.clone(),
-            });
+            let ts = ts.unwrap_or_default();
             let mut message = json!({
                 "type": "message", "user": STAND_IN_BOT_USER_ID, "bot_id": STAND_IN_BOT_ID,
                 "app_id": STAND_IN_APP_ID, "text": body.get("text").cloned().unwrap_or(Value::Null),

@@ -69,7 +69,8 @@ enum Local {
 /// Spaces the posts to each channel and holds a channel back after a 429.
 ///
 /// Each post reserves the channel's next slot (at least `interval` after the
-/// previous one); a 429 pushes the channel's next slot to the end of its
+/// previous one) and moves it on again when its request starts, so that two requests
+/// to one channel start at least `interval` apart; a 429 pushes the channel's next slot to the end of its
 /// `Retry-After`. Only the caller for that channel waits; other channels are not
 /// affected.
 #[derive(Debug)]
@@ -106,6 +107,17 @@ impl Pacer {
         if slot > now {
             tracing::debug!(channel, wait = ?(slot - now), "pacing the channel");
             tokio::time::sleep_until(slot).await;
+        }
+    }
+
+    /// A request to `channel` starts now: the next one waits at least `interval`
+    /// from here (the slot reserved earlier may have been spent on the claim).
+    pub fn started(&self, channel: &str) {
+        let next_at = Instant::now() + self.interval;
+        let mut next = self.slots();
+        let entry = next.entry(channel.to_owned()).or_insert(next_at);
+        if *entry < next_at {
+            *entry = next_at;
         }
     }
 
@@ -372,6 +384,7 @@ impl Handler {
     ) -> Result<(), HandlerError> {
         let id = reply.reply_id.as_str();
         self.remember(token, Local::InFlight);
+        self.pacer.started(&reply.channel_id);
         let outcome = self.poster.post(reply, blocks).await;
         match outcome {
             PostOutcome::Posted { ts } => {
