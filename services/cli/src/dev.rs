@@ -10,8 +10,12 @@
 //! `./.slackline/`, the edge listens on the given port, the normalizer turns raw
 //! events into Avro message events, and thread-state, timeline-writer and the
 //! notifier consume them into PostgreSQL ([`crate::postgres`]: `DATABASE_URL`, else
-//! the local server, else a throwaway cluster under the state directory). The three
-//! consumer groups read their own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from
+//! the local server, else a throwaway cluster under the state directory), and the
+//! slack-sender posts the agents' replies of `support.replies` to the Slack Web API at
+//! `SLACK_API_BASE_URL`; without it, to a Slack API stand-in of its own
+//! ([`slackline_testkit::slack_api`]) whose accepted posts `dev` sends back to the
+//! edge as Slack would (the echo of our own message), so that replies work offline.
+//! The four consumer groups read their own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from
 //! [`DevOptions::service_env`], as their binaries do from the process environment;
 //! their topic and group names come from [`DevOptions::topic_names`].
 
@@ -35,6 +39,9 @@ use slackline_service::Env;
 use slackline_service::{LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
 use slackline_slack_api::BotTokens;
+use slackline_testkit::slack_api::{
+    SlackApiStandIn, STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID,
+};
 
 use crate::postgres::{DatabaseChoice, DevDatabase};
 
@@ -60,7 +67,11 @@ pub const KAFKA_DIR: &str = "kafka";
 pub const KAFKA_PID_FILE: &str = "dev.pid";
 
 /// The consumer groups `dev` runs (besides the normalizer), in start order.
-const GROUPS: [&str; 3] = ["thread-state", "timeline-writer", "notifier"];
+const GROUPS: [&str; 4] = ["thread-state", "timeline-writer", "notifier", "slack-sender"];
+
+/// The bot token the slack-sender uses when `SLACK_BOT_TOKENS` is not set (any team;
+/// `dev`'s own Slack API stand-in takes any token).
+pub const STAND_IN_TOKENS: &str = "*=xoxb-slackline-dev-stand-in";
 
 /// Environment variables `dev` decides for each consumer group; the user's values
 /// of these are ignored (one value for three groups would be wrong).
@@ -142,10 +153,15 @@ pub struct DevOptions {
     pub partitions: i32,
     /// Signing secrets the edge accepts.
     pub secrets: SigningSecrets,
+    /// The secret `dev` signs the echoes of its Slack API stand-in with (one of
+    /// `secrets`; unused with `slack_api_base_url`).
+    pub echo_secret: String,
     /// Bot tokens for author lookups (`SLACK_BOT_TOKENS`; empty: no lookups).
     pub bot_tokens: BotTokens,
-    /// Slack Web API base URL (`SLACK_API_BASE_URL`).
-    pub slack_api_base_url: String,
+    /// Slack Web API base URL (`SLACK_API_BASE_URL`); `None`: `dev` runs a Slack API
+    /// stand-in of its own and delivers the echo of every reply it accepts to the
+    /// edge, as Slack would.
+    pub slack_api_base_url: Option<String>,
     /// Enablement and echo rules for the normalizer.
     pub rules: Rules,
     /// Which PostgreSQL the consumer groups use.
@@ -278,6 +294,12 @@ pub struct DevStack {
     pub timeline_writer: GroupService,
     /// The notifier.
     pub notifier: GroupService,
+    /// The slack-sender.
+    pub slack_sender: GroupService,
+    /// The Slack Web API the normalizer and the slack-sender call.
+    pub slack_api_base_url: String,
+    /// `dev`'s own Slack API stand-in, when `SLACK_API_BASE_URL` was not given.
+    pub slack_api: Option<SlackApiStandIn>,
     /// The database the groups use (a cluster `dev` started stops with the stack).
     pub database: DevDatabase,
 }
@@ -308,6 +330,8 @@ impl DevStack {
             thread_state,
             timeline_writer,
             notifier,
+            slack_sender,
+            slack_api,
             database,
             ..
         } = self;
@@ -317,7 +341,9 @@ impl DevStack {
             ("thread-state", thread_state.wait().await),
             ("timeline-writer", timeline_writer.wait().await),
             ("notifier", notifier.wait().await),
+            ("slack-sender", slack_sender.wait().await),
         ];
+        drop(slack_api);
         let kafka = kafka.stop().await;
         drop(database);
         edge?;
@@ -389,7 +415,14 @@ fn group_env(
         ("ADMIN_ADDR".to_owned(), admin.to_string()),
         ("LOG_FORMAT".to_owned(), "text".to_owned()),
         ("GROUP_ID".to_owned(), names.group(group)),
-        ("SOURCE_TOPIC".to_owned(), names.messages()),
+        (
+            "SOURCE_TOPIC".to_owned(),
+            if group == "slack-sender" {
+                names.replies()
+            } else {
+                names.messages()
+            },
+        ),
         ("THREAD_EVENTS_TOPIC".to_owned(), names.thread_events()),
     ]);
     Env::from_pairs(pairs)
@@ -698,6 +731,9 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
             thread_state: services.thread_state,
             timeline_writer: services.timeline_writer,
             notifier: services.notifier,
+            slack_sender: services.slack_sender,
+            slack_api_base_url: services.slack_api_base_url,
+            slack_api: services.slack_api,
             database: services.database,
         }),
         Err(e) => {
@@ -714,7 +750,36 @@ struct Services {
     thread_state: GroupService,
     timeline_writer: GroupService,
     notifier: GroupService,
+    slack_sender: GroupService,
+    slack_api_base_url: String,
+    slack_api: Option<SlackApiStandIn>,
     database: DevDatabase,
+}
+
+/// Sends every message the stand-in accepts back to the edge as Slack's event of it
+/// (from our bot, with the reply's metadata), until the stand-in is dropped.
+fn forward_echoes(slack_api: &SlackApiStandIn, edge_url: String, secret: String) {
+    let mut posted = slack_api.subscribe();
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        loop {
+            let message = match posted.recv().await {
+                Ok(message) => message,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "dev: echoes lost (too many at once)");
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let body = crate::replies::echo_envelope(&message.channel, &message.ts, &message.body);
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            match crate::send::send_body(&http, &edge_url, &secret, bytes, None).await {
+                Ok(200) => tracing::debug!(ts = message.ts, "dev: echo delivered to the edge"),
+                Ok(status) => tracing::warn!(status, ts = message.ts, "dev: the edge refused an echo"),
+                Err(e) => tracing::warn!(error = %e, ts = message.ts, "dev: could not deliver an echo"),
+            }
+        }
+    });
 }
 
 async fn start_services(
@@ -732,9 +797,48 @@ async fn start_services(
         source,
     })?;
     let consumer_properties = consumer_properties(&options.kafka, user_properties);
-    let [thread_state_env, timeline_env, notifier_env] = [0, 1, 2].map(|i| {
+    let mut options = options;
+    let slack_api = match &options.slack_api_base_url {
+        Some(_) => None,
+        None => {
+            let stand_in = SlackApiStandIn::start().await;
+            // Its bot is ours: the normalizer recognises the echoes.
+            options.rules.self_bot_ids.insert(STAND_IN_BOT_ID.to_owned());
+            options.rules.self_bot_ids.insert(STAND_IN_BOT_USER_ID.to_owned());
+            options.rules.self_app_ids.insert(STAND_IN_APP_ID.to_owned());
+            Some(stand_in)
+        }
+    };
+    let slack_api_base_url = match (&options.slack_api_base_url, &slack_api) {
+        (Some(url), _) => url.clone(),
+        (None, Some(stand_in)) => stand_in.base_url.clone(),
+        (None, None) => slackline_slack_sender::config::DEFAULT_SLACK_API.to_owned(),
+    };
+    // The sender also gets the Slack API and the user's SLACK_BOT_TOKENS, else a
+    // made-up token for any team (what the stand-in takes; real Slack answers
+    // invalid_auth, and the reply lands in the DLQ saying so).
+    let mut sender_options = options.clone();
+    sender_options
+        .service_env
+        .push(("SLACK_API_BASE_URL".to_owned(), slack_api_base_url.clone()));
+    let user_tokens = options
+        .service_env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SLACK_BOT_TOKENS")
+        .is_some_and(|(_, v)| !v.trim().is_empty());
+    if !user_tokens {
+        sender_options
+            .service_env
+            .push(("SLACK_BOT_TOKENS".to_owned(), STAND_IN_TOKENS.to_owned()));
+    }
+    let [thread_state_env, timeline_env, notifier_env, sender_env] = [0, 1, 2, 3].map(|i| {
         group_env(
-            &options,
+            if GROUPS[i] == "slack-sender" {
+                &sender_options
+            } else {
+                &options
+            },
             GROUPS[i],
             &consumer_properties,
             bootstrap,
@@ -759,6 +863,11 @@ async fn start_services(
                 source,
             }
         })?;
+    let sender_config = slackline_slack_sender::SlackSenderConfig::from_env(sender_env)
+        .map_err(|source| DevError::Config {
+            service: "slack-sender",
+            source,
+        })?;
     let names = options.topic_names.clone();
     let normalizer_admin = admin_addr(&options, 1);
     let edge = Edge::start(
@@ -767,7 +876,7 @@ async fn start_services(
                 bootstrap_servers: bootstrap.to_owned(),
                 properties: user_properties.cloned().unwrap_or_default(),
             },
-            secrets: options.secrets,
+            secrets: options.secrets.clone(),
             archive_url: archive_url.to_owned(),
             s3: S3Settings::default(),
             edge_addr: SocketAddr::new(options.bind, options.port),
@@ -793,7 +902,7 @@ async fn start_services(
             dlq_topic: names.raw_dlq(),
             group_id: names.group(NORMALIZER_GROUP),
             admin_addr: normalizer_admin,
-            slack_api_base_url: options.slack_api_base_url,
+            slack_api_base_url: slack_api_base_url.clone(),
             bot_tokens: options.bot_tokens,
             rules: options.rules,
             log_format: LogFormat::Text,
@@ -816,12 +925,22 @@ async fn start_services(
             service: "timeline-writer",
             message: e.to_string(),
         })?;
-    let notifier = slackline_notifier::start(notifier_config, shutdown)
+    let notifier = slackline_notifier::start(notifier_config, shutdown.clone())
         .await
         .map_err(|e| DevError::Group {
             service: "notifier",
             message: e.to_string(),
         })?;
+    let slack_sender = slackline_slack_sender::start(sender_config, shutdown)
+        .await
+        .map_err(|e| DevError::Group {
+            service: "slack-sender",
+            message: e.to_string(),
+        })?;
+    if let Some(stand_in) = &slack_api {
+        let secret = options.echo_secret.clone();
+        forward_echoes(stand_in, format!("http://{}/slack/events", edge.addr), secret);
+    }
     Ok(Services {
         names,
         edge,
@@ -829,6 +948,9 @@ async fn start_services(
         thread_state,
         timeline_writer,
         notifier,
+        slack_sender,
+        slack_api_base_url,
+        slack_api,
         database,
     })
 }
@@ -872,8 +994,9 @@ mod tests {
             topic_names: TopicNames::with_prefix("p1."),
             partitions: 2,
             secrets: SigningSecrets::new([DEV_SECRET]).unwrap(),
+            echo_secret: DEV_SECRET.to_owned(),
             bot_tokens: BotTokens::default(),
-            slack_api_base_url: String::new(),
+            slack_api_base_url: None,
             rules: Rules::default(),
             database: DatabaseChoice::Auto,
             service_env: service_env

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
-use slackline::{dev, dlq, migrate, postgres, send, tail, threads, topics};
+use slackline::{dev, dlq, migrate, postgres, replies, send, tail, threads, topics};
 use slackline_kafka::{parse_properties, KafkaSettings};
 use slackline_service::{init_telemetry, LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
@@ -16,7 +16,7 @@ use slackline_slack::SigningSecrets;
 #[command(
     name = "slackline",
     version,
-    about = "Operate slackline: local run, test events, topics, tail, DLQ, threads"
+    about = "Operate slackline: local run, test events, topics, tail, DLQ, threads, replies"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -27,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run the pipeline locally: Kafka (mock cluster, embedded Apache Kafka broker or
     /// an existing cluster), file archive, PostgreSQL, edge, normalizer, thread-state,
-    /// timeline-writer, notifier.
+    /// timeline-writer, notifier, slack-sender (with a Slack API stand-in unless
+    /// SLACK_API_BASE_URL is set).
     Dev {
         /// Kafka: `mock` (librdkafka's mock cluster in this process, nothing to
         /// install), `embedded` (a single-node Apache Kafka broker under the state
@@ -87,7 +88,8 @@ enum Command {
         #[arg(long, default_value = ".slackline")]
         dir: PathBuf,
     },
-    /// Show one support thread and its timeline.
+    /// Show one support thread, its timeline and its replies with their delivery
+    /// state (pending, sent with ts, failed with error).
     Thread {
         /// The thread id (`<team>-<channel>-<root ts>`, as `threads` prints it).
         id: String,
@@ -100,6 +102,33 @@ enum Command {
         /// State directory of `slackline dev`.
         #[arg(long, default_value = ".slackline")]
         dir: PathBuf,
+    },
+    /// Send an agent's reply into a thread's Slack thread: produces a reply record on
+    /// `support.replies` for the slack-sender (what a support platform's API does).
+    Reply {
+        /// The thread id (`<team>-<channel>-<root ts>`, as `threads` prints it).
+        thread_id: String,
+        /// The reply (Slack mrkdwn).
+        text: String,
+        /// The agent's id (their Slack user id when known).
+        #[arg(long, default_value = "cli")]
+        agent_id: String,
+        /// The agent's display name (default: $USER).
+        #[arg(long)]
+        agent_name: Option<String>,
+        /// The idempotency key (default: a fresh UUID); sending the same id again
+        /// posts nothing new.
+        #[arg(long)]
+        reply_id: Option<String>,
+        /// Also send the reply to the channel.
+        #[arg(long)]
+        broadcast: bool,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        bootstrap: String,
+        /// The replies topic.
+        #[arg(long, default_value = slackline_kafka::topics::REPLIES)]
+        topic: String,
     },
     /// Sign JSON bodies (files or directories) and post them to an edge.
     Send {
@@ -266,17 +295,22 @@ async fn main() -> anyhow::Result<()> {
             embedded_postgres,
         } => {
             init_telemetry("slackline-dev", LogFormat::Text);
-            let secrets = SigningSecrets::parse_list(&secrets)
+            let secrets_list = secrets;
+            let secrets = SigningSecrets::parse_list(&secrets_list)
                 .context("--secrets / SLACK_SIGNING_SECRETS")?;
             let shutdown = Shutdown::on_signals();
             // The normalizer's optional settings, read as the service reads them.
             let mut env = slackline_service::Env::from_process();
             let bot_tokens = slackline_normalizer::config::bot_tokens_from_env(&mut env);
             let rules = slackline_normalizer::config::rules_from_env(&env);
-            let slack_api_base_url = env.string_or(
-                "SLACK_API_BASE_URL",
-                slackline_normalizer::config::DEFAULT_SLACK_API,
-            );
+            // Unset: dev runs a Slack API stand-in of its own.
+            let slack_api_base_url = env.get("SLACK_API_BASE_URL").map(str::to_owned);
+            let echo_secret = secrets_list
+                .split(',')
+                .map(str::trim)
+                .find(|s| !s.is_empty())
+                .unwrap_or(dev::DEV_SECRET)
+                .to_owned();
             env.finish()?;
             let database = match (embedded_postgres, std::env::var("DATABASE_URL")) {
                 (true, _) => postgres::DatabaseChoice::Embedded,
@@ -292,6 +326,7 @@ async fn main() -> anyhow::Result<()> {
                 topic_names: slackline_kafka::topics::TopicNames::with_prefix(prefix),
                 partitions,
                 secrets,
+                echo_secret,
                 bot_tokens,
                 slack_api_base_url,
                 rules,
@@ -322,10 +357,20 @@ async fn main() -> anyhow::Result<()> {
                 stack.normalizer_admin_url()
             );
             println!(
-                "  consumer groups:    thread-state {}, timeline-writer {}, notifier {} (admin)",
+                "  consumer groups:    thread-state {}, timeline-writer {}, notifier {}, slack-sender {} (admin)",
                 stack.thread_state.admin_addr,
                 stack.timeline_writer.admin_addr,
-                stack.notifier.admin_addr
+                stack.notifier.admin_addr,
+                stack.slack_sender.admin_addr
+            );
+            println!(
+                "  Slack Web API:      {}{}",
+                stack.slack_api_base_url,
+                if stack.slack_api.is_some() {
+                    "  (dev's stand-in: replies are recorded and echoed back to the edge)"
+                } else {
+                    ""
+                }
             );
             println!("  archive:            {}", stack.archive_url);
             println!("  PostgreSQL:         {}", stack.database.description);
@@ -340,7 +385,41 @@ async fn main() -> anyhow::Result<()> {
                 stack.bootstrap
             );
             println!("  cargo run -q -p slackline -- threads");
+            println!(
+                "  cargo run -q -p slackline -- reply <thread id> 'On it!' --bootstrap {} --topic {}",
+                stack.bootstrap,
+                stack.names.replies()
+            );
             stack.wait().await?;
+            Ok(())
+        }
+        Command::Reply {
+            thread_id,
+            text,
+            agent_id,
+            agent_name,
+            reply_id,
+            broadcast,
+            bootstrap,
+            topic,
+        } => {
+            let settings = kafka_settings(bootstrap)?;
+            let agent_name = agent_name
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| agent_id.clone());
+            let reply = replies::build(&replies::NewReply {
+                thread_id,
+                text,
+                agent_id,
+                agent_name,
+                reply_id,
+                broadcast,
+            })?;
+            let (partition, offset) = replies::produce(&settings, &topic, &reply).await?;
+            println!(
+                "reply {} for thread {} produced to {topic} (partition {partition}, offset {offset})",
+                reply.reply_id, reply.thread_id
+            );
             Ok(())
         }
         Command::Send {
@@ -496,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
             let Some((thread, entries)) = threads::thread(&pool, &id).await? else {
                 bail!("no thread {id}");
             };
+            let thread_replies = replies::thread_replies(&pool, &id).await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             if json {
@@ -503,8 +583,12 @@ async fn main() -> anyhow::Result<()> {
                 for e in &entries {
                     writeln!(out, "{}", threads::entry_json(&thread.thread_id, e))?;
                 }
+                for r in &thread_replies {
+                    writeln!(out, "{}", replies::reply_json(&thread.thread_id, r))?;
+                }
             } else {
                 threads::print_thread(&mut out, &thread, &entries)?;
+                replies::print_replies(&mut out, &thread_replies)?;
             }
             out.flush()?;
             Ok(())

@@ -1,11 +1,11 @@
 //! `slackline migrate`: creates or updates every consumer group's PostgreSQL schema
-//! (`thread_state`, `timeline`, `notifier`) with the migrations compiled into the
+//! (`thread_state`, `timeline`, `notifier`, `slack_sender`) with the migrations compiled into the
 //! services. Each service also migrates its own schema when it starts; this command is
 //! for deployments that run migrations as a separate step (a Kubernetes Job).
 
 use slackline_store::{StoreError, StoreSettings};
 
-/// Migrates the three schemas, in order; returns the schemas migrated.
+/// Migrates the four schemas, in order; returns the schemas migrated.
 ///
 /// # Errors
 ///
@@ -14,9 +14,11 @@ pub async fn migrate_all(settings: &StoreSettings) -> Result<Vec<&'static str>, 
     slackline_thread_state::migrate(settings).await?;
     slackline_timeline_writer::migrate(settings).await?;
     slackline_notifier::migrate(settings).await?;
+    slackline_slack_sender::migrate(settings).await?;
     Ok(vec![
         slackline_thread_state::SCHEMA,
         slackline_timeline_writer::SCHEMA,
         slackline_notifier::SCHEMA,
+        slackline_slack_sender::SCHEMA,
     ])
 }

@@ -360,8 +360,9 @@ async fn broker_killed_and_restarted_under_traffic_loses_and_doubles_nothing() {
             topic_names: names.clone(),
             partitions: PARTITIONS,
             secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
+            echo_secret: dev::DEV_SECRET.into(),
             bot_tokens: Default::default(),
-            slack_api_base_url: "http://127.0.0.1:9".into(),
+            slack_api_base_url: Some("http://127.0.0.1:9".into()),
             rules: Default::default(),
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: [

@@ -14,7 +14,7 @@ async fn tables(url: &str) -> Vec<String> {
         .unwrap();
     let rows: Vec<(String,)> = slackline_store::sqlx::query_as(
         "SELECT table_schema || '.' || table_name FROM information_schema.tables \
-         WHERE table_schema IN ('thread_state', 'timeline', 'notifier') ORDER BY 1",
+         WHERE table_schema IN ('thread_state', 'timeline', 'notifier', 'slack_sender') ORDER BY 1",
     )
     .fetch_all(&pool)
     .await
@@ -28,7 +28,10 @@ async fn migrate_creates_every_schema_once() {
     let db = TestDatabase::create().await;
     let settings = StoreSettings::new(&db.url);
     let migrated = migrate_all(&settings).await.unwrap();
-    assert_eq!(migrated, ["thread_state", "timeline", "notifier"]);
+    assert_eq!(
+        migrated,
+        ["thread_state", "timeline", "notifier", "slack_sender"]
+    );
     let first = tables(&db.url).await;
     for expected in [
         "thread_state.threads",
@@ -40,6 +43,8 @@ async fn migrate_creates_every_schema_once() {
         "timeline._sqlx_migrations",
         "notifier.sent",
         "notifier._sqlx_migrations",
+        "slack_sender.replies",
+        "slack_sender._sqlx_migrations",
     ] {
         assert!(
             first.iter().any(|t| t == expected),

@@ -23,6 +23,7 @@ pub mod config;
 mod consume;
 mod dedup;
 mod dlq;
+pub mod echo;
 pub mod metrics;
 pub mod normalize;
 pub mod render;

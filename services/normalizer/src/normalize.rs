@@ -257,8 +257,15 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
             return ignored(IgnoreReason::NotEnabled, type_label);
         }
     }
+    // Our own messages are ignored, except the slack-sender's replies (crate::echo).
+    let mut reply_agent = None;
     if is_own_echo(event, rules) {
-        return ignored(IgnoreReason::OwnEcho, type_label);
+        if event_type == "message" {
+            reply_agent = crate::echo::reply_agent(event, &team_id);
+        }
+        if reply_agent.is_none() {
+            return ignored(IgnoreReason::OwnEcho, type_label);
+        }
     }
     if event_type == "message" {
         if let Some(reason) = not_a_support_message(event) {
@@ -280,7 +287,12 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
         _ => builder.membership(event_type == "member_joined_channel"),
     };
     match result {
-        Ok(event) => Outcome::Event(Box::new(event)),
+        Ok(mut event) => {
+            if let Some(agent) = reply_agent {
+                crate::echo::as_agent_reply(&mut event, agent);
+            }
+            Outcome::Event(Box::new(event))
+        }
         Err(reason) => builder.degrade(&reason),
     }
 }
