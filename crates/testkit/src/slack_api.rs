@@ -120,8 +120,8 @@ struct Script {
 struct Shared {
     calls: Mutex<Vec<Call>>,
     script: Mutex<Script>,
+    /// The last ts given, in microseconds.
     counter: AtomicU64,
-    base_secs: u64,
     posted: tokio::sync::broadcast::Sender<PostedMessage>,
 }
 
@@ -158,9 +158,22 @@ impl Shared {
         script.any.pop_front().unwrap_or(Answer::Ok)
     }
 
+    /// A ts from the clock (microseconds), strictly increasing, as Slack's are.
     fn fresh_ts(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::SeqCst) + 1;
-        format!("{}.{:06}", self.base_secs + n / 1_000_000, n % 1_000_000)
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut last = self.counter.load(Ordering::SeqCst);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .counter
+                .compare_exchange(last, next, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return format!("{}.{:06}", next / 1_000_000, next % 1_000_000),
+                Err(actual) => last = actual,
+            }
+        }
     }
 }
 
@@ -294,15 +307,11 @@ impl SlackApiStandIn {
     /// When the listener has no local address.
     pub fn serve(listener: tokio::net::TcpListener) -> SlackApiStandIn {
         let addr = listener.local_addr().expect("stand-in address");
-        let base_secs = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(1_764_000_000, |d| d.as_secs());
         let (posted, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             calls: Mutex::new(Vec::new()),
             script: Mutex::new(Script::default()),
             counter: AtomicU64::new(0),
-            base_secs,
             posted,
         });
         let app = Router::new()

@@ -11,7 +11,13 @@
 //! retries of it, must change nothing (guarantee 2). The second test takes the
 //! notifier's target down and checks that thread-state and timeline-writer stay
 //! current meanwhile (guarantee 4), then that the notifications arrive once, in
-//! per-channel order (guarantee 3).
+//! per-channel order (guarantee 3). The third is the two-way conversation: a
+//! customer asks, an agent replies through `slackline reply` (the slack-sender posts
+//! it to a Slack Web API stand-in, whose echo comes back through the edge, once
+//! before the sender recorded the ts and once after, and again as Slack's retry),
+//! the customer answers in the thread: statuses todo → waiting → todo → waiting, the
+//! timeline in order with each reply once as the agent's, one notification per
+//! customer message, and `slackline thread` showing the replies as sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeMap;
@@ -27,6 +33,9 @@ use slackline_testkit::cluster::TestCluster;
 use slackline_testkit::kafka::group_lag;
 use slackline_testkit::metrics::metric;
 use slackline_testkit::postgres::TestDatabase;
+use slackline_testkit::slack_api::{
+    Answer, SlackApiStandIn, STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID,
+};
 use slackline_testkit::webhook::WebhookReceiver;
 
 const HOME: &str = "T0HOME";
@@ -678,6 +687,240 @@ async fn notifier_target_down_never_delays_threads_or_timeline() {
             .collect();
         assert_eq!(order, (0..10).collect::<Vec<_>>(), "{channel} in order");
     }
+
+    shutdown.trigger();
+    stack.wait().await.unwrap();
+    pool.close().await;
+    db.drop_database().await;
+}
+
+/// `slackline <args>` (the binary), its stdout; panics when it fails.
+async fn slackline(args: Vec<String>, database_url: &str) -> String {
+    let database_url = database_url.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_slackline"))
+            .args(&args)
+            .env("DATABASE_URL", database_url)
+            .env_remove("KAFKA_BOOTSTRAP_SERVERS")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "slackline failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `(state, ts)` of a reply in the slack-sender's table.
+async fn reply_state(pool: &slackline_store::sqlx::PgPool, reply_id: &str) -> Option<(String, Option<String>)> {
+    slackline_store::sqlx::query_as(
+        "SELECT state, ts FROM slack_sender.replies WHERE reply_id = $1",
+    )
+    .bind(reply_id)
+    .fetch_optional(pool)
+    .await
+    .unwrap_or(None)
+}
+
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn thread_status(pool: &slackline_store::sqlx::PgPool, id: &str) -> Option<String> {
+    threads::thread(pool, id).await.unwrap().map(|(t, _)| t.status)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
+    let db = TestDatabase::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = WebhookReceiver::start().await;
+    let slack = SlackApiStandIn::start().await;
+    let mut echoes = slack.subscribe();
+    let shutdown = Shutdown::new();
+    let cluster = TestCluster::kafka();
+    let mut env = service_env(&hook.url);
+    env.push(("SLACK_BOT_TOKENS".into(), format!("{HOME}=xoxb-home-token")));
+    env.push(("SLACK_SENDER_HTTP_TIMEOUT_MS".into(), "30000".into()));
+    let mut rules = slackline_normalizer::normalize::Rules::default();
+    rules.self_bot_ids.insert(STAND_IN_BOT_ID.into());
+    rules.self_bot_ids.insert(STAND_IN_BOT_USER_ID.into());
+    rules.self_app_ids.insert(STAND_IN_APP_ID.into());
+    let stack = dev::start(
+        dev::DevOptions {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            admin_port: 0,
+            dir: dir.path().to_path_buf(),
+            kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
+            topic_names: cluster.names().clone(),
+            partitions: PARTITIONS,
+            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
+            echo_secret: dev::DEV_SECRET.into(),
+            bot_tokens: Default::default(),
+            slack_api_base_url: Some(slack.base_url.clone()),
+            rules,
+            database: DatabaseChoice::Url(db.url.clone()),
+            service_env: env,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let pool = read_pool(&db).await;
+    let now = chrono::Utc::now().timestamp();
+    let root = format!("{}.000100", now - 600);
+    let thread_id = tid("C0REPLY", &root);
+    let reply_args = |reply_id: &str, text: &str| -> Vec<String> {
+        [
+            "reply",
+            thread_id.as_str(),
+            text,
+            "--agent-id",
+            AGENT,
+            "--agent-name",
+            "Ada",
+            "--reply-id",
+            reply_id,
+            "--bootstrap",
+            stack.bootstrap.as_str(),
+            "--topic",
+            stack.names.replies().as_str(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+    };
+
+    // 1. A customer asks.
+    let mut script = Script::default();
+    script.post("C0REPLY", CUSTOMER, &root, "Can I export to Parquet?", None);
+    send_all(&stack, &script.bodies, None).await;
+    wait_for("the thread opened as todo", Duration::from_secs(60), || async {
+        thread_status(&pool, &thread_id).await.as_deref() == Some("todo")
+    })
+    .await;
+
+    // 2. The agent replies through `slackline reply`. Slack posts it at once but its
+    // answer takes 8 s: the echo comes back through the edge before the sender has
+    // recorded the ts.
+    slack.script("C0REPLY", Answer::delayed(Duration::from_secs(8), Answer::Ok));
+    let out = slackline(reply_args("r-first", "Yes, since *2.3*"), &db.url).await;
+    assert!(out.contains("reply r-first for thread"), "{out}");
+    let first = tokio::time::timeout(Duration::from_secs(30), echoes.recv())
+        .await
+        .expect("the reply reached Slack")
+        .unwrap();
+    assert_eq!(first.body["thread_ts"], root.as_str());
+    let echo = slackline::replies::echo_envelope(&first.channel, &first.ts, &first.body);
+    send_all(&stack, &[("echo-1".into(), echo.clone())], None).await;
+    wait_for("the thread waiting", Duration::from_secs(60), || async {
+        thread_status(&pool, &thread_id).await.as_deref() == Some("waiting")
+    })
+    .await;
+    let (state, ts) = reply_state(&pool, "r-first").await.unwrap();
+    assert_eq!((state.as_str(), ts), ("sending", None), "the echo came first");
+    wait_for("the sender recorded the ts", Duration::from_secs(60), || async {
+        reply_state(&pool, "r-first").await.and_then(|r| r.1).as_deref() == Some(first.ts.as_str())
+    })
+    .await;
+    // Slack retries the echo.
+    send_all(&stack, &[("echo-1".into(), echo)], Some(1)).await;
+
+    // 3. The customer answers in the thread (after the reply, by Slack's clock).
+    let secs: i64 = first.ts.split('.').next().unwrap().parse().unwrap();
+    let answer_ts = format!("{}.000300", secs + 1);
+    script.post("C0REPLY", CUSTOMER, &answer_ts, "Great, and JSON?", Some(&root));
+    send_all(&stack, &script.bodies[1..], None).await;
+    wait_for("the thread back to todo", Duration::from_secs(60), || async {
+        thread_status(&pool, &thread_id).await.as_deref() == Some("todo")
+    })
+    .await;
+
+    // 4. A second reply, its echo after the sender recorded the ts (and again as
+    // Slack's retry); the same reply sent twice by the support side posts once.
+    let out = slackline(reply_args("r-second", "JSON too."), &db.url).await;
+    assert!(out.contains("r-second"), "{out}");
+    let second = tokio::time::timeout(Duration::from_secs(30), echoes.recv())
+        .await
+        .expect("the second reply reached Slack")
+        .unwrap();
+    wait_for("the second reply recorded", Duration::from_secs(60), || async {
+        reply_state(&pool, "r-second").await.and_then(|r| r.1).as_deref() == Some(second.ts.as_str())
+    })
+    .await;
+    slackline(reply_args("r-second", "JSON too."), &db.url).await;
+    let echo = slackline::replies::echo_envelope(&second.channel, &second.ts, &second.body);
+    send_all(&stack, &[("echo-2".into(), echo.clone())], None).await;
+    send_all(&stack, &[("echo-2".into(), echo)], Some(1)).await;
+    let mut groups = ALL_GROUPS.to_vec();
+    groups.push(("slack-sender", "support.replies"));
+    wait_caught_up(&stack, &groups, Duration::from_secs(60)).await;
+
+    let snapshot = snapshot(&pool).await;
+    let agent_line = |ts: &str, text: &str| format!("posted {ts} agent full {text}");
+    assert_eq!(
+        snapshot.get(&thread_id),
+        Some(&(
+            "waiting".to_owned(),
+            vec![
+                format!("posted {root} customer full Can I export to Parquet?"),
+                agent_line(&first.ts, "Yes, since *2.3*"),
+                format!("posted {answer_ts} customer full Great, and JSON?"),
+                agent_line(&second.ts, "JSON too."),
+            ]
+        )),
+        "{snapshot:#?}"
+    );
+    assert_eq!(snapshot.len(), 1, "the replies opened no thread of their own: {snapshot:#?}");
+    let statuses: Vec<String> = slackline_store::sqlx::query_scalar(
+        "SELECT to_status FROM thread_state.transitions WHERE thread_id = $1 ORDER BY seq",
+    )
+    .bind(&thread_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(statuses, ["todo", "waiting", "todo", "waiting"]);
+    // One notification per customer message, none for the agent's replies.
+    let notified: Vec<String> = hook
+        .bodies()
+        .iter()
+        .filter_map(|b| b["text"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(notified.len(), 2, "{notified:#?}");
+    // Slack got each reply once, in the thread, with the home team's token.
+    let calls = slack.post_calls();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    for call in &calls {
+        assert_eq!(call.field("thread_ts"), Some(root.as_str()));
+        assert_eq!(call.field("channel"), Some("C0REPLY"));
+        assert_eq!(call.token.as_deref(), Some("xoxb-home-token"));
+    }
+    // `slackline thread` shows the replies with their delivery state.
+    let shown = slackline(vec!["thread".into(), thread_id.clone()], &db.url).await;
+    assert!(shown.contains(&format!("sent {}", first.ts)), "{shown}");
+    assert!(shown.contains(&format!("sent {}", second.ts)), "{shown}");
+    let json = slackline(vec!["thread".into(), thread_id.clone(), "--json".into()], &db.url).await;
+    let replies: Vec<Value> = json
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "reply")
+        .collect();
+    assert_eq!(replies.len(), 2, "{json}");
+    assert_eq!(replies[0]["state"], "sent");
+    assert_eq!(replies[0]["ts"], first.ts.as_str());
 
     shutdown.trigger();
     stack.wait().await.unwrap();
