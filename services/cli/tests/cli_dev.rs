@@ -521,3 +521,110 @@ fn dev_with_embedded_kafka_takes_an_event_and_stops_its_broker_on_sigterm() {
     assert!(status.success(), "dev exited with {status}");
     runtime.block_on(db.drop_database());
 }
+
+/// Without `SLACK_API_BASE_URL`, `dev` works offline: the slack-sender posts to
+/// `dev`'s own Slack API stand-in, and `dev` sends the echo of each post back to the
+/// edge as Slack would, so the reply lands in the timeline and the thread waits.
+#[tokio::test(flavor = "multi_thread")]
+async fn dev_without_a_slack_api_posts_replies_to_its_stand_in_and_echoes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::create().await;
+    let shutdown = Shutdown::new();
+    let cluster = TestCluster::kafka();
+    let stack = dev::start(
+        dev::DevOptions {
+            bind: [127, 0, 0, 1].into(),
+            port: 0,
+            admin_port: 0,
+            dir: dir.path().to_path_buf(),
+            kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
+            topic_names: cluster.names().clone(),
+            partitions: 2,
+            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
+            echo_secret: dev::DEV_SECRET.into(),
+            bot_tokens: Default::default(),
+            slack_api_base_url: None,
+            rules: Default::default(),
+            database: DatabaseChoice::Url(db.url.clone()),
+            service_env: Vec::new(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let stand_in = stack.slack_api.as_ref().expect("dev runs its stand-in");
+    assert_eq!(stack.slack_api_base_url, stand_in.base_url);
+
+    let root = format!("{}.000100", chrono::Utc::now().timestamp() - 60);
+    let body = serde_json::json!({
+        "type": "event_callback", "event_id": "EvDEV1", "event_time": 1,
+        "team_id": "T0CUST", "authorizations": [{"team_id": "T0HOME"}],
+        "event": {"type": "message", "user": "U0CUST", "team": "T0CUST", "text": "help?",
+                  "ts": root, "channel": "C0DEV", "event_ts": root},
+    });
+    let http = reqwest::Client::new();
+    let status = send::send_body(
+        &http,
+        &stack.webhook_url(),
+        dev::DEV_SECRET,
+        serde_json::to_vec(&body).unwrap(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    let pool = slackline_store::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&db.url)
+        .await
+        .unwrap();
+    let thread_id = format!("T0HOME-C0DEV-{root}");
+    let status_of = |pool: slackline_store::sqlx::PgPool, id: String| async move {
+        slackline::threads::thread(&pool, &id)
+            .await
+            .unwrap()
+            .map(|(t, _)| t.status)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of(pool.clone(), thread_id.clone()).await.as_deref() != Some("todo") {
+        assert!(Instant::now() < deadline, "no thread {thread_id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let reply = slackline::replies::build(&slackline::replies::NewReply {
+        thread_id: thread_id.clone(),
+        text: "On it".into(),
+        agent_id: "U0AGENT".into(),
+        agent_name: "Ada".into(),
+        reply_id: None,
+        broadcast: false,
+    })
+    .unwrap();
+    let settings = KafkaSettings::new(stack.bootstrap.clone());
+    slackline::replies::produce(&settings, &stack.names.replies(), &reply)
+        .await
+        .unwrap();
+    while status_of(pool.clone(), thread_id.clone()).await.as_deref() != Some("waiting") {
+        assert!(Instant::now() < deadline, "the echo never moved the thread");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let posted = stand_in.posted();
+    assert_eq!(posted.len(), 1, "{posted:#?}");
+    assert_eq!(posted[0].field("thread_ts"), Some(root.as_str()));
+    let (_, entries) = slackline::threads::thread(&pool, &thread_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let agent: Vec<_> = entries
+        .iter()
+        .filter(|e| e.author_kind.as_deref() == Some("agent"))
+        .collect();
+    assert_eq!(agent.len(), 1, "{entries:#?}");
+    assert_eq!(agent[0].ts, posted[0].ts.clone().unwrap());
+    assert_eq!(agent[0].text.as_deref(), Some("On it"));
+
+    pool.close().await;
+    shutdown.trigger();
+    stack.wait().await.unwrap();
+    db.drop_database().await;
+}
