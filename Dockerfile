@@ -36,7 +36,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
       -exec cp {} /out/ \; \
  && ls -l /out \
  && for bin in slackline slackline-edge slackline-normalizer \
-      slackline-thread-state slackline-timeline-writer slackline-notifier; do \
+      slackline-thread-state slackline-timeline-writer slackline-notifier \
+      slackline-slack-sender; do \
       test -x "/out/$bin" || { echo "missing binary $bin" >&2; exit 1; }; \
     done
 

@@ -32,8 +32,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3_000);
 pub struct SlackConfig {
     /// `SLACK_API_BASE_URL` (default `https://slack.com/api`).
     pub base_url: String,
-    /// `SLACK_BOT_TOKENS`: `T123=xoxb-…,…` (required); an entry `*=xoxb-…` serves
-    /// every team without one of its own.
+    /// `SLACK_BOT_TOKENS`: `T123=xoxb-…,…`; an entry `*=xoxb-…` serves every team
+    /// without one of its own. Without any, every reply goes to the DLQ (`no_token`).
     pub tokens: BotTokens,
     /// `SLACK_SENDER_CHANNEL_INTERVAL_MS` (default 1000): the least time between two
     /// posts to one channel.
@@ -82,17 +82,9 @@ impl SlackConfig {
     /// The Slack settings, recording every problem in `env`.
     pub fn from_env(env: &mut Env) -> SlackConfig {
         let tokens = match env.get("SLACK_BOT_TOKENS").map(BotTokens::parse) {
-            None => {
-                env.problem(
-                    "SLACK_BOT_TOKENS",
-                    "required: the bot token of each installing team (T123=xoxb-…), or *=xoxb-… for all",
-                );
-                BotTokens::default()
-            }
-            Some(Ok(tokens)) if tokens.is_empty() => {
-                env.problem("SLACK_BOT_TOKENS", "lists no token");
-                tokens
-            }
+            // Allowed (the service starts and says so): every reply then lands in
+            // the DLQ with `no bot token configured for team …`.
+            None => BotTokens::default(),
             Some(Ok(tokens)) => tokens,
             Some(Err(e)) => {
                 env.problem("SLACK_BOT_TOKENS", e);
@@ -191,6 +183,7 @@ mod tests {
     #[test]
     fn problems_are_named_at_once() {
         let err = SlackSenderConfig::from_env(Env::from_pairs([
+            ("SLACK_BOT_TOKENS", "xoxb-1=T1"),
             ("SLACK_API_BASE_URL", "slack.com/api"),
             ("SLACK_SENDER_HTTP_TIMEOUT_MS", "0"),
             ("SLACK_SENDER_AS_AGENT", "maybe"),

@@ -91,6 +91,11 @@ pub async fn start(
         channel_interval = ?config.slack.channel_interval,
         "posting replies to Slack"
     );
+    if config.slack.tokens.is_empty() {
+        tracing::warn!(
+            "SLACK_BOT_TOKENS is empty: every reply goes to the DLQ (no bot token configured)"
+        );
+    }
     let readiness = slackline_store::readiness(&pool);
     let handler = Arc::new(Handler::new(
         ReplyStore::new(pool),
