@@ -8,7 +8,8 @@
 //!
 //! Everything here is blocking std code (processes, sockets, files) so that it works
 //! from both sync and async tests. Nothing here is meant for production code: the
-//! crate is a dev-dependency only.
+//! crate is a dev-dependency of the services, and a dependency of the `slackline`
+//! CLI only for `dev`'s Slack API stand-in ([`slack_api`]).
 
 pub mod cluster;
 mod garage;

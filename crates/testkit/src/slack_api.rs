@@ -68,7 +68,9 @@ impl Answer {
     fn label(&self) -> String {
         match self {
             Answer::Ok => "ok".to_owned(),
-            Answer::RateLimited { retry_after_secs } => format!("429 retry-after {retry_after_secs}"),
+            Answer::RateLimited { retry_after_secs } => {
+                format!("429 retry-after {retry_after_secs}")
+            }
             Answer::Status(status) => format!("http {status}"),
             Answer::Error(code) => format!("error {code}"),
             Answer::Delayed(delay, inner) => format!("{} after {delay:?}", inner.label()),

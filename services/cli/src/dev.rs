@@ -67,7 +67,12 @@ pub const KAFKA_DIR: &str = "kafka";
 pub const KAFKA_PID_FILE: &str = "dev.pid";
 
 /// The consumer groups `dev` runs (besides the normalizer), in start order.
-const GROUPS: [&str; 4] = ["thread-state", "timeline-writer", "notifier", "slack-sender"];
+const GROUPS: [&str; 4] = [
+    "thread-state",
+    "timeline-writer",
+    "notifier",
+    "slack-sender",
+];
 
 /// The bot token the slack-sender uses when `SLACK_BOT_TOKENS` is not set (any team;
 /// `dev`'s own Slack API stand-in takes any token).
@@ -775,8 +780,12 @@ fn forward_echoes(slack_api: &SlackApiStandIn, edge_url: String, secret: String)
             let bytes = serde_json::to_vec(&body).unwrap_or_default();
             match crate::send::send_body(&http, &edge_url, &secret, bytes, None).await {
                 Ok(200) => tracing::debug!(ts = message.ts, "dev: echo delivered to the edge"),
-                Ok(status) => tracing::warn!(status, ts = message.ts, "dev: the edge refused an echo"),
-                Err(e) => tracing::warn!(error = %e, ts = message.ts, "dev: could not deliver an echo"),
+                Ok(status) => {
+                    tracing::warn!(status, ts = message.ts, "dev: the edge refused an echo")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, ts = message.ts, "dev: could not deliver an echo")
+                }
             }
         }
     });
@@ -803,9 +812,18 @@ async fn start_services(
         None => {
             let stand_in = SlackApiStandIn::start().await;
             // Its bot is ours: the normalizer recognises the echoes.
-            options.rules.self_bot_ids.insert(STAND_IN_BOT_ID.to_owned());
-            options.rules.self_bot_ids.insert(STAND_IN_BOT_USER_ID.to_owned());
-            options.rules.self_app_ids.insert(STAND_IN_APP_ID.to_owned());
+            options
+                .rules
+                .self_bot_ids
+                .insert(STAND_IN_BOT_ID.to_owned());
+            options
+                .rules
+                .self_bot_ids
+                .insert(STAND_IN_BOT_USER_ID.to_owned());
+            options
+                .rules
+                .self_app_ids
+                .insert(STAND_IN_APP_ID.to_owned());
             Some(stand_in)
         }
     };
@@ -863,10 +881,12 @@ async fn start_services(
                 source,
             }
         })?;
-    let sender_config = slackline_slack_sender::SlackSenderConfig::from_env(sender_env)
-        .map_err(|source| DevError::Config {
-            service: "slack-sender",
-            source,
+    let sender_config =
+        slackline_slack_sender::SlackSenderConfig::from_env(sender_env).map_err(|source| {
+            DevError::Config {
+                service: "slack-sender",
+                source,
+            }
         })?;
     let names = options.topic_names.clone();
     let normalizer_admin = admin_addr(&options, 1);
@@ -939,7 +959,11 @@ async fn start_services(
         })?;
     if let Some(stand_in) = &slack_api {
         let secret = options.echo_secret.clone();
-        forward_echoes(stand_in, format!("http://{}/slack/events", edge.addr), secret);
+        forward_echoes(
+            stand_in,
+            format!("http://{}/slack/events", edge.addr),
+            secret,
+        );
     }
     Ok(Services {
         names,

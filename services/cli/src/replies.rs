@@ -17,7 +17,9 @@ use slackline_store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum ReplyError {
     /// The thread id is not `<team>-<channel>-<root ts>`.
-    #[error("thread id {0:?} is not <team>-<channel>-<root ts> (as `slackline threads` prints it)")]
+    #[error(
+        "thread id {0:?} is not <team>-<channel>-<root ts> (as `slackline threads` prints it)"
+    )]
     ThreadId(String),
     /// The text is empty.
     #[error("the reply text is empty")]
@@ -215,10 +217,9 @@ impl ReplyRow {
 ///
 /// When PostgreSQL fails.
 pub async fn thread_replies(pool: &PgPool, thread_id: &str) -> Result<Vec<ReplyRow>, StoreError> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass('slack_sender.replies') IS NOT NULL")
-            .fetch_one(pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('slack_sender.replies') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
     if !exists {
         return Ok(Vec::new());
     }
@@ -321,10 +322,16 @@ mod tests {
         };
         assert_eq!(row.delivery(), "pending");
         row.last_error = Some("Slack answered 429, Retry-After 2s".into());
-        assert_eq!(row.delivery(), "pending (last try: Slack answered 429, Retry-After 2s)");
+        assert_eq!(
+            row.delivery(),
+            "pending (last try: Slack answered 429, Retry-After 2s)"
+        );
         row.state = "failed".into();
         row.last_error = Some("Slack error channel_not_found (HTTP 200)".into());
-        assert_eq!(row.delivery(), "failed: Slack error channel_not_found (HTTP 200)");
+        assert_eq!(
+            row.delivery(),
+            "failed: Slack error channel_not_found (HTTP 200)"
+        );
         row.state = "sent".into();
         row.ts = Some("1764000100.000200".into());
         assert_eq!(row.delivery(), "sent 1764000100.000200");

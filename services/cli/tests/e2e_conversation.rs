@@ -716,7 +716,10 @@ async fn slackline(args: Vec<String>, database_url: &str) -> String {
 }
 
 /// `(state, ts)` of a reply in the slack-sender's table.
-async fn reply_state(pool: &slackline_store::sqlx::PgPool, reply_id: &str) -> Option<(String, Option<String>)> {
+async fn reply_state(
+    pool: &slackline_store::sqlx::PgPool,
+    reply_id: &str,
+) -> Option<(String, Option<String>)> {
     slackline_store::sqlx::query_as(
         "SELECT state, ts FROM slack_sender.replies WHERE reply_id = $1",
     )
@@ -739,7 +742,10 @@ where
 }
 
 async fn thread_status(pool: &slackline_store::sqlx::PgPool, id: &str) -> Option<String> {
-    threads::thread(pool, id).await.unwrap().map(|(t, _)| t.status)
+    threads::thread(pool, id)
+        .await
+        .unwrap()
+        .map(|(t, _)| t.status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -808,15 +814,20 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
     let mut script = Script::default();
     script.post("C0REPLY", CUSTOMER, &root, "Can I export to Parquet?", None);
     send_all(&stack, &script.bodies, None).await;
-    wait_for("the thread opened as todo", Duration::from_secs(60), || async {
-        thread_status(&pool, &thread_id).await.as_deref() == Some("todo")
-    })
+    wait_for(
+        "the thread opened as todo",
+        Duration::from_secs(60),
+        || async { thread_status(&pool, &thread_id).await.as_deref() == Some("todo") },
+    )
     .await;
 
     // 2. The agent replies through `slackline reply`. Slack posts it at once but its
     // answer takes 8 s: the echo comes back through the edge before the sender has
     // recorded the ts.
-    slack.script("C0REPLY", Answer::delayed(Duration::from_secs(8), Answer::Ok));
+    slack.script(
+        "C0REPLY",
+        Answer::delayed(Duration::from_secs(8), Answer::Ok),
+    );
     let out = slackline(reply_args("r-first", "Yes, since *2.3*"), &db.url).await;
     assert!(out.contains("reply r-first for thread"), "{out}");
     let first = tokio::time::timeout(Duration::from_secs(30), echoes.recv())
@@ -831,10 +842,22 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
     })
     .await;
     let (state, ts) = reply_state(&pool, "r-first").await.unwrap();
-    assert_eq!((state.as_str(), ts), ("sending", None), "the echo came first");
-    wait_for("the sender recorded the ts", Duration::from_secs(60), || async {
-        reply_state(&pool, "r-first").await.and_then(|r| r.1).as_deref() == Some(first.ts.as_str())
-    })
+    assert_eq!(
+        (state.as_str(), ts),
+        ("sending", None),
+        "the echo came first"
+    );
+    wait_for(
+        "the sender recorded the ts",
+        Duration::from_secs(60),
+        || async {
+            reply_state(&pool, "r-first")
+                .await
+                .and_then(|r| r.1)
+                .as_deref()
+                == Some(first.ts.as_str())
+        },
+    )
     .await;
     // Slack retries the echo.
     send_all(&stack, &[("echo-1".into(), echo)], Some(1)).await;
@@ -842,11 +865,19 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
     // 3. The customer answers in the thread (after the reply, by Slack's clock).
     let secs: i64 = first.ts.split('.').next().unwrap().parse().unwrap();
     let answer_ts = format!("{}.000300", secs + 1);
-    script.post("C0REPLY", CUSTOMER, &answer_ts, "Great, and JSON?", Some(&root));
+    script.post(
+        "C0REPLY",
+        CUSTOMER,
+        &answer_ts,
+        "Great, and JSON?",
+        Some(&root),
+    );
     send_all(&stack, &script.bodies[1..], None).await;
-    wait_for("the thread back to todo", Duration::from_secs(60), || async {
-        thread_status(&pool, &thread_id).await.as_deref() == Some("todo")
-    })
+    wait_for(
+        "the thread back to todo",
+        Duration::from_secs(60),
+        || async { thread_status(&pool, &thread_id).await.as_deref() == Some("todo") },
+    )
     .await;
 
     // 4. A second reply, its echo after the sender recorded the ts (and again as
@@ -857,9 +888,17 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
         .await
         .expect("the second reply reached Slack")
         .unwrap();
-    wait_for("the second reply recorded", Duration::from_secs(60), || async {
-        reply_state(&pool, "r-second").await.and_then(|r| r.1).as_deref() == Some(second.ts.as_str())
-    })
+    wait_for(
+        "the second reply recorded",
+        Duration::from_secs(60),
+        || async {
+            reply_state(&pool, "r-second")
+                .await
+                .and_then(|r| r.1)
+                .as_deref()
+                == Some(second.ts.as_str())
+        },
+    )
     .await;
     slackline(reply_args("r-second", "JSON too."), &db.url).await;
     let echo = slackline::replies::echo_envelope(&second.channel, &second.ts, &second.body);
@@ -884,7 +923,11 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
         )),
         "{snapshot:#?}"
     );
-    assert_eq!(snapshot.len(), 1, "the replies opened no thread of their own: {snapshot:#?}");
+    assert_eq!(
+        snapshot.len(),
+        1,
+        "the replies opened no thread of their own: {snapshot:#?}"
+    );
     let statuses: Vec<String> = slackline_store::sqlx::query_scalar(
         "SELECT to_status FROM thread_state.transitions WHERE thread_id = $1 ORDER BY seq",
     )
@@ -912,7 +955,11 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
     let shown = slackline(vec!["thread".into(), thread_id.clone()], &db.url).await;
     assert!(shown.contains(&format!("sent {}", first.ts)), "{shown}");
     assert!(shown.contains(&format!("sent {}", second.ts)), "{shown}");
-    let json = slackline(vec!["thread".into(), thread_id.clone(), "--json".into()], &db.url).await;
+    let json = slackline(
+        vec!["thread".into(), thread_id.clone(), "--json".into()],
+        &db.url,
+    )
+    .await;
     let replies: Vec<Value> = json
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())

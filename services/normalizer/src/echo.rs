@@ -116,7 +116,8 @@ mod tests {
 
     #[test]
     fn our_reply_echo_is_the_agents_posted_reply() {
-        let Outcome::Event(event) = normalize(&envelope(echo(Some(ours()), None)), meta(), &rules())
+        let Outcome::Event(event) =
+            normalize(&envelope(echo(Some(ours()), None)), meta(), &rules())
         else {
             panic!("an event")
         };

@@ -89,7 +89,9 @@ impl Pacer {
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
-        self.next.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Reserves the channel's next slot and waits for it.
@@ -214,7 +216,9 @@ impl Handler {
     }
 
     fn locals(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Local>> {
-        self.local.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.local
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn remember(&self, token: Uuid, state: Local) {
@@ -321,8 +325,10 @@ impl Handler {
                     self.pacer.wait_turn(&reply.channel_id).await;
                     let token = Uuid::new_v4();
                     self.remember(token, Local::NotStarted);
-                    let claimed =
-                        db(id, "claiming the reply", || self.store.begin_send(id, token)).await;
+                    let claimed = db(id, "claiming the reply", || {
+                        self.store.begin_send(id, token)
+                    })
+                    .await;
                     match claimed {
                         Ok(true) => return self.send(reply, blocks.as_ref(), token).await,
                         Ok(false) => self.forget(token),
@@ -371,7 +377,10 @@ impl Handler {
             return Ok(None);
         }
         self.metrics.ambiguous();
-        tracing::warn!(reason, "reply may or may not have been posted; not posting it again");
+        tracing::warn!(
+            reason,
+            "reply may or may not have been posted; not posting it again"
+        );
         Ok(Some(ambiguous_error(reply, reason)))
     }
 

@@ -134,7 +134,10 @@ impl SlackPoster {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .connect_timeout(config.connect_timeout)
-            .user_agent(concat!("slackline-slack-sender/", env!("CARGO_PKG_VERSION")))
+            .user_agent(concat!(
+                "slackline-slack-sender/",
+                env!("CARGO_PKG_VERSION")
+            ))
             .build()?;
         Ok(SlackPoster {
             http,
@@ -174,7 +177,11 @@ impl SlackPoster {
         {
             Ok(response) => response,
             Err(e) if e.is_connect() => {
-                return not_posted(true, "connect", format!("could not reach Slack: {}", describe(&e)))
+                return not_posted(
+                    true,
+                    "connect",
+                    format!("could not reach Slack: {}", describe(&e)),
+                )
             }
             // The request could not even be built: nothing left.
             Err(e) if e.is_builder() => return not_posted(false, "request", describe(&e)),
@@ -214,7 +221,10 @@ impl SlackPoster {
             Err(_) => Vec::new(),
         };
         let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let ok = parsed.as_ref().and_then(|b| b.get("ok")).and_then(Value::as_bool);
+        let ok = parsed
+            .as_ref()
+            .and_then(|b| b.get("ok"))
+            .and_then(Value::as_bool);
         let error = parsed
             .as_ref()
             .and_then(|b| b.get("error"))
@@ -241,9 +251,11 @@ impl SlackPoster {
                     },
                 }
             }
-            (_, Some(code)) if AMBIGUOUS_ERRORS.contains(&code.as_str()) => PostOutcome::Ambiguous {
-                reason: format!("Slack answered {code}, which may have posted the message"),
-            },
+            (_, Some(code)) if AMBIGUOUS_ERRORS.contains(&code.as_str()) => {
+                PostOutcome::Ambiguous {
+                    reason: format!("Slack answered {code}, which may have posted the message"),
+                }
+            }
             (_, Some(code)) => {
                 let retryable = RETRYABLE_ERRORS.contains(&code.as_str());
                 let detail = format!("Slack error {code} (HTTP {})", status.as_u16());

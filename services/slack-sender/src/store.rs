@@ -79,18 +79,20 @@ impl ReplyStore {
         .execute(&self.pool)
         .await?;
         self.row(&reply.reply_id).await?.ok_or_else(|| {
-            StoreError::Query(format!("reply {} vanished after its insert", reply.reply_id))
+            StoreError::Query(format!(
+                "reply {} vanished after its insert",
+                reply.reply_id
+            ))
         })
     }
 
     /// The row of `reply_id`, if any.
     pub async fn row(&self, reply_id: &str) -> Result<Option<Row>, StoreError> {
-        let row: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT state, claim_token::text, ts FROM replies WHERE reply_id = $1",
-        )
-        .bind(reply_id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<(String, Option<String>, Option<String>)> =
+            sqlx::query_as("SELECT state, claim_token::text, ts FROM replies WHERE reply_id = $1")
+                .bind(reply_id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|(state, token, ts)| {
             Ok(Row {
                 state: ReplyState::parse(&state)?,
@@ -153,7 +155,11 @@ impl ReplyStore {
         error: &str,
         keep_token: bool,
     ) -> Result<bool, StoreError> {
-        let token_set = if keep_token { "" } else { "claim_token = NULL, " };
+        let token_set = if keep_token {
+            ""
+        } else {
+            "claim_token = NULL, "
+        };
         let sql = format!(
             "UPDATE replies SET state = $3, {token_set}last_error = $4, updated_at = now() \
              WHERE reply_id = $1 AND claim_token = $2::uuid AND state = 'sending'"
@@ -170,8 +176,14 @@ impl ReplyStore {
     }
 
     /// Back to `pending` after a send Slack certainly did not take.
-    pub async fn release(&self, reply_id: &str, token: Uuid, error: &str) -> Result<bool, StoreError> {
-        self.leave_sending(reply_id, token, "pending", error, false).await
+    pub async fn release(
+        &self,
+        reply_id: &str,
+        token: Uuid,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        self.leave_sending(reply_id, token, "pending", error, false)
+            .await
     }
 
     /// `failed` with Slack's error.
@@ -181,7 +193,8 @@ impl ReplyStore {
         token: Uuid,
         error: &str,
     ) -> Result<bool, StoreError> {
-        self.leave_sending(reply_id, token, "failed", error, false).await
+        self.leave_sending(reply_id, token, "failed", error, false)
+            .await
     }
 
     /// `ambiguous`, keeping the token (its owner may still record the post).
@@ -191,7 +204,8 @@ impl ReplyStore {
         token: Uuid,
         reason: &str,
     ) -> Result<bool, StoreError> {
-        self.leave_sending(reply_id, token, "ambiguous", reason, true).await
+        self.leave_sending(reply_id, token, "ambiguous", reason, true)
+            .await
     }
 
     /// Records why a `pending` reply was not tried (a bad record, no token).

@@ -28,8 +28,18 @@ async fn permanent_slack_errors_go_to_the_dlq_with_the_error_and_redrive_brings_
     for (i, code) in CODES.iter().enumerate() {
         let channel = format!("C0ERR{i}");
         slack.script(&channel, Answer::error(code));
-        replies.push(reply(&format!("r-{code}"), &channel, ROOT, &format!("to {code}")));
-        replies.push(reply(&format!("r-{code}-next"), &channel, ROOT, "the next one"));
+        replies.push(reply(
+            &format!("r-{code}"),
+            &channel,
+            ROOT,
+            &format!("to {code}"),
+        ));
+        replies.push(reply(
+            &format!("r-{code}-next"),
+            &channel,
+            ROOT,
+            "the next one",
+        ));
     }
     let mut sender = start(config(&cluster, &db.url, &slack, &[])).await;
     produce_replies(&cluster, &replies).await;
@@ -49,9 +59,11 @@ async fn permanent_slack_errors_go_to_the_dlq_with_the_error_and_redrive_brings_
         assert!(error.unwrap().contains(code));
     }
     // Each channel's next reply went on.
-    wait_until("the next replies posted", Duration::from_secs(30), || async {
-        slack.posted().len() == CODES.len()
-    })
+    wait_until(
+        "the next replies posted",
+        Duration::from_secs(30),
+        || async { slack.posted().len() == CODES.len() },
+    )
     .await;
     for code in CODES {
         assert_eq!(
@@ -79,17 +91,26 @@ async fn permanent_slack_errors_go_to_the_dlq_with_the_error_and_redrive_brings_
         )
         .await;
     }
-    wait_until("the redriven replies posted", Duration::from_secs(30), || async {
-        slack.posted().len() == 2 * CODES.len()
-    })
+    wait_until(
+        "the redriven replies posted",
+        Duration::from_secs(30),
+        || async { slack.posted().len() == 2 * CODES.len() },
+    )
     .await;
     wait_caught_up(&cluster, Duration::from_secs(30)).await;
     for (i, code) in CODES.iter().enumerate() {
         let texts = posted_texts(&slack, &format!("C0ERR{i}"));
         assert_eq!(texts, ["the next one".to_owned(), format!("to {code}")]);
-        assert_eq!(reply_row(&pool, &format!("r-{code}")).await.unwrap().0, "sent");
+        assert_eq!(
+            reply_row(&pool, &format!("r-{code}")).await.unwrap().0,
+            "sent"
+        );
     }
-    assert_eq!(slack.post_calls().len(), 3 * CODES.len(), "nothing posted twice");
+    assert_eq!(
+        slack.post_calls().len(),
+        3 * CODES.len(),
+        "nothing posted twice"
+    );
 
     // A team without a token and an undecodable record: DLQ too, nothing posted.
     let mut stranger = reply("r-stranger", "C0STRANGE", ROOT, "hello");
@@ -98,13 +119,21 @@ async fn permanent_slack_errors_go_to_the_dlq_with_the_error_and_redrive_brings_
     slackline_testkit::kafka::produce_records(
         &cluster,
         &cluster.names().replies(),
-        &[("C0STRANGE".into(), b"{\"not\":\"avro\"}".to_vec(), "junk".into())],
+        &[(
+            "C0STRANGE".into(),
+            b"{\"not\":\"avro\"}".to_vec(),
+            "junk".into(),
+        )],
     )
     .await;
     let dlq = dlq_records(&cluster, CODES.len() + 2).await;
     assert_eq!(dlq.len(), CODES.len() + 2);
-    assert!(dlq.iter().any(|r| r.error.contains("no bot token configured for team T0UNKNOWN")));
-    assert!(dlq.iter().any(|r| r.error.contains("undecodable reply record")));
+    assert!(dlq.iter().any(|r| r
+        .error
+        .contains("no bot token configured for team T0UNKNOWN")));
+    assert!(dlq
+        .iter()
+        .any(|r| r.error.contains("undecodable reply record")));
     assert!(calls_to(&slack, "C0STRANGE").is_empty());
     sender.stop().await;
     pool.close().await;

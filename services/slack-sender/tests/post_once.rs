@@ -18,7 +18,12 @@ async fn a_reply_is_posted_once_and_redelivery_replay_and_restart_post_nothing()
     let db = TestDatabase::create().await;
     let slack = SlackApiStandIn::start().await;
     let pool = pool(&db).await;
-    let mut first = reply("r-once", "C0ONE", "1764000000.000100", "We *fixed* the export");
+    let mut first = reply(
+        "r-once",
+        "C0ONE",
+        "1764000000.000100",
+        "We *fixed* the export",
+    );
     first.reply_broadcast = true;
     let other_team = {
         let mut r = reply("r-other", "C0TWO", "1764000000.000200", "Other workspace");
@@ -46,7 +51,11 @@ async fn a_reply_is_posted_once_and_redelivery_replay_and_restart_post_nothing()
     assert_eq!(call.body["metadata"]["event_payload"]["agent_id"], "U0ADA");
     let other = calls_to(&slack, "C0TWO");
     assert_eq!(other.len(), 1);
-    assert_eq!(other[0].token.as_deref(), Some(OTHER_TOKEN), "the installing team's token");
+    assert_eq!(
+        other[0].token.as_deref(),
+        Some(OTHER_TOKEN),
+        "the installing team's token"
+    );
     // The ts Slack gave it is recorded: (team, channel, ts) of every posted message.
     let (state, ts, error) = reply_row(&pool, "r-once").await.unwrap();
     assert_eq!(state, "sent");
@@ -59,7 +68,10 @@ async fn a_reply_is_posted_once_and_redelivery_replay_and_restart_post_nothing()
     wait_caught_up(&cluster, Duration::from_secs(30)).await;
     assert_eq!(slack.post_calls().len(), 2);
     assert_eq!(
-        sender.counter("slackline_slack_sender_skipped_total", &[("reason", "already_sent")]),
+        sender.counter(
+            "slackline_slack_sender_skipped_total",
+            &[("reason", "already_sent")]
+        ),
         1
     );
     sender.stop().await;
@@ -71,9 +83,16 @@ async fn a_reply_is_posted_once_and_redelivery_replay_and_restart_post_nothing()
     replay_config.runtime.group_id = cluster.names().group("slack-sender-replay");
     replay_config.admin_addr = "127.0.0.1:0".parse().unwrap();
     let mut replay = start(replay_config).await;
-    wait_until("the replay saw all three records", Duration::from_secs(30), || async {
-        replay.counter("slackline_slack_sender_skipped_total", &[("reason", "already_sent")]) == 3
-    })
+    wait_until(
+        "the replay saw all three records",
+        Duration::from_secs(30),
+        || async {
+            replay.counter(
+                "slackline_slack_sender_skipped_total",
+                &[("reason", "already_sent")],
+            ) == 3
+        },
+    )
     .await;
     assert_eq!(slack.post_calls().len(), 2, "{:#?}", slack.post_calls());
     replay.stop().await;
@@ -89,9 +108,17 @@ async fn a_send_without_an_answer_is_ambiguous_reported_and_never_repeated() {
     let slack = SlackApiStandIn::start().await;
     let pool = pool(&db).await;
     // Slack posts it, but its answer comes after the sender's 1.5 s timeout.
-    slack.script("C0SLOW", Answer::delayed(Duration::from_secs(4), Answer::Ok));
+    slack.script(
+        "C0SLOW",
+        Answer::delayed(Duration::from_secs(4), Answer::Ok),
+    );
     let mut sender = start(config(&cluster, &db.url, &slack, &[])).await;
-    let lost = reply("r-lost", "C0SLOW", "1764000000.000100", "Are you still there?");
+    let lost = reply(
+        "r-lost",
+        "C0SLOW",
+        "1764000000.000100",
+        "Are you still there?",
+    );
     let next = reply("r-next", "C0SLOW", "1764000000.000100", "Next one");
     produce_replies(&cluster, &[lost.clone(), next.clone()]).await;
 
@@ -107,7 +134,10 @@ async fn a_send_without_an_answer_is_ambiguous_reported_and_never_repeated() {
     let (state, _, error) = reply_row(&pool, "r-lost").await.unwrap();
     assert_eq!(state, "ambiguous");
     assert!(error.unwrap().contains("no answer"));
-    assert_eq!(sender.counter("slackline_slack_sender_ambiguous_total", &[]), 1);
+    assert_eq!(
+        sender.counter("slackline_slack_sender_ambiguous_total", &[]),
+        1
+    );
 
     // The redriven DLQ record (or a replay) posts nothing.
     let redrive = slackline_consumer::redrive(&serde_json::to_vec(&dlq[0]).unwrap()).unwrap();
@@ -121,9 +151,16 @@ async fn a_send_without_an_answer_is_ambiguous_reported_and_never_repeated() {
         )],
     )
     .await;
-    wait_until("the redrive was skipped", Duration::from_secs(30), || async {
-        sender.counter("slackline_slack_sender_skipped_total", &[("reason", "ambiguous")]) == 1
-    })
+    wait_until(
+        "the redrive was skipped",
+        Duration::from_secs(30),
+        || async {
+            sender.counter(
+                "slackline_slack_sender_skipped_total",
+                &[("reason", "ambiguous")],
+            ) == 1
+        },
+    )
     .await;
     let calls = calls_to(&slack, "C0SLOW");
     assert_eq!(calls.len(), 2, "one call per reply: {calls:#?}");
@@ -145,12 +182,21 @@ async fn a_send_without_an_answer_is_ambiguous_reported_and_never_repeated() {
     let mut sender = start(config(&cluster, &db.url, &slack, &[])).await;
     produce_replies(
         &cluster,
-        &[reply("r-crashed", "C0CRASH", "1.2", "from before the crash")],
+        &[reply(
+            "r-crashed",
+            "C0CRASH",
+            "1.2",
+            "from before the crash",
+        )],
     )
     .await;
     let dlq = dlq_records(&cluster, 2).await;
     assert_eq!(dlq.len(), 2);
-    assert!(dlq[1].error.contains("never recorded its outcome"), "{}", dlq[1].error);
+    assert!(
+        dlq[1].error.contains("never recorded its outcome"),
+        "{}",
+        dlq[1].error
+    );
     assert!(calls_to(&slack, "C0CRASH").is_empty());
     assert_eq!(reply_row(&pool, "r-crashed").await.unwrap().0, "ambiguous");
     sender.stop().await;

@@ -16,12 +16,27 @@ async fn retry_after_delays_one_channel_in_order_while_another_flows() {
     let cluster = cluster();
     let db = TestDatabase::create().await;
     let slack = SlackApiStandIn::start().await;
-    slack.script("C0LIMITED", Answer::RateLimited { retry_after_secs: 2 });
+    slack.script(
+        "C0LIMITED",
+        Answer::RateLimited {
+            retry_after_secs: 2,
+        },
+    );
     let mut sender = start(config(&cluster, &db.url, &slack, &[])).await;
     let mut replies = Vec::new();
     for i in 0..3 {
-        replies.push(reply(&format!("r-a{i}"), "C0LIMITED", ROOT, &format!("limited {i}")));
-        replies.push(reply(&format!("r-b{i}"), "C0FREE", ROOT, &format!("free {i}")));
+        replies.push(reply(
+            &format!("r-a{i}"),
+            "C0LIMITED",
+            ROOT,
+            &format!("limited {i}"),
+        ));
+        replies.push(reply(
+            &format!("r-b{i}"),
+            "C0FREE",
+            ROOT,
+            &format!("free {i}"),
+        ));
     }
     produce_replies(&cluster, &replies).await;
     wait_until("every reply posted", Duration::from_secs(40), || async {
@@ -31,24 +46,43 @@ async fn retry_after_delays_one_channel_in_order_while_another_flows() {
 
     let limited = calls_to(&slack, "C0LIMITED");
     let answers: Vec<&str> = limited.iter().map(|c| c.answer.as_str()).collect();
-    assert_eq!(answers, ["429 retry-after 2", "ok", "ok", "ok"], "{limited:#?}");
+    assert_eq!(
+        answers,
+        ["429 retry-after 2", "ok", "ok", "ok"],
+        "{limited:#?}"
+    );
     let texts: Vec<&str> = limited.iter().filter_map(|c| c.field("text")).collect();
-    assert_eq!(texts, ["limited 0", "limited 0", "limited 1", "limited 2"], "in order");
+    assert_eq!(
+        texts,
+        ["limited 0", "limited 0", "limited 1", "limited 2"],
+        "in order"
+    );
     let waited = limited[1].at - limited[0].at;
-    assert!(waited >= Duration::from_millis(1950), "Retry-After honoured: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1950),
+        "Retry-After honoured: {waited:?}"
+    );
     // ... while the free channel went on: its first two replies were out before the
     // limited channel's retry.
     let free = calls_to(&slack, "C0FREE");
     let free_texts: Vec<&str> = free.iter().filter_map(|c| c.field("text")).collect();
     assert_eq!(free_texts, ["free 0", "free 1", "free 2"]);
-    assert!(free[1].at < limited[1].at, "free 1 {:?} vs retry {:?}", free[1].at, limited[1].at);
+    assert!(
+        free[1].at < limited[1].at,
+        "free 1 {:?} vs retry {:?}",
+        free[1].at,
+        limited[1].at
+    );
     // Paced: about one message per second per channel.
     for pair in free.windows(2).chain(limited[1..].windows(2)) {
         let gap = pair[1].at - pair[0].at;
         assert!(gap >= Duration::from_millis(950), "gap {gap:?}");
     }
     assert_eq!(
-        sender.counter("slackline_slack_sender_retried_total", &[("reason", "rate_limited")]),
+        sender.counter(
+            "slackline_slack_sender_retried_total",
+            &[("reason", "rate_limited")]
+        ),
         1
     );
     assert_eq!(sender.counter("slackline_slack_sender_sent_total", &[]), 6);
@@ -92,9 +126,15 @@ async fn server_errors_and_no_connection_are_retried_in_order() {
         ["flaky 0", "flaky 0", "flaky 0", "flaky 0", "flaky 0", "flaky 1", "flaky 2"],
         "{calls:#?}"
     );
-    assert_eq!(posted_texts(&slack, "C0FLAKY"), ["flaky 0", "flaky 1", "flaky 2"]);
     assert_eq!(
-        sender.counter("slackline_slack_sender_retried_total", &[("reason", "http_5xx")]),
+        posted_texts(&slack, "C0FLAKY"),
+        ["flaky 0", "flaky 1", "flaky 2"]
+    );
+    assert_eq!(
+        sender.counter(
+            "slackline_slack_sender_retried_total",
+            &[("reason", "http_5xx")]
+        ),
         3
     );
     sender.stop().await;
@@ -107,9 +147,16 @@ async fn server_errors_and_no_connection_are_retried_in_order() {
     config.slack.base_url = down;
     let mut sender = start(config).await;
     produce_replies(&cluster, &[reply("r-down", "C0DOWN", ROOT, "while down")]).await;
-    wait_until("a connect failure was retried", Duration::from_secs(20), || async {
-        sender.counter("slackline_slack_sender_retried_total", &[("reason", "connect")]) >= 2
-    })
+    wait_until(
+        "a connect failure was retried",
+        Duration::from_secs(20),
+        || async {
+            sender.counter(
+                "slackline_slack_sender_retried_total",
+                &[("reason", "connect")],
+            ) >= 2
+        },
+    )
     .await;
     let pool = pool(&db).await;
     let (state, _, error) = reply_row(&pool, "r-down").await.unwrap();
@@ -117,9 +164,11 @@ async fn server_errors_and_no_connection_are_retried_in_order() {
     assert!(error.unwrap().contains("could not reach Slack"));
     sender.stop().await;
     let mut sender = start(config_with_slack(&cluster, &db.url, &slack)).await;
-    wait_until("posted once Slack is back", Duration::from_secs(30), || async {
-        posted_texts(&slack, "C0DOWN").len() == 1
-    })
+    wait_until(
+        "posted once Slack is back",
+        Duration::from_secs(30),
+        || async { posted_texts(&slack, "C0DOWN").len() == 1 },
+    )
     .await;
     assert_eq!(reply_row(&pool, "r-down").await.unwrap().0, "sent");
     sender.stop().await;

@@ -10,9 +10,9 @@ use tracing::Instrument;
 
 use super::state::{Completion, DeadLetter, Outcome, TaskInfo, Timer, Work};
 use super::{millis, now_ms, BoxedHandler, Key, Runtime};
+use crate::event::MAX_IN_PROCESS_RETRY_AFTER;
 use crate::metrics::GroupMetrics;
 use crate::retry_headers::RetryMeta;
-use crate::event::MAX_IN_PROCESS_RETRY_AFTER;
 use crate::{Event, HandlerError, RuntimeConfig};
 
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -65,7 +65,9 @@ pub(super) async fn deliver(
         }
         quick += 1;
         tracing::debug!(error = %message, quick, ?retry_after, "retryable failure; retrying in process");
-        let wait = config.quick_delay(quick).max(retry_after.unwrap_or_default());
+        let wait = config
+            .quick_delay(quick)
+            .max(retry_after.unwrap_or_default());
         tokio::time::sleep(wait).await;
     }
 }

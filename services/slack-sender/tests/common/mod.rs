@@ -59,7 +59,10 @@ pub fn config(
 ) -> SlackSenderConfig {
     let names = cluster.names();
     let mut pairs: Vec<(String, String)> = vec![
-        ("KAFKA_BOOTSTRAP_SERVERS".into(), cluster.bootstrap_servers()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".into(),
+            cluster.bootstrap_servers(),
+        ),
         ("GROUP_ID".into(), names.group(GROUP)),
         ("SOURCE_TOPIC".into(), names.replies()),
         ("DATABASE_URL".into(), database_url.to_owned()),
