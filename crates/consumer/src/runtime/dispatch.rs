@@ -457,3 +457,91 @@ impl Runtime {
         self.schedule(p, &key).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::ConsumerMetrics;
+
+    fn event() -> Event {
+        Event {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(b"C1".to_vec()),
+            headers: Vec::new(),
+            payload: Vec::new(),
+            attempt: 0,
+        }
+    }
+
+    /// A handler failing `fails` times with `wait` as its Retry-After, then passing.
+    fn handler(fails: u32, wait: Duration) -> (BoxedHandler, Arc<AtomicU32>) {
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let handler: BoxedHandler = Arc::new(move |_| {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                if n < fails {
+                    Err(HandlerError::retryable("429").with_retry_after(wait))
+                } else {
+                    Ok(())
+                }
+            })
+        });
+        (handler, calls)
+    }
+
+    fn metrics() -> GroupMetrics {
+        ConsumerMetrics::register(&prometheus::Registry::new())
+            .unwrap()
+            .group("g")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_retry_after_is_waited_out_in_process() {
+        let config = RuntimeConfig::new("g", "t");
+        let (handler, calls) = handler(1, Duration::from_secs(2));
+        let started = Instant::now();
+        let outcome = deliver(&handler, &event(), &config, &metrics()).await;
+        assert!(matches!(outcome, Outcome::Done));
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        // Not the 100 ms quick backoff: the 2 s the handler asked for.
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_retry_after_goes_to_the_retry_topic_at_once_carrying_the_wait() {
+        let config = RuntimeConfig::new("g", "t");
+        let wait = MAX_IN_PROCESS_RETRY_AFTER + Duration::from_secs(1);
+        let (handler, calls) = handler(10, wait);
+        let started = Instant::now();
+        let outcome = deliver(&handler, &event(), &config, &metrics()).await;
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no quick retries");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        match outcome {
+            Outcome::Failed {
+                retryable,
+                retry_after,
+                ..
+            } => {
+                assert!(retryable);
+                assert_eq!(retry_after, Some(wait));
+            }
+            Outcome::Done => panic!("expected a failure"),
+        }
+    }
+
+    #[test]
+    fn a_permanent_error_carries_no_wait() {
+        let e = HandlerError::permanent("x").with_retry_after(Duration::from_secs(1));
+        assert_eq!(e.retry_after(), None);
+    }
+}
