@@ -611,15 +611,23 @@ async fn dev_without_a_slack_api_posts_replies_to_its_stand_in_and_echoes_them()
     let posted = stand_in.posted();
     assert_eq!(posted.len(), 1, "{posted:#?}");
     assert_eq!(posted[0].field("thread_ts"), Some(root.as_str()));
-    let (_, entries) = slackline::threads::thread(&pool, &thread_id)
-        .await
-        .unwrap()
-        .unwrap();
+    // thread-state and timeline-writer are separate groups: wait for the entry too.
+    let entries = loop {
+        let (_, entries) = slackline::threads::thread(&pool, &thread_id)
+            .await
+            .unwrap()
+            .unwrap();
+        if entries.len() >= 2 || Instant::now() >= deadline {
+            break entries;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let agent: Vec<_> = entries
         .iter()
         .filter(|e| e.author_kind.as_deref() == Some("agent"))
         .collect();
     assert_eq!(agent.len(), 1, "{entries:#?}");
+    assert_eq!(entries.len(), 2, "{entries:#?}");
     assert_eq!(agent[0].ts, posted[0].ts.clone().unwrap());
     assert_eq!(agent[0].text.as_deref(), Some("On it"));
 
