@@ -135,6 +135,14 @@ fn every_event_the_normalizer_keeps_is_subscribed_with_its_scopes() {
             "{event} needs the scope {scope}"
         );
     }
+    // The slack-sender posts agents' replies (chat.postMessage) under the agent's
+    // name (`username`, which needs chat:write.customize).
+    for scope in ["chat:write", "chat:write.customize"] {
+        assert!(
+            scopes.iter().any(|s| s == scope),
+            "replies need the scope {scope}"
+        );
+    }
     // Private shared channels: membership events there need groups:read.
     assert!(
         scopes.iter().any(|s| s == "groups:read"),
