@@ -59,7 +59,7 @@ pub(crate) static SCHEMAS: LazyLock<Vec<Known>> = LazyLock::new(|| {
     known
 });
 
-fn parse(label: String, text: &str) -> Known {
+pub(crate) fn parse(label: String, text: &str) -> Known {
     // The texts are compiled in and parsed by the crate's tests: a failure here is a
     // broken build, not a runtime condition.
     #[allow(clippy::panic)]
@@ -90,28 +90,8 @@ pub(crate) struct Decoder {
 }
 
 /// Decoders for [`SCHEMAS`], same order.
-static DECODERS: LazyLock<Vec<Decoder>> = LazyLock::new(|| {
-    SCHEMAS
-        .iter()
-        .map(|known| {
-            #[allow(clippy::panic)]
-            let (names, reader) = match (
-                ResolvedSchema::try_from(&known.schema),
-                GenericDatumReader::builder(&known.schema).build(),
-            ) {
-                (Ok(names), Ok(reader)) => (names, reader),
-                (Err(e), _) | (_, Err(e)) => {
-                    panic!("embedded Avro schema {} does not resolve: {e}", known.label)
-                }
-            };
-            Decoder {
-                known,
-                names,
-                reader,
-            }
-        })
-        .collect()
-});
+static DECODERS: LazyLock<Vec<Decoder>> =
+    LazyLock::new(|| SCHEMAS.iter().map(Decoder::new).collect());
 
 /// The current message schema's fingerprint.
 pub(crate) fn current_fingerprint() -> [u8; 8] {
@@ -123,9 +103,21 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(&'static Decoder, &[u8]), EventsErr
     if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
         return Err(EventsError::BadMagic);
     }
+    split_among(&DECODERS, bytes)
+}
+
+/// Splits single-object bytes into their writer's decoder among `decoders` (of one
+/// topic's schemas) and the Avro body.
+pub(crate) fn split_among<'d, 'b>(
+    decoders: &'d [Decoder],
+    bytes: &'b [u8],
+) -> Result<(&'d Decoder, &'b [u8]), EventsError> {
+    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
+        return Err(EventsError::BadMagic);
+    }
     let mut fingerprint = [0u8; 8];
     fingerprint.copy_from_slice(&bytes[2..HEADER_LEN]);
-    let decoder = DECODERS
+    let decoder = decoders
         .iter()
         .find(|d| d.known.fingerprint == fingerprint)
         .ok_or(EventsError::UnknownFingerprint(fingerprint))?;
@@ -133,14 +125,43 @@ pub(crate) fn split(bytes: &[u8]) -> Result<(&'static Decoder, &[u8]), EventsErr
 }
 
 impl Decoder {
+    /// The decoder of a known schema.
+    pub(crate) fn new(known: &'static Known) -> Decoder {
+        #[allow(clippy::panic)]
+        let (names, reader) = match (
+            ResolvedSchema::try_from(&known.schema),
+            GenericDatumReader::builder(&known.schema).build(),
+        ) {
+            (Ok(names), Ok(reader)) => (names, reader),
+            (Err(e), _) | (_, Err(e)) => {
+                panic!("embedded Avro schema {} does not resolve: {e}", known.label)
+            }
+        };
+        Decoder {
+            known,
+            names,
+            reader,
+        }
+    }
+
     /// Decodes an Avro body written with this schema and resolves it to the current
     /// schema.
     pub(crate) fn read_current(&'static self, body: &[u8]) -> Result<Value, EventsError> {
+        self.read_as(body, &DECODERS[0], "MessageEvent")
+    }
+
+    /// Decodes an Avro body written with this schema and resolves it to `current`'s
+    /// schema (by name; `root` names the record in errors).
+    pub(crate) fn read_as(
+        &self,
+        body: &[u8],
+        current: &Decoder,
+        root: &str,
+    ) -> Result<Value, EventsError> {
         let value = self.read_own(body)?;
-        if std::ptr::eq(self, &DECODERS[0]) {
+        if std::ptr::eq(self, current) || self.known.fingerprint == current.known.fingerprint {
             return Ok(value);
         }
-        let current = &DECODERS[0];
         Resolver {
             writer_names: self.names.get_names(),
             reader_names: current.names.get_names(),
@@ -149,7 +170,7 @@ impl Decoder {
             value,
             &self.known.schema,
             &current.known.schema,
-            Path::Root("MessageEvent"),
+            Path::Root(root),
         )
     }
 

@@ -11,13 +11,12 @@
 
 use std::sync::LazyLock;
 
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 
 use crate::error::EventsError;
-use crate::registry::{fingerprint, Strict, HEADER_LEN, MAGIC};
+use crate::registry::{fingerprint, Decoder, Known, HEADER_LEN, MAGIC};
 
 /// The current Avro schema of `support.replies` (record
 /// `io.slackline.replies.v1.Reply`), as committed in `schemas/`.
@@ -77,23 +76,44 @@ static PARSED: LazyLock<Parsed> = LazyLock::new(|| {
     }
 });
 
-/// A writer and a reader of the schema, built once.
+/// Every committed version of `reply.avsc`, oldest first: the file name under
+/// `schemas/history/reply/` and its text. A new version of the schema adds a line here
+/// (a test checks that this list and the folder agree).
+const REPLY_HISTORY: &[(&str, &str)] = &[(
+    "0001.avsc",
+    include_str!("../../../schemas/history/reply/0001.avsc"),
+)];
+
+/// Every known schema of `support.replies`; index 0 is the current one. Versions whose
+/// canonical form equals a later one's appear once.
+static SCHEMAS: LazyLock<Vec<Known>> = LazyLock::new(|| {
+    let mut known = vec![crate::registry::parse(
+        "reply.avsc".to_owned(),
+        REPLY_SCHEMA_JSON,
+    )];
+    for (file, text) in REPLY_HISTORY.iter().rev() {
+        let entry = crate::registry::parse(format!("history/reply/{file}"), text);
+        if known.iter().all(|k| k.fingerprint != entry.fingerprint) {
+            known.push(entry);
+        }
+    }
+    known
+});
+
+/// Decoders for [`SCHEMAS`], same order.
+static DECODERS: LazyLock<Vec<Decoder>> =
+    LazyLock::new(|| SCHEMAS.iter().map(Decoder::new).collect());
+
+/// A writer of the schema, built once.
 struct Codec {
     writer: GenericDatumWriter<'static>,
-    reader: GenericDatumReader<'static>,
 }
 
 static CODEC: LazyLock<Codec> = LazyLock::new(|| {
-    let schema = &PARSED.schema;
     #[allow(clippy::panic)]
-    match (
-        GenericDatumWriter::builder(schema).build(),
-        GenericDatumReader::builder(schema).build(),
-    ) {
-        (Ok(writer), Ok(reader)) => Codec { writer, reader },
-        (Err(e), _) | (_, Err(e)) => {
-            panic!("embedded Avro schema reply.avsc does not resolve: {e}")
-        }
+    match GenericDatumWriter::builder(&PARSED.schema).build() {
+        Ok(writer) => Codec { writer },
+        Err(e) => panic!("embedded Avro schema reply.avsc does not resolve: {e}"),
     }
 });
 
@@ -149,28 +169,26 @@ pub fn encode_reply(reply: &Reply) -> Result<Vec<u8>, EventsError> {
     Ok(out)
 }
 
-/// Decodes an Avro single-object record written by [`encode_reply`].
+/// Decodes an Avro single-object record written by [`encode_reply`] with the current
+/// schema or any committed version of it (`schemas/history/reply/`): the fingerprint
+/// picks the writer schema, and data of an older version is resolved to the current
+/// schema by name, as [`crate::decode_message`] does (added fields take their
+/// defaults).
 ///
 /// # Errors
 ///
-/// [`EventsError::BadMagic`], [`EventsError::UnknownFingerprint`] (not the current
-/// schema's), [`EventsError::Avro`] or [`EventsError::TrailingBytes`] for a truncated
-/// or corrupt body, [`EventsError::Model`] when the value does not fit.
+/// [`EventsError::BadMagic`], [`EventsError::UnknownFingerprint`] (no known version's),
+/// [`EventsError::Avro`] or [`EventsError::TrailingBytes`] for a truncated or corrupt
+/// body, [`EventsError::Resolution`] when older data does not resolve,
+/// [`EventsError::Model`] when the value does not fit.
 pub fn decode_reply(bytes: &[u8]) -> Result<Reply, EventsError> {
-    if bytes.len() < HEADER_LEN || bytes[..2] != MAGIC {
-        return Err(EventsError::BadMagic);
-    }
-    let mut fp = [0u8; 8];
-    fp.copy_from_slice(&bytes[2..HEADER_LEN]);
-    if fp != PARSED.fingerprint {
-        return Err(EventsError::UnknownFingerprint(fp));
-    }
-    let mut rest = Strict(&bytes[HEADER_LEN..]);
-    let value = CODEC.reader.read_value(&mut rest)?;
-    if !rest.0.is_empty() {
-        return Err(EventsError::TrailingBytes(rest.0.len()));
-    }
-    from_value(value)
+    decode_among(&DECODERS, bytes)
+}
+
+/// Decodes `bytes` with its writer among `decoders` (index 0 the current schema).
+fn decode_among(decoders: &[Decoder], bytes: &[u8]) -> Result<Reply, EventsError> {
+    let (writer, body) = crate::registry::split_among(decoders, bytes)?;
+    from_value(writer.read_as(body, &decoders[0], "Reply")?)
 }
 
 fn mismatch(field: &str, expected: &'static str) -> EventsError {
@@ -270,6 +288,8 @@ fn from_value(value: Value) -> Result<Reply, EventsError> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use apache_avro::reader::datum::GenericDatumReader;
+
     use super::*;
 
     fn sample(optional: bool) -> Reply {
@@ -330,6 +350,66 @@ mod tests {
             decode_reply(&padded),
             Err(EventsError::TrailingBytes(1))
         ));
+    }
+
+    /// A record written with an older version of the schema (here one without
+    /// `blocks_json` and `reply_broadcast`, which the current schema defaults) is
+    /// resolved to the current schema, as message events are.
+    #[test]
+    fn older_writer_schemas_resolve_to_the_current_one() {
+        let mut older: serde_json::Value = serde_json::from_str(REPLY_SCHEMA_JSON).unwrap();
+        older["fields"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|f| !matches!(f["name"].as_str(), Some("blocks_json" | "reply_broadcast")));
+        let older: &'static Known = Box::leak(Box::new(crate::registry::parse(
+            "older".to_owned(),
+            &older.to_string(),
+        )));
+        assert_ne!(older.fingerprint, reply_schema_fingerprint());
+        let decoders = [Decoder::new(&SCHEMAS[0]), Decoder::new(older)];
+        let reply = sample(false);
+        let mut record = to_value(&reply);
+        if let Value::Record(fields) = &mut record {
+            fields.retain(|(name, _)| name != "blocks_json" && name != "reply_broadcast");
+        }
+        let body = GenericDatumWriter::builder(&older.schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(record)
+            .unwrap();
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&older.fingerprint);
+        bytes.extend_from_slice(&body);
+        assert_eq!(decode_among(&decoders, &bytes).unwrap(), reply);
+        // The current schema's records still decode through the same path.
+        let current = encode_reply(&sample(true)).unwrap();
+        assert_eq!(decode_among(&decoders, &current).unwrap(), sample(true));
+        // Without the older version known, its records are unknown.
+        assert!(matches!(
+            decode_among(&decoders[..1], &bytes),
+            Err(EventsError::UnknownFingerprint(_))
+        ));
+    }
+
+    #[test]
+    fn history_list_and_folder_agree() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/history/reply");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = REPLY_HISTORY.iter().map(|(f, _)| *f).collect();
+        assert_eq!(files, listed);
+        for (file, text) in REPLY_HISTORY {
+            assert_eq!(
+                std::fs::read_to_string(dir.join(file)).unwrap(),
+                *text,
+                "{file}"
+            );
+        }
     }
 
     #[test]

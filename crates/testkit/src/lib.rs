@@ -2,14 +2,13 @@
 //! the shared Apache Kafka broker, or the mock cluster for injected faults), a throwaway
 //! [Garage] S3 server
 //! per test, a recording SMTP sink ([`smtp::SmtpSink`]), a Slack Web API stand-in
-//! ([`slack_api::SlackApiStandIn`], which `slackline dev` runs too), [`free_port`] for loopback
+//! ([`slack_api::SlackApiStandIn`], the `slackline-slack-stand-in` crate `slackline dev` runs too), [`free_port`] for loopback
 //! listeners, and [`unique_name`] for topics, buckets and databases that must not
 //! collide when cargo nextest runs tests in parallel processes.
 //!
 //! Everything here is blocking std code (processes, sockets, files) so that it works
 //! from both sync and async tests. Nothing here is meant for production code: the
-//! crate is a dev-dependency of the services, and a dependency of the `slackline`
-//! CLI only for `dev`'s Slack API stand-in ([`slack_api`]).
+//! crate is a dev-dependency of the services and the CLI, never a dependency.
 
 pub mod cluster;
 mod garage;

@@ -13,7 +13,7 @@
 //! the local server, else a throwaway cluster under the state directory), and the
 //! slack-sender posts the agents' replies of `support.replies` to the Slack Web API at
 //! `SLACK_API_BASE_URL`; without it, to a Slack API stand-in of its own
-//! ([`slackline_testkit::slack_api`]) whose accepted posts `dev` sends back to the
+//! ([`slackline_slack_stand_in`]) whose accepted posts `dev` sends back to the
 //! edge as Slack would (the echo of our own message), so that replies work offline.
 //! The four consumer groups read their own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from
 //! [`DevOptions::service_env`], as their binaries do from the process environment;
@@ -39,7 +39,7 @@ use slackline_service::Env;
 use slackline_service::{LogFormat, Shutdown};
 use slackline_slack::SigningSecrets;
 use slackline_slack_api::BotTokens;
-use slackline_testkit::slack_api::{
+use slackline_slack_stand_in::{
     SlackApiStandIn, STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID,
 };
 
@@ -232,6 +232,9 @@ pub enum DevError {
         #[source]
         source: slackline_service::ConfigError,
     },
+    /// The Slack Web API stand-in could not listen.
+    #[error("Slack API stand-in: {0}")]
+    SlackStandIn(#[source] std::io::Error),
     /// A consumer group failed to start or stopped with an error.
     #[error("{service}: {message}")]
     Group {
@@ -810,7 +813,9 @@ async fn start_services(
     let slack_api = match &options.slack_api_base_url {
         Some(_) => None,
         None => {
-            let stand_in = SlackApiStandIn::start().await;
+            let stand_in = SlackApiStandIn::start()
+                .await
+                .map_err(DevError::SlackStandIn)?;
             // Its bot is ours: the normalizer recognises the echoes.
             options
                 .rules
@@ -832,24 +837,12 @@ async fn start_services(
         (None, Some(stand_in)) => stand_in.base_url.clone(),
         (None, None) => slackline_slack_sender::config::DEFAULT_SLACK_API.to_owned(),
     };
-    // The sender also gets the Slack API and the user's SLACK_BOT_TOKENS, else a
-    // made-up token for any team (what the stand-in takes; real Slack answers
-    // invalid_auth, and the reply lands in the DLQ saying so).
     let mut sender_options = options.clone();
-    sender_options
-        .service_env
-        .push(("SLACK_API_BASE_URL".to_owned(), slack_api_base_url.clone()));
-    let user_tokens = options
-        .service_env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "SLACK_BOT_TOKENS")
-        .is_some_and(|(_, v)| !v.trim().is_empty());
-    if !user_tokens {
-        sender_options
-            .service_env
-            .push(("SLACK_BOT_TOKENS".to_owned(), STAND_IN_TOKENS.to_owned()));
-    }
+    sender_env_extra(
+        &mut sender_options.service_env,
+        &slack_api_base_url,
+        slack_api.is_some(),
+    );
     let [thread_state_env, timeline_env, notifier_env, sender_env] = [0, 1, 2, 3].map(|i| {
         group_env(
             if GROUPS[i] == "slack-sender" {
@@ -979,6 +972,26 @@ async fn start_services(
     })
 }
 
+/// The slack-sender's extra settings in `dev`: the Slack API, and, only when `dev`
+/// runs its own stand-in (`own_stand_in`) and the user set no `SLACK_BOT_TOKENS`, a
+/// made-up token for any team (what the stand-in takes). A real Slack API never gets
+/// the made-up token: without tokens every reply lands in the DLQ with
+/// `no bot token configured for team …`.
+fn sender_env_extra(env: &mut Vec<(String, String)>, slack_api_base_url: &str, own_stand_in: bool) {
+    env.push((
+        "SLACK_API_BASE_URL".to_owned(),
+        slack_api_base_url.to_owned(),
+    ));
+    let user_tokens = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "SLACK_BOT_TOKENS")
+        .is_some_and(|(_, v)| !v.trim().is_empty());
+    if own_stand_in && !user_tokens {
+        env.push(("SLACK_BOT_TOKENS".to_owned(), STAND_IN_TOKENS.to_owned()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -996,6 +1009,29 @@ mod tests {
         );
         assert!("  ".parse::<KafkaChoice>().is_err());
         assert_eq!(KafkaChoice::default().to_string(), "mock");
+    }
+
+    #[test]
+    fn only_dev_own_stand_in_gets_the_made_up_token() {
+        let tokens = |env: &[(String, String)]| {
+            env.iter()
+                .filter(|(k, _)| k == "SLACK_BOT_TOKENS")
+                .map(|(_, v)| v.clone())
+                .collect::<Vec<_>>()
+        };
+        // A real (or user-chosen) Slack API without tokens: no made-up token.
+        let mut env = Vec::new();
+        sender_env_extra(&mut env, "https://slack.com/api", false);
+        assert_eq!(tokens(&env), Vec::<String>::new());
+        assert!(env.contains(&("SLACK_API_BASE_URL".into(), "https://slack.com/api".into())));
+        // Its own stand-in without tokens: the made-up one.
+        let mut env = Vec::new();
+        sender_env_extra(&mut env, "http://127.0.0.1:1/api", true);
+        assert_eq!(tokens(&env), vec![STAND_IN_TOKENS.to_owned()]);
+        // The user's tokens always win.
+        let mut env = vec![("SLACK_BOT_TOKENS".to_owned(), "T1=xoxb-1".to_owned())];
+        sender_env_extra(&mut env, "http://127.0.0.1:1/api", true);
+        assert_eq!(tokens(&env), vec!["T1=xoxb-1".to_owned()]);
     }
 
     #[test]

@@ -137,11 +137,12 @@ pub async fn produce(
 
 /// The Slack event of a message our bot posted into `channel` with `ts` (the
 /// `chat.postMessage` `body`), as Slack sends it back to the app: a `message` from
-/// our bot with the reply's metadata, in an `event_callback` envelope of the
+/// our bot with the reply's metadata (subtype `thread_broadcast` when the reply was
+/// also sent to the channel), in an `event_callback` envelope of the
 /// installing team (taken from the metadata's thread id). `dev` delivers it for its
 /// Slack API stand-in; tests deliver it when they choose.
 pub fn echo_envelope(channel: &str, ts: &str, body: &serde_json::Value) -> serde_json::Value {
-    use slackline_testkit::slack_api::{STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID};
+    use slackline_slack_stand_in::{STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID};
     let team = body["metadata"]["event_payload"]["thread_id"]
         .as_str()
         .and_then(|id| id.split('-').next())
@@ -157,6 +158,14 @@ pub fn echo_envelope(channel: &str, ts: &str, body: &serde_json::Value) -> serde
         if let Some(value) = body.get(field) {
             event[field] = value.clone();
         }
+    }
+    // A reply also sent to the channel comes back as a `thread_broadcast`.
+    if body
+        .get("reply_broadcast")
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        event["subtype"] = json!("thread_broadcast");
     }
     let event_time = ts
         .split('.')
@@ -304,6 +313,46 @@ mod tests {
         );
         for bad in ["", "T1-C1", "T1--1.2", "T1-C1-abc", "T1-C1-17640000"] {
             assert!(parse_thread_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// A broadcast reply's echo is a `thread_broadcast`, and the normalizer takes it
+    /// as the agent's reply (stand-in bot and app as ours), like a plain reply's.
+    #[test]
+    fn broadcast_reply_echo_is_a_thread_broadcast_and_the_agents_reply() {
+        use slackline_events::{AuthorKind, Kind};
+        use slackline_normalizer::normalize::{normalize, Outcome, RawMeta, Rules};
+        use slackline_slack_stand_in::{STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID};
+        let rules = Rules {
+            self_bot_ids: [STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID]
+                .map(str::to_owned)
+                .into(),
+            self_app_ids: [STAND_IN_APP_ID.to_owned()].into(),
+            ..Rules::default()
+        };
+        for broadcast in [false, true] {
+            let body = json!({
+                "channel": "C0ONE", "text": "Fixed", "thread_ts": "1764000000.000100",
+                "reply_broadcast": broadcast,
+                "metadata": {"event_type": "slackline_reply", "event_payload": {
+                    "reply_id": "r1", "thread_id": "T0HOME-C0ONE-1764000000.000100",
+                    "agent_id": "U0ADA", "agent_name": "Ada"}},
+            });
+            let envelope = echo_envelope("C0ONE", "1764000100.000200", &body);
+            let subtype = envelope["event"]["subtype"].as_str();
+            assert_eq!(subtype, broadcast.then_some("thread_broadcast"));
+            let raw = serde_json::to_vec(&envelope).unwrap();
+            let meta = RawMeta {
+                archive_key: "raw/x.json",
+                record_key: Some("C0ONE"),
+                event_id: None,
+            };
+            let Outcome::Event(event) = normalize(&raw, meta, &rules) else {
+                panic!("the echo is an event (broadcast {broadcast})")
+            };
+            let event = *event;
+            assert_eq!(event.author.unwrap().kind, AuthorKind::Agent);
+            assert!(matches!(event.kind, Kind::Posted(p) if p.is_reply));
         }
     }
 

@@ -110,6 +110,18 @@ impl NormalizerConfig {
         }
     }
 
+    /// The start-up warning when bot tokens are set but `SELF_BOT_IDS` is empty: our
+    /// bot's replies then come back as bot messages of our own team, not as the
+    /// agent's, and never move a thread to `waiting` (the installing bot user of
+    /// `authorizations[0]` is still recognised when Slack sends it).
+    pub fn self_ids_warning(&self) -> Option<&'static str> {
+        (!self.bot_tokens.is_empty() && self.rules.self_bot_ids.is_empty()).then_some(
+            "SLACK_BOT_TOKENS is set but SELF_BOT_IDS is empty (SELF_APP_IDS alone is not \
+             trusted): set SELF_BOT_IDS to our bot id (B...) and bot user id (U...), else \
+             agents' replies may not be recognised as theirs and threads stay todo",
+        )
+    }
+
     /// Reads the configuration, reporting every problem at once.
     pub fn from_env(mut env: Env) -> Result<NormalizerConfig, ConfigError> {
         let kafka = KafkaSettings::from_env(&mut env);
@@ -194,5 +206,27 @@ mod tests {
         ] {
             assert!(err.contains(name), "{err}");
         }
+    }
+
+    #[test]
+    fn bot_tokens_without_self_bot_ids_warn() {
+        let mut config =
+            NormalizerConfig::from_env(Env::from_pairs([("KAFKA_BOOTSTRAP_SERVERS", "k:9092")]))
+                .unwrap();
+        assert_eq!(
+            config.self_ids_warning(),
+            None,
+            "no tokens: nothing to post"
+        );
+        config.bot_tokens = BotTokens::parse("T1=xoxb-1").unwrap();
+        let warning = config.self_ids_warning().unwrap();
+        assert!(warning.contains("SELF_BOT_IDS"), "{warning}");
+        config.rules.self_app_ids.insert("A1".into());
+        assert!(
+            config.self_ids_warning().is_some(),
+            "app ids alone are not trusted"
+        );
+        config.rules.self_bot_ids.insert("B1".into());
+        assert_eq!(config.self_ids_warning(), None);
     }
 }

@@ -9,12 +9,17 @@
 //! once and thread-state moves the thread to `waiting`. No lookup is needed, so the
 //! echo is recognised even when it arrives before the sender has recorded the ts;
 //! the message key `(team, channel, ts, posted)` makes its redeliveries no-ops.
-//! Only messages that are our own (`SELF_BOT_IDS` / `SELF_APP_IDS`) are trusted;
-//! any other own message (an edit of our reply, a message without our metadata)
-//! stays ignored as `own_echo`.
+//! Only a message posted by our bot is trusted: its `bot_id` or `user` is one of
+//! `SELF_BOT_IDS`, or its `user` is the installing team's bot user
+//! (`authorizations[0].user_id` with `is_bot`). A matching `app_id` alone is not
+//! enough: another installation of the same app (a Slack Connect partner's) posts
+//! with our app id and could forge the metadata. Any other own message (an edit of
+//! our reply, a message without our metadata) stays ignored as `own_echo`.
 
 use serde_json::{Map, Value};
 use slackline_events::{Author, AuthorKind, Kind, MessageEvent};
+
+use crate::normalize::Rules;
 
 /// The `metadata.event_type` of the slack-sender's messages.
 pub const REPLY_EVENT_TYPE: &str = "slackline_reply";
@@ -27,10 +32,41 @@ fn text<'v>(object: &'v Map<String, Value>, name: &str) -> Option<&'v str> {
         .filter(|s| !s.is_empty())
 }
 
-/// The agent of an echoed reply: `Some` for a newly posted message (no subtype, or
-/// `bot_message`) carrying the slack-sender's metadata with an agent id.
-pub fn reply_agent(event: &Map<String, Value>, installing_team: &str) -> Option<Author> {
-    if !matches!(text(event, "subtype"), None | Some("bot_message")) {
+/// Whether `event` was posted by our bot: its `bot_id` or `user` in `SELF_BOT_IDS`,
+/// or its `user` the installing team's bot user (`authorizations[0]`, `is_bot`).
+fn posted_by_our_bot(root: &Map<String, Value>, event: &Map<String, Value>, rules: &Rules) -> bool {
+    let bot = text(event, "bot_id").is_some_and(|b| rules.self_bot_ids.contains(b));
+    let user = text(event, "user");
+    if bot || user.is_some_and(|u| rules.self_bot_ids.contains(u)) {
+        return true;
+    }
+    let installer = root
+        .get("authorizations")
+        .and_then(Value::as_array)
+        .and_then(|a| a.first())
+        .and_then(Value::as_object)
+        .filter(|a| a.get("is_bot").and_then(Value::as_bool) == Some(true))
+        .and_then(|a| text(a, "user_id"));
+    user.is_some() && user == installer
+}
+
+/// The agent of an echoed reply: `Some` for a newly posted message (no subtype,
+/// `bot_message`, or `thread_broadcast` for a reply also sent to the channel) posted
+/// by our bot (`root` is the envelope) and carrying the slack-sender's metadata with
+/// an agent id.
+pub fn reply_agent(
+    root: &Map<String, Value>,
+    event: &Map<String, Value>,
+    rules: &Rules,
+    installing_team: &str,
+) -> Option<Author> {
+    if !matches!(
+        text(event, "subtype"),
+        None | Some("bot_message" | "thread_broadcast")
+    ) {
+        return None;
+    }
+    if !posted_by_our_bot(root, event, rules) {
         return None;
     }
     let metadata = event.get("metadata")?.as_object()?;
@@ -49,10 +85,12 @@ pub fn reply_agent(event: &Map<String, Value>, installing_team: &str) -> Option<
 }
 
 /// Makes `event` the agent's reply: the agent as author, and a plain post (not a
-/// bot message).
+/// bot message; a `thread_broadcast` stays one).
 pub fn as_agent_reply(event: &mut MessageEvent, agent: Author) {
     if let Kind::Posted(posted) = &mut event.kind {
-        posted.subtype = None;
+        if posted.subtype.as_deref() == Some("bot_message") {
+            posted.subtype = None;
+        }
     }
     event.author = Some(agent);
 }
@@ -65,7 +103,7 @@ mod tests {
 
     use serde_json::json;
 
-    use crate::normalize::{normalize, Outcome, RawMeta, Rules};
+    use crate::normalize::{normalize, Outcome, RawMeta};
 
     use super::*;
 
@@ -78,12 +116,23 @@ mod tests {
     }
 
     fn envelope(event: Value) -> Vec<u8> {
+        envelope_with(event, json!({"team_id": "T0HOME"}))
+    }
+
+    fn envelope_with(event: Value, authorization: Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "type": "event_callback", "event_id": "Ev1", "event_time": 1_764_000_100,
-            "team_id": "T0HOME", "authorizations": [{"team_id": "T0HOME"}],
+            "team_id": "T0HOME", "authorizations": [authorization],
             "event": event,
         }))
         .unwrap()
+    }
+
+    fn agent_of(outcome: Outcome) -> Option<Author> {
+        match outcome {
+            Outcome::Event(event) => event.author.filter(|a| a.kind == AuthorKind::Agent),
+            Outcome::Ignored { .. } => None,
+        }
     }
 
     fn meta() -> RawMeta<'static> {
@@ -167,5 +216,76 @@ mod tests {
             panic!("a bot message")
         };
         assert_eq!(event.author.unwrap().kind, AuthorKind::Bot);
+    }
+
+    /// A reply posted with `reply_broadcast` comes back as a `thread_broadcast`: still
+    /// the agent's reply (not ignored as `own_echo`), and still a broadcast.
+    #[test]
+    fn broadcast_reply_echo_is_the_agents_reply() {
+        let broadcast = echo(Some(ours()), Some("thread_broadcast"));
+        let Outcome::Event(event) = normalize(&envelope(broadcast), meta(), &rules()) else {
+            panic!("an event, not own_echo")
+        };
+        assert_eq!(event.author.unwrap().kind, AuthorKind::Agent);
+        match event.kind {
+            Kind::Posted(p) => {
+                assert!(p.is_reply);
+                assert_eq!(p.subtype.as_deref(), Some("thread_broadcast"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Another installation of our app (same app id, its own bot) posting our
+    /// metadata in a shared channel is not our agent.
+    #[test]
+    fn forged_metadata_from_another_bot_of_our_app_is_not_an_agent_reply() {
+        let mut forged = echo(Some(ours()), None);
+        forged["bot_id"] = json!("B0THEM");
+        forged["user"] = json!("U0THEMBOT");
+        forged["bot_profile"] = json!({"id": "B0THEM", "app_id": "A0US"});
+        assert_eq!(forged["app_id"], json!("A0US"));
+        assert!(agent_of(normalize(&envelope(forged.clone()), meta(), &rules())).is_none());
+        // Nor when the installing bot user is someone else.
+        let not_us = json!({"team_id": "T0HOME", "user_id": "U0USBOT", "is_bot": true});
+        let no_ids = Rules::default();
+        assert!(agent_of(normalize(&envelope_with(forged, not_us), meta(), &no_ids)).is_none());
+    }
+
+    /// Without `SELF_BOT_IDS`, the installing team's bot user (`authorizations[0]`,
+    /// `is_bot`) is ours; a human installer's user id is not a bot to trust.
+    #[test]
+    fn the_installing_bot_user_is_ours_without_self_bot_ids() {
+        let no_ids = Rules::default();
+        let bot = json!({"team_id": "T0HOME", "user_id": "U0USBOT", "is_bot": true});
+        let agent = agent_of(normalize(
+            &envelope_with(echo(Some(ours()), None), bot),
+            meta(),
+            &no_ids,
+        ));
+        assert_eq!(agent.unwrap().user_id.as_deref(), Some("U0ADA"));
+        let human = json!({"team_id": "T0HOME", "user_id": "U0USBOT", "is_bot": false});
+        let outcome = normalize(
+            &envelope_with(echo(Some(ours()), None), human),
+            meta(),
+            &no_ids,
+        );
+        assert!(agent_of(outcome).is_none());
+    }
+
+    /// An echo the normalizer cannot read fully (here: no ts) is degraded, and still
+    /// the agent's: a degraded echo is not a customer message.
+    #[test]
+    fn a_degraded_echo_keeps_the_agent() {
+        let mut broken = echo(Some(ours()), None);
+        broken.as_object_mut().unwrap().remove("ts");
+        let Outcome::Event(event) = normalize(&envelope(broken), meta(), &rules()) else {
+            panic!("a degraded event")
+        };
+        assert!(event.degraded_reason.is_some(), "{event:?}");
+        let author = event.author.unwrap();
+        assert_eq!(author.kind, AuthorKind::Agent);
+        assert_eq!(author.user_id.as_deref(), Some("U0ADA"));
+        assert_eq!(author.team_id.as_deref(), Some("T0HOME"));
     }
 }

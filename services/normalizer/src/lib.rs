@@ -110,6 +110,9 @@ impl Normalizer {
         let producer = config
             .kafka
             .producer("slackline-normalizer", Duration::from_secs(300))?;
+        if let Some(warning) = config.self_ids_warning() {
+            tracing::warn!("{warning}");
+        }
         let registry = Registry::new();
         let metrics = NormalizerMetrics::new(&registry)?;
         let authors = if config.bot_tokens.is_empty() {

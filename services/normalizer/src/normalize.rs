@@ -258,14 +258,12 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
         }
     }
     // Our own messages are ignored, except the slack-sender's replies (crate::echo).
-    let mut reply_agent = None;
-    if is_own_echo(event, rules) {
-        if event_type == "message" {
-            reply_agent = crate::echo::reply_agent(event, &team_id);
-        }
-        if reply_agent.is_none() {
-            return ignored(IgnoreReason::OwnEcho, type_label);
-        }
+    let reply_agent = match event_type {
+        "message" => crate::echo::reply_agent(&root, event, rules, &team_id),
+        _ => None,
+    };
+    if reply_agent.is_none() && is_own_echo(event, rules) {
+        return ignored(IgnoreReason::OwnEcho, type_label);
     }
     if event_type == "message" {
         if let Some(reason) = not_a_support_message(event) {
@@ -286,15 +284,15 @@ pub fn normalize(body: &[u8], meta: RawMeta<'_>, rules: &Rules) -> Outcome {
         "reaction_added" | "reaction_removed" => builder.reaction(event_type == "reaction_added"),
         _ => builder.membership(event_type == "member_joined_channel"),
     };
-    match result {
-        Ok(mut event) => {
-            if let Some(agent) = reply_agent {
-                crate::echo::as_agent_reply(&mut event, agent);
-            }
-            Outcome::Event(Box::new(event))
-        }
+    let mut outcome = match result {
+        Ok(event) => Outcome::Event(Box::new(event)),
         Err(reason) => builder.degrade(&reason),
+    };
+    // Our echo stays the agent's reply when degraded too: never a customer message.
+    if let (Outcome::Event(event), Some(agent)) = (&mut outcome, reply_agent) {
+        crate::echo::as_agent_reply(event, agent);
     }
+    outcome
 }
 
 struct Builder<'a> {
