@@ -22,7 +22,7 @@ pub const DEFAULT_SLACK_API: &str = slackline_slack_api::DEFAULT_BASE_URL;
 pub const DEFAULT_CHANNEL_INTERVAL: Duration = Duration::from_millis(1000);
 
 /// Default of `SLACK_SENDER_HTTP_TIMEOUT_MS`.
-pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_millis(10_000);
+pub const DEFAULT_HTTP_TIMEOUT: Duration = Duration::from_millis(5_000);
 
 /// Default of `SLACK_SENDER_CONNECT_TIMEOUT_MS`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_millis(3_000);
@@ -38,7 +38,8 @@ pub struct SlackConfig {
     /// `SLACK_SENDER_CHANNEL_INTERVAL_MS` (default 1000): the least time between two
     /// posts to one channel.
     pub channel_interval: Duration,
-    /// `SLACK_SENDER_HTTP_TIMEOUT_MS` (default 10000): the whole request. A request
+    /// `SLACK_SENDER_HTTP_TIMEOUT_MS` (default 5000, under the shutdown and revoke
+    /// graces): the whole request. A request
     /// that was sent and got no answer within it is ambiguous.
     pub http_timeout: Duration,
     /// `SLACK_SENDER_CONNECT_TIMEOUT_MS` (default 3000): connecting (TCP and TLS);

@@ -28,11 +28,24 @@
 //!
 //! What the process remembers per token until it is recorded (claimed but no request
 //! started, in flight, posted with its ts but `sent` not written) lets a database
-//! blip be retried without counting a known outcome as ambiguous.
+//! blip be retried without counting a known outcome as ambiguous. A request starts
+//! only for the call that moved its token from "not started" to "in flight" (under
+//! the map's lock), so two calls of this process holding the same reply (one reply
+//! id in two records) cannot both post it.
+//!
+//! The request and the recording of its outcome run in a task of their own that
+//! outlives the handler call: when a revoke or the shutdown abandons the call during
+//! the request, the task still records `sent` with Slack's `ts` once Slack answers.
+//! [`Handler::wait_sends`] waits for such tasks at shutdown.
+//!
+//! In the last delivery round the runtime will make (the event's attempt against
+//! the retry rounds configured), a retryable failure marks the row `failed` with
+//! `retries_exhausted` (counted) rather than `pending`, since the record is about to
+//! be dead-lettered; a redrive tries it again.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -54,6 +67,10 @@ const DB_RETRY_DELAY: Duration = Duration::from_millis(100);
 const CLAIM_ROUNDS: usize = 4;
 /// Channels remembered by the pacer before old entries are dropped.
 const PACER_CAPACITY: usize = 10_000;
+/// Claims remembered before those whose request never started are dropped (calls
+/// abandoned between their claim and their request): forgetting one only makes its
+/// row ambiguous when it is found again, never posted twice.
+const LOCAL_CAPACITY: usize = 10_000;
 
 /// What this process knows about one of its claims (by token).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +158,19 @@ pub struct Handler {
     pacer: Pacer,
     metrics: SenderMetrics,
     local: Mutex<HashMap<Uuid, Local>>,
+    /// Delivery rounds the runtime makes after the first (its retry delays).
+    retry_rounds: u32,
+    /// Sends under way (their tasks), for the shutdown to wait on.
+    sends: tokio::sync::watch::Sender<usize>,
+}
+
+/// Counts one send task while it lives.
+struct SendGuard(tokio::sync::watch::Sender<usize>);
+
+impl Drop for SendGuard {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 fn store_error(reply_id: &str, what: &str, error: StoreError) -> HandlerError {
@@ -212,7 +242,30 @@ impl Handler {
             pacer,
             metrics,
             local: Mutex::new(HashMap::new()),
+            retry_rounds: 0,
+            sends: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// The runtime retries a failed record `rounds` times after its first delivery
+    /// (`RuntimeConfig::retry_delays.len()`): a retryable failure in the last round
+    /// marks the reply `failed` (`retries_exhausted`).
+    #[must_use]
+    pub fn with_retry_rounds(mut self, rounds: usize) -> Self {
+        self.retry_rounds = u32::try_from(rounds).unwrap_or(u32::MAX);
+        self
+    }
+
+    /// Waits until no send task is under way, or until `deadline`; whether none is.
+    pub async fn wait_sends(&self, deadline: Instant) -> bool {
+        let mut sends = self.sends.subscribe();
+        let idle = tokio::time::timeout_at(deadline, sends.wait_for(|n| *n == 0)).await;
+        matches!(idle, Ok(Ok(_)))
+    }
+
+    /// Sends under way.
+    pub fn sends_in_flight(&self) -> usize {
+        *self.sends.borrow()
     }
 
     fn locals(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Local>> {
@@ -222,7 +275,23 @@ impl Handler {
     }
 
     fn remember(&self, token: Uuid, state: Local) {
-        self.locals().insert(token, state);
+        let mut locals = self.locals();
+        if locals.len() >= LOCAL_CAPACITY {
+            locals.retain(|_, s| *s != Local::NotStarted);
+        }
+        locals.insert(token, state);
+    }
+
+    /// Moves `token` from not started to in flight; false when it was not "not
+    /// started" (another call of this process is sending it, or it is unknown).
+    fn take_flight(&self, token: Uuid) -> bool {
+        match self.locals().get_mut(&token) {
+            Some(state) if *state == Local::NotStarted => {
+                *state = Local::InFlight;
+                true
+            }
+            _ => false,
+        }
     }
 
     fn forget(&self, token: Uuid) {
@@ -240,7 +309,7 @@ impl Handler {
     /// Permanent for a record that does not decode or cannot be posted, a reply Slack
     /// refused for good, or one that may or may not have been posted (see the module
     /// docs); retryable when Slack or the database is unavailable or rate limits us.
-    pub async fn handle(&self, event: Event) -> Result<(), HandlerError> {
+    pub async fn handle(self: &Arc<Self>, event: Event) -> Result<(), HandlerError> {
         let reply = decode_reply(&event.payload)
             .map_err(|e| HandlerError::permanent(format!("undecodable reply record: {e}")))?;
         let span = tracing::info_span!(
@@ -249,10 +318,20 @@ impl Handler {
             channel = %reply.channel_id,
             thread_ts = %reply.thread_ts
         );
-        tracing::Instrument::instrument(self.handle_reply(&reply, &event.key_str()), span).await
+        let last_round = event.attempt >= self.retry_rounds;
+        tracing::Instrument::instrument(
+            self.handle_reply(&reply, &event.key_str(), last_round),
+            span,
+        )
+        .await
     }
 
-    async fn handle_reply(&self, reply: &Reply, key: &str) -> Result<(), HandlerError> {
+    async fn handle_reply(
+        self: &Arc<Self>,
+        reply: &Reply,
+        key: &str,
+        last_round: bool,
+    ) -> Result<(), HandlerError> {
         let id = reply.reply_id.as_str();
         let blocks = match validate(reply, key) {
             Ok(blocks) => blocks,
@@ -284,7 +363,17 @@ impl Handler {
                     let token = row.token.unwrap_or_default();
                     return self.record_sent(reply, token, &ts).await;
                 }
+                (ReplyState::Sending | ReplyState::Ambiguous, Some(Local::InFlight)) => {
+                    // A send task of ours is under way (its call was abandoned): it
+                    // records the outcome; a retry finds it.
+                    return Err(HandlerError::retryable(format!(
+                        "reply {id}: a send of this process is still under way"
+                    )));
+                }
                 (ReplyState::Ambiguous, _) => {
+                    if let Some(token) = row.token {
+                        self.forget(token);
+                    }
                     self.metrics.skipped("ambiguous");
                     tracing::info!("reply marked ambiguous earlier; not posting it again");
                     return Ok(());
@@ -292,7 +381,7 @@ impl Handler {
                 (ReplyState::Sending, Some(Local::NotStarted)) => {
                     // Ours, and Slack certainly has not posted it.
                     let token = row.token.unwrap_or_default();
-                    return self.send(reply, blocks.as_ref(), token).await;
+                    return self.send(reply, blocks.as_ref(), token, last_round).await;
                 }
                 (ReplyState::Sending, _) => {
                     let token = row.token.unwrap_or_default();
@@ -330,7 +419,9 @@ impl Handler {
                     })
                     .await;
                     match claimed {
-                        Ok(true) => return self.send(reply, blocks.as_ref(), token).await,
+                        Ok(true) => {
+                            return self.send(reply, blocks.as_ref(), token, last_round).await
+                        }
                         Ok(false) => self.forget(token),
                         // The claim may have landed: the next read finds our token.
                         Err(e) => return Err(e),
@@ -384,15 +475,51 @@ impl Handler {
         Ok(Some(ambiguous_error(reply, reason)))
     }
 
-    /// Posts under the claim of `token` (`sending`, no request started).
+    /// Posts under the claim of `token` (`sending`, no request started), in a task
+    /// that records the outcome even when this call is abandoned.
     async fn send(
+        self: &Arc<Self>,
+        reply: &Reply,
+        blocks: Option<&Value>,
+        token: Uuid,
+        last_round: bool,
+    ) -> Result<(), HandlerError> {
+        let id = reply.reply_id.as_str();
+        if !self.take_flight(token) {
+            return Err(HandlerError::retryable(format!(
+                "reply {id}: another call of this process is sending it"
+            )));
+        }
+        self.sends.send_modify(|n| *n += 1);
+        let guard = SendGuard(self.sends.clone());
+        let this = Arc::clone(self);
+        let owned = reply.clone();
+        let blocks = blocks.cloned();
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                this.post_and_record(&owned, blocks.as_ref(), token, last_round)
+                    .await
+            },
+            tracing::Span::current(),
+        ));
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(HandlerError::retryable(format!(
+                "reply {id}: its send task failed: {e}"
+            ))),
+        }
+    }
+
+    /// The request under `token` (in flight) and the recording of its outcome.
+    async fn post_and_record(
         &self,
         reply: &Reply,
         blocks: Option<&Value>,
         token: Uuid,
+        last_round: bool,
     ) -> Result<(), HandlerError> {
         let id = reply.reply_id.as_str();
-        self.remember(token, Local::InFlight);
         self.pacer.started(&reply.channel_id);
         let outcome = self.poster.post(reply, blocks).await;
         match outcome {
@@ -413,11 +540,21 @@ impl Handler {
                     "reply {id} to {} (thread {}): {detail}",
                     reply.channel_id, reply.thread_ts
                 );
-                let recorded = if retryable {
-                    self.metrics.retried(&error);
+                if retryable {
                     if let Some(wait) = retry_after {
                         self.pacer.pause(&reply.channel_id, wait);
                     }
+                }
+                let recorded = if retryable && last_round {
+                    // The runtime dead-letters the record after this round.
+                    self.metrics.failed("retries_exhausted");
+                    let reason = format!("retries_exhausted: {detail}");
+                    db(id, "recording the failure", || {
+                        self.store.mark_failed(id, token, &reason)
+                    })
+                    .await
+                } else if retryable {
+                    self.metrics.retried(&error);
                     db(id, "releasing the reply", || {
                         self.store.release(id, token, &detail)
                     })
@@ -453,10 +590,9 @@ impl Handler {
                 self.forget(token);
                 match self.mark_ambiguous(reply, token, &reason).await? {
                     Some(error) => Err(error),
-                    None => {
-                        self.metrics.ambiguous();
-                        Err(ambiguous_error(reply, &reason))
-                    }
+                    // Already moved on (marked ambiguous, and counted, by another
+                    // consumer that found the send under way).
+                    None => Err(ambiguous_error(reply, &reason)),
                 }
             }
         }
@@ -476,6 +612,179 @@ fn ambiguous_error(reply: &Reply, reason: &str) -> HandlerError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    use slackline_events::{encode_reply, Agent};
+    use slackline_testkit::postgres::TestDatabase;
+    use slackline_testkit::slack_api::{Answer, SlackApiStandIn};
+
+    const TEAM: &str = "T0UNIT";
+
+    fn reply(id: &str, channel: &str) -> Reply {
+        Reply {
+            reply_id: id.to_owned(),
+            thread_id: format!("{TEAM}-{channel}-1.2"),
+            team_id: TEAM.to_owned(),
+            channel_id: channel.to_owned(),
+            thread_ts: "1764000000.000100".to_owned(),
+            agent: Agent {
+                id: "U0ADA".to_owned(),
+                display_name: "Ada".to_owned(),
+            },
+            text: format!("reply {id}"),
+            blocks_json: None,
+            reply_broadcast: false,
+            created_at_ms: 1_764_000_000_000,
+        }
+    }
+
+    fn event(reply: &Reply, key: &str, attempt: u32) -> Event {
+        Event {
+            topic: "support.replies".to_owned(),
+            partition: 0,
+            offset: 0,
+            timestamp_ms: None,
+            key: Some(key.as_bytes().to_vec()),
+            headers: Vec::new(),
+            payload: encode_reply(reply).expect("encodes"),
+            attempt,
+        }
+    }
+
+    /// A handler on a fresh database posting to `slack`; the pool to inspect it.
+    async fn handler(
+        db: &TestDatabase,
+        slack: &SlackApiStandIn,
+        retry_rounds: usize,
+    ) -> (Arc<Handler>, sqlx::PgPool, prometheus::Registry) {
+        let settings = slackline_store::StoreSettings::new(db.url.clone());
+        let pool = slackline_store::connect_migrated(&settings, crate::SCHEMA, &crate::MIGRATOR)
+            .await
+            .expect("database");
+        let mut tokens = slackline_slack_api::BotTokens::default();
+        tokens.insert(TEAM, "xoxb-unit");
+        let poster = SlackPoster::new(&crate::SlackConfig {
+            base_url: slack.base_url.clone(),
+            tokens,
+            channel_interval: Duration::ZERO,
+            http_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            as_agent: true,
+        })
+        .expect("client");
+        let registry = prometheus::Registry::new();
+        let metrics = SenderMetrics::register(&registry).expect("metrics");
+        let handler = Handler::new(
+            ReplyStore::new(pool.clone()),
+            poster,
+            Pacer::new(Duration::ZERO),
+            metrics,
+        )
+        .with_retry_rounds(retry_rounds);
+        (Arc::new(handler), pool, registry)
+    }
+
+    async fn row(pool: &sqlx::PgPool, id: &str) -> (String, Option<String>, Option<String>) {
+        sqlx::query_as("SELECT state, ts, last_error FROM replies WHERE reply_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .expect("row")
+    }
+
+    /// One reply id in records of two keys, handled at once while a claim of this
+    /// process is between its commit and its request (the row `sending` under a
+    /// token the process knows as not started): both calls go for the send, one
+    /// posts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_calls_for_one_reply_post_it_once() {
+        let db = TestDatabase::create().await;
+        let slack = SlackApiStandIn::start().await;
+        slack.script_any(Answer::delayed(Duration::from_millis(500), Answer::Ok));
+        let (handler, pool, _registry) = handler(&db, &slack, 3).await;
+        let r = reply("r-twice", "C0TWICE");
+        handler.store.ensure(&r).await.expect("row");
+        let token = Uuid::new_v4();
+        handler.remember(token, Local::NotStarted);
+        assert!(handler
+            .store
+            .begin_send("r-twice", token)
+            .await
+            .expect("claim"));
+
+        // Both calls found the row `sending` under the token this process knows as
+        // not started (the interleaving of the finding: whichever reaches its
+        // request first).
+        let (a, b) = tokio::join!(
+            handler.send(&r, None, token, false),
+            handler.send(&r, None, token, false),
+        );
+        let posts = slack.post_calls();
+        assert_eq!(posts.len(), 1, "one post: {posts:#?} ({a:?}, {b:?})");
+        assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
+        for result in [&a, &b] {
+            if let Err(e) = result {
+                assert!(e.is_retryable(), "{e:?}");
+            }
+        }
+        // The retry of the loser finds it posted.
+        handler
+            .handle(event(&r, "C0OTHERKEY", 1))
+            .await
+            .expect("already sent");
+        assert_eq!(slack.post_calls().len(), 1);
+        let (state, ts, _) = row(&pool, "r-twice").await;
+        assert_eq!(state, "sent");
+        assert!(ts.is_some());
+        pool.close().await;
+        db.drop_database().await;
+    }
+
+    /// A retryable failure in the last round the runtime makes leaves the row
+    /// `failed` (`retries_exhausted`, counted); before it, `pending`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_last_round_marks_a_retryable_failure_failed() {
+        let db = TestDatabase::create().await;
+        let slack = SlackApiStandIn::start().await;
+        for _ in 0..3 {
+            slack.script("C0DOWN", Answer::Status(503));
+        }
+        let (handler, pool, registry) = handler(&db, &slack, 2).await;
+        let r = reply("r-exhausted", "C0DOWN");
+        for attempt in 0..2 {
+            let e = handler
+                .handle(event(&r, "C0DOWN", attempt))
+                .await
+                .expect_err("503");
+            assert!(e.is_retryable());
+            assert_eq!(row(&pool, "r-exhausted").await.0, "pending");
+        }
+        let failed = |registry: &prometheus::Registry| {
+            slackline_testkit::metrics::metric(
+                registry,
+                "slackline_slack_sender_failed_total",
+                &[("error", "retries_exhausted")],
+            )
+        };
+        assert!(failed(&registry) < 0.5);
+        let e = handler
+            .handle(event(&r, "C0DOWN", 2))
+            .await
+            .expect_err("503");
+        assert!(e.is_retryable());
+        let (state, _, error) = row(&pool, "r-exhausted").await;
+        assert_eq!(state, "failed");
+        assert!(
+            error
+                .as_deref()
+                .unwrap_or_default()
+                .starts_with("retries_exhausted"),
+            "{error:?}"
+        );
+        assert!((failed(&registry) - 1.0).abs() < 0.5);
+        assert_eq!(slack.post_calls().len(), 3);
+        pool.close().await;
+        db.drop_database().await;
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_pacer_spaces_one_channel_and_not_the_others() {

@@ -25,6 +25,7 @@ pub mod slack;
 mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::Registry;
 use slackline_consumer::{ConsumerError, GroupService};
@@ -69,6 +70,61 @@ pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
     slackline_store::migrate_schema(settings, SCHEMA, &MIGRATOR).await
 }
 
+/// A started slack-sender: its consumer group and its handler (whose send tasks may
+/// outlive the group's handler calls).
+pub struct SlackSender {
+    /// The consumer group service.
+    pub service: GroupService,
+    /// The handler.
+    pub handler: Arc<Handler>,
+}
+
+impl SlackSender {
+    /// Waits until the service has stopped, then for the sends still under way (the
+    /// tasks of handler calls the runtime abandoned: each records its outcome when
+    /// Slack answers) until `grace` after the shutdown fired.
+    ///
+    /// # Errors
+    ///
+    /// The runtime's error, when it stopped with one.
+    pub async fn wait(self, shutdown: &Shutdown, grace: Duration) -> Result<(), ConsumerError> {
+        let fired = async {
+            shutdown.wait().await;
+            tokio::time::Instant::now()
+        };
+        let (result, fired_at) = tokio::join!(self.service.wait(), fired);
+        let in_flight = self.handler.sends_in_flight();
+        if in_flight > 0 {
+            tracing::info!(
+                in_flight,
+                "waiting for the sends under way to record their outcome"
+            );
+            if !self.handler.wait_sends(fired_at + grace).await {
+                tracing::warn!(
+                    in_flight = self.handler.sends_in_flight(),
+                    "shutdown grace over with sends under way: their replies stay `sending` \
+                     and are found ambiguous later"
+                );
+            }
+        }
+        result
+    }
+}
+
+/// Connects and migrates the database, then starts the consumer group and the admin
+/// server (`/readyz` pings the database). Stops when `shutdown` fires; sends under
+/// way then finish in the background (see [`start_sender`] to wait for them).
+///
+/// # Errors
+///
+/// As [`start_sender`].
+pub async fn start(
+    config: SlackSenderConfig,
+    shutdown: Shutdown,
+) -> Result<GroupService, SlackSenderError> {
+    Ok(start_sender(config, shutdown).await?.service)
+}
+
 /// Connects and migrates the database, then starts the consumer group and the admin
 /// server (`/readyz` pings the database). Stops when `shutdown` fires.
 ///
@@ -77,10 +133,10 @@ pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
 /// When the database cannot be reached or migrated, the HTTP client cannot be built,
 /// or the consumer cannot start (missing or not co-partitioned topics, the admin port
 /// taken).
-pub async fn start(
+pub async fn start_sender(
     config: SlackSenderConfig,
     shutdown: Shutdown,
-) -> Result<GroupService, SlackSenderError> {
+) -> Result<SlackSender, SlackSenderError> {
     let poster = slack::SlackPoster::new(&config.slack)?;
     let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let registry = Registry::new();
@@ -97,26 +153,32 @@ pub async fn start(
         );
     }
     let readiness = slackline_store::readiness(&pool);
-    let handler = Arc::new(Handler::new(
-        ReplyStore::new(pool),
-        poster,
-        Pacer::new(config.slack.channel_interval),
-        metrics,
-    ));
+    let handler = Arc::new(
+        Handler::new(
+            ReplyStore::new(pool),
+            poster,
+            Pacer::new(config.slack.channel_interval),
+            metrics,
+        )
+        .with_retry_rounds(config.runtime.retry_delays.len()),
+    );
     let service = GroupService::start(
         &config.kafka,
         config.runtime,
         config.admin_addr,
         registry,
         readiness,
-        move |event| {
+        {
             let handler = handler.clone();
-            async move { handler.handle(event).await }
+            move |event| {
+                let handler = handler.clone();
+                async move { handler.handle(event).await }
+            }
         },
         shutdown,
     )
     .await?;
-    Ok(service)
+    Ok(SlackSender { service, handler })
 }
 
 /// Runs the slack-sender until `shutdown` fires.
@@ -125,8 +187,12 @@ pub async fn start(
 ///
 /// As [`start`], or the runtime's error when it stopped with one.
 pub async fn run(config: SlackSenderConfig, shutdown: Shutdown) -> Result<(), SlackSenderError> {
-    match shutdown.unless_fired(start(config, shutdown.clone())).await {
-        Some(service) => service?.wait().await?,
+    let grace = config.runtime.shutdown_grace;
+    match shutdown
+        .unless_fired(start_sender(config, shutdown.clone()))
+        .await
+    {
+        Some(sender) => sender?.wait(&shutdown, grace).await?,
         None => tracing::info!("slack-sender stopped while starting"),
     }
     Ok(())

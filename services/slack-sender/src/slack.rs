@@ -4,7 +4,8 @@
 //! - [`PostOutcome::Posted`]: Slack answered `ok` with the message's `ts`;
 //! - [`PostOutcome::NotPosted`]: Slack certainly did not post it. Retryable: 429 (with
 //!   its `Retry-After`), `ratelimited`, `service_unavailable`, `request_timeout`
-//!   (Slack got no or a truncated body), HTTP 5xx other than 502/504, 408, and a
+//!   (Slack got no or a truncated body), HTTP 5xx other than 502/504 and 408 (with
+//!   no error in the body, or one of those retryable codes), and a
 //!   connection that could not be made (connect errors and connect timeouts: no
 //!   byte of the request left). Permanent: every other Slack error
 //!   (`channel_not_found`, `not_in_channel`, `is_archived`, `invalid_auth`,
@@ -12,7 +13,8 @@
 //! - [`PostOutcome::Ambiguous`]: the request left and may have been posted: a timeout
 //!   or a cut connection after connecting, an unreadable answer, 502/504 (a gateway
 //!   that gave up waiting for Slack), `internal_error` and `fatal_error` (Slack's
-//!   documentation says part of the operation may have succeeded), or `ok` without a
+//!   documentation says part of the operation may have succeeded; whatever the HTTP
+//!   status, a 5xx included), a 5xx with any other error code, or `ok` without a
 //!   `ts`. Such a reply is never posted again automatically.
 
 use std::time::Duration;
@@ -32,6 +34,12 @@ pub const METADATA_EVENT_TYPE: &str = "slackline_reply";
 
 /// When a 429 carries no usable `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long an idle pooled connection is kept. Below the idle timeout of Slack's
+/// front end (not documented by Slack; 60 s is the usual load-balancer default), so
+/// that a request is never written into a connection the server has just closed: such
+/// a send fails after its bytes left, which is ambiguous.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Slack error codes after which the same call may succeed and that say nothing was
 /// posted.
@@ -134,6 +142,7 @@ impl SlackPoster {
         let http = reqwest::Client::builder()
             .timeout(config.http_timeout)
             .connect_timeout(config.connect_timeout)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .user_agent(concat!(
                 "slackline-slack-sender/",
                 env!("CARGO_PKG_VERSION")
@@ -192,24 +201,14 @@ impl SlackPoster {
             }
         };
         let status = response.status();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            let retry_after = response
-                .headers()
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map_or(DEFAULT_RETRY_AFTER, Duration::from_secs);
-            return PostOutcome::NotPosted {
-                retryable: true,
-                error: "rate_limited".to_owned(),
-                detail: format!("Slack answered 429, Retry-After {}s", retry_after.as_secs()),
-                retry_after: Some(retry_after),
-            };
-        }
-        if matches!(status.as_u16(), 502 | 504) {
-            return PostOutcome::Ambiguous {
-                reason: format!("Slack's gateway answered HTTP {}", status.as_u16()),
-            };
+        let retry_after = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if status == StatusCode::TOO_MANY_REQUESTS || matches!(status.as_u16(), 502 | 504) {
+            // Decided by the status alone: no need to wait for the body.
+            return classify(status, retry_after.as_deref(), &[]);
         }
         let bytes = match response.bytes().await {
             Ok(bytes) => bytes.to_vec(),
@@ -220,59 +219,232 @@ impl SlackPoster {
             }
             Err(_) => Vec::new(),
         };
-        let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
-        let ok = parsed
-            .as_ref()
-            .and_then(|b| b.get("ok"))
-            .and_then(Value::as_bool);
-        let error = parsed
-            .as_ref()
-            .and_then(|b| b.get("error"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-            return not_posted(
+        classify(status, retry_after.as_deref(), &bytes)
+    }
+}
+
+/// A `Retry-After` value: delay-seconds, or an HTTP-date (RFC 9110; the wait until
+/// then, zero when it is past); `None` when it is neither.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Sorts Slack's answer: its HTTP `status`, its `Retry-After` header and its body
+/// (empty when it could not be read).
+///
+/// The body's error is looked at before the status: a 5xx whose body says
+/// `internal_error` or `fatal_error` may have posted the message (Slack's
+/// documentation), so only a 5xx (or 408) with no readable error or a retryable error
+/// code counts as certainly not posted; a 5xx with any other error code is ambiguous.
+pub(crate) fn classify(status: StatusCode, retry_after: Option<&str>, body: &[u8]) -> PostOutcome {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = retry_after
+            .and_then(parse_retry_after)
+            .unwrap_or(DEFAULT_RETRY_AFTER);
+        return PostOutcome::NotPosted {
+            retryable: true,
+            error: "rate_limited".to_owned(),
+            detail: format!("Slack answered 429, Retry-After {}s", retry_after.as_secs()),
+            retry_after: Some(retry_after),
+        };
+    }
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let ok = parsed
+        .as_ref()
+        .and_then(|b| b.get("ok"))
+        .and_then(Value::as_bool);
+    let error = parsed
+        .as_ref()
+        .and_then(|b| b.get("error"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(code) = error.as_deref().filter(|c| AMBIGUOUS_ERRORS.contains(c)) {
+        return PostOutcome::Ambiguous {
+            reason: format!(
+                "Slack answered {code} (HTTP {}), which may have posted the message",
+                status.as_u16()
+            ),
+        };
+    }
+    if matches!(status.as_u16(), 502 | 504) {
+        return PostOutcome::Ambiguous {
+            reason: format!("Slack's gateway answered HTTP {}", status.as_u16()),
+        };
+    }
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return match error {
+            None => not_posted(
                 true,
                 format!("http_{}", status.as_u16()),
                 format!("Slack answered HTTP {}", status.as_u16()),
-            );
-        }
-        match (ok, error) {
-            (Some(true), _) if status.is_success() => {
-                match parsed
-                    .as_ref()
-                    .and_then(|b| b.get("ts"))
-                    .and_then(Value::as_str)
-                    .filter(|ts| !ts.is_empty())
-                {
-                    Some(ts) => PostOutcome::Posted { ts: ts.to_owned() },
-                    None => PostOutcome::Ambiguous {
-                        reason: "Slack answered ok without a ts".to_owned(),
-                    },
-                }
-            }
-            (_, Some(code)) if AMBIGUOUS_ERRORS.contains(&code.as_str()) => {
-                PostOutcome::Ambiguous {
-                    reason: format!("Slack answered {code}, which may have posted the message"),
-                }
-            }
-            (_, Some(code)) => {
-                let retryable = RETRYABLE_ERRORS.contains(&code.as_str());
+            ),
+            Some(code) if RETRYABLE_ERRORS.contains(&code.as_str()) => {
                 let detail = format!("Slack error {code} (HTTP {})", status.as_u16());
-                not_posted(retryable, code, detail)
+                not_posted(true, code, detail)
             }
-            _ if status.is_success() => PostOutcome::Ambiguous {
+            Some(code) => PostOutcome::Ambiguous {
                 reason: format!(
-                    "Slack answered HTTP {} with a body we cannot read ({} bytes)",
-                    status.as_u16(),
-                    bytes.len()
+                    "Slack answered HTTP {} with error {code}, which may have posted the message",
+                    status.as_u16()
                 ),
             },
-            _ => not_posted(
-                false,
-                format!("http_{}", status.as_u16()),
-                format!("Slack answered HTTP {}", status.as_u16()),
-            ),
+        };
+    }
+    match (ok, error) {
+        (Some(true), _) if status.is_success() => {
+            match parsed
+                .as_ref()
+                .and_then(|b| b.get("ts"))
+                .and_then(Value::as_str)
+                .filter(|ts| !ts.is_empty())
+            {
+                Some(ts) => PostOutcome::Posted { ts: ts.to_owned() },
+                None => PostOutcome::Ambiguous {
+                    reason: "Slack answered ok without a ts".to_owned(),
+                },
+            }
         }
+        (_, Some(code)) => {
+            let retryable = RETRYABLE_ERRORS.contains(&code.as_str());
+            let detail = format!("Slack error {code} (HTTP {})", status.as_u16());
+            not_posted(retryable, code, detail)
+        }
+        _ if status.is_success() => PostOutcome::Ambiguous {
+            reason: format!(
+                "Slack answered HTTP {} with a body we cannot read ({} bytes)",
+                status.as_u16(),
+                body.len()
+            ),
+        },
+        _ => not_posted(
+            false,
+            format!("http_{}", status.as_u16()),
+            format!("Slack answered HTTP {}", status.as_u16()),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn status(code: u16) -> StatusCode {
+        StatusCode::from_u16(code).unwrap()
+    }
+
+    fn is_ambiguous(outcome: &PostOutcome) -> bool {
+        matches!(outcome, PostOutcome::Ambiguous { .. })
+    }
+
+    fn retryable_not_posted(outcome: &PostOutcome) -> bool {
+        matches!(
+            outcome,
+            PostOutcome::NotPosted {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
+    #[test]
+    fn a_5xx_saying_internal_or_fatal_error_is_ambiguous() {
+        for code in [500, 503, 408] {
+            for error in ["internal_error", "fatal_error"] {
+                let body = format!(r#"{{"ok":false,"error":"{error}"}}"#);
+                let outcome = classify(status(code), None, body.as_bytes());
+                assert!(is_ambiguous(&outcome), "{code} {error}: {outcome:?}");
+            }
+        }
+        let outcome = classify(status(500), None, br#"{"ok":false,"error":"invalid_auth"}"#);
+        assert!(is_ambiguous(&outcome), "{outcome:?}");
+    }
+
+    #[test]
+    fn a_5xx_without_an_error_or_with_a_retryable_one_is_not_posted() {
+        for body in [&b""[..], b"{}", b"<html>oops</html>"] {
+            let outcome = classify(status(500), None, body);
+            assert!(retryable_not_posted(&outcome), "{outcome:?}");
+        }
+        let outcome = classify(
+            status(503),
+            None,
+            br#"{"ok":false,"error":"service_unavailable"}"#,
+        );
+        assert!(retryable_not_posted(&outcome), "{outcome:?}");
+        assert!(is_ambiguous(&classify(status(502), None, b"")));
+        assert!(is_ambiguous(&classify(status(504), None, b"{}")));
+    }
+
+    #[test]
+    fn other_answers_keep_their_meaning() {
+        assert_eq!(
+            classify(status(200), None, br#"{"ok":true,"ts":"1.2"}"#),
+            PostOutcome::Posted { ts: "1.2".into() }
+        );
+        assert!(is_ambiguous(&classify(
+            status(200),
+            None,
+            br#"{"ok":true}"#
+        )));
+        assert!(is_ambiguous(&classify(
+            status(200),
+            None,
+            br#"{"ok":false,"error":"internal_error"}"#
+        )));
+        assert!(matches!(
+            classify(
+                status(200),
+                None,
+                br#"{"ok":false,"error":"channel_not_found"}"#
+            ),
+            PostOutcome::NotPosted {
+                retryable: false,
+                ..
+            }
+        ));
+        assert!(retryable_not_posted(&classify(
+            status(200),
+            None,
+            br#"{"ok":false,"error":"ratelimited"}"#
+        )));
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        let outcome = classify(status(429), Some("7"), b"");
+        assert!(matches!(
+            outcome,
+            PostOutcome::NotPosted { retry_after: Some(d), .. } if d == Duration::from_secs(7)
+        ));
+        let later = std::time::SystemTime::now() + Duration::from_secs(120);
+        let date = httpdate::fmt_http_date(later);
+        match classify(status(429), Some(&date), b"") {
+            PostOutcome::NotPosted {
+                retry_after: Some(d),
+                ..
+            } => assert!(
+                d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+                "{d:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let past = httpdate::fmt_http_date(std::time::UNIX_EPOCH);
+        assert!(matches!(
+            classify(status(429), Some(&past), b""),
+            PostOutcome::NotPosted { retry_after: Some(d), .. } if d == Duration::ZERO
+        ));
+        assert!(matches!(
+            classify(status(429), Some("soon"), b""),
+            PostOutcome::NotPosted { retry_after: Some(d), .. } if d == DEFAULT_RETRY_AFTER
+        ));
     }
 }

@@ -25,12 +25,25 @@ pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
+/// The longest `Retry-After` a handler error is honoured for
+/// ([`HandlerError::with_retry_after`]); a longer one is cut to this. Slack, say,
+/// answers a 429 with up to a few minutes; a day (86400) would park the key that long
+/// per retry round. A retry round's not-before time is at most this (or its own
+/// retry delay, when longer) away.
+pub(crate) const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// One delivery round: a call plus up to `quick_retries` quick retries.
+///
+/// The wait before a quick retry ends early when `draining` turns true (the
+/// partition is being revoked or the runtime stops): the round then fails as the
+/// last call did, and its outcome goes the usual way (retry topic, or the retry
+/// head back in its queue), so the ordering invariants hold as for any failure.
 pub(super) async fn deliver(
     handler: &BoxedHandler,
     event: &Event,
     config: &RuntimeConfig,
     metrics: &GroupMetrics,
+    mut draining: tokio::sync::watch::Receiver<bool>,
 ) -> Outcome {
     let mut first_error: Option<String> = None;
     let mut quick = 0;
@@ -51,8 +64,10 @@ pub(super) async fn deliver(
         };
         let message = error.message().to_owned();
         let first = first_error.get_or_insert_with(|| message.clone()).clone();
-        let retry_after = error.retry_after();
+        let retry_after = error.retry_after().map(|wait| wait.min(MAX_RETRY_AFTER));
+        let stopping = *draining.borrow();
         if !error.is_retryable()
+            || stopping
             || quick >= config.quick_retries
             || retry_after.is_some_and(|wait| wait > MAX_IN_PROCESS_RETRY_AFTER)
         {
@@ -68,7 +83,20 @@ pub(super) async fn deliver(
         let wait = config
             .quick_delay(quick)
             .max(retry_after.unwrap_or_default());
-        tokio::time::sleep(wait).await;
+        let drained = tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            // Err: the partition is gone (its call is being abandoned).
+            _ = draining.wait_for(|d| *d) => true,
+        };
+        if drained {
+            tracing::debug!("partition draining; not retrying in process");
+            return Outcome::Failed {
+                first_error: first,
+                last_error: message,
+                retryable: true,
+                retry_after,
+            };
+        }
     }
 }
 
@@ -198,6 +226,7 @@ impl Runtime {
         let handler = self.handler.clone();
         let config = self.config.clone();
         let metrics = self.metrics.clone();
+        let draining = st.drain_signal.subscribe();
         let key = key.clone();
         let abort = self.tasks.spawn(
             async move {
@@ -205,7 +234,7 @@ impl Runtime {
                     Work::Main(e) => e,
                     Work::Retry(item) => &item.event,
                 };
-                let outcome = deliver(&handler, event, &config, &metrics).await;
+                let outcome = deliver(&handler, event, &config, &metrics, draining).await;
                 Completion::Handled {
                     p,
                     epoch,
@@ -510,7 +539,7 @@ mod tests {
         let config = RuntimeConfig::new("g", "t");
         let (handler, calls) = handler(1, Duration::from_secs(2));
         let started = Instant::now();
-        let outcome = deliver(&handler, &event(), &config, &metrics()).await;
+        let outcome = deliver(&handler, &event(), &config, &metrics(), not_draining()).await;
         assert!(matches!(outcome, Outcome::Done));
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         // Not the 100 ms quick backoff: the 2 s the handler asked for.
@@ -523,7 +552,7 @@ mod tests {
         let wait = MAX_IN_PROCESS_RETRY_AFTER + Duration::from_secs(1);
         let (handler, calls) = handler(10, wait);
         let started = Instant::now();
-        let outcome = deliver(&handler, &event(), &config, &metrics()).await;
+        let outcome = deliver(&handler, &event(), &config, &metrics(), not_draining()).await;
         assert_eq!(calls.load(Ordering::SeqCst), 1, "no quick retries");
         assert_eq!(started.elapsed(), Duration::ZERO);
         match outcome {
@@ -537,6 +566,53 @@ mod tests {
             }
             Outcome::Done => panic!("expected a failure"),
         }
+    }
+
+    fn not_draining() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        // Kept open for the test's life.
+        std::mem::forget(tx);
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_is_capped() {
+        let config = RuntimeConfig::new("g", "t");
+        let (handler, _calls) = handler(10, Duration::from_secs(86_400));
+        let outcome = deliver(&handler, &event(), &config, &metrics(), not_draining()).await;
+        match outcome {
+            Outcome::Failed { retry_after, .. } => {
+                assert_eq!(retry_after, Some(MAX_RETRY_AFTER));
+            }
+            Outcome::Done => panic!("expected a failure"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn draining_ends_the_in_process_wait() {
+        let config = RuntimeConfig::new("g", "t");
+        let (handler, calls) = handler(10, Duration::from_secs(4));
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let drain = async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(true);
+        };
+        let (event, metrics) = (event(), metrics());
+        let (outcome, ()) = tokio::join!(deliver(&handler, &event, &config, &metrics, rx), drain);
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "not the 4 s wait"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no retry once draining");
+        assert!(matches!(
+            outcome,
+            Outcome::Failed {
+                retryable: true,
+                ..
+            }
+        ));
     }
 
     #[test]

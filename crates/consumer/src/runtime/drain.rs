@@ -78,6 +78,7 @@ impl Runtime {
         for p in &ps {
             if let Some(st) = self.partitions.get_mut(p) {
                 st.draining = true;
+                st.drain_signal.send_replace(true);
             }
         }
         self.revoke = Some(RevokeDrain {
@@ -153,6 +154,7 @@ impl Runtime {
         self.stop.store(true, Ordering::SeqCst);
         for st in self.partitions.values_mut() {
             st.draining = true;
+            st.drain_signal.send_replace(true);
         }
         tracing::info!(
             group = self.config.group_id,

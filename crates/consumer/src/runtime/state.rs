@@ -99,6 +99,9 @@ pub(super) struct PartitionState {
     pub(super) handler_tasks: HashMap<tokio::task::Id, AbortHandle>,
     /// Revoking or shutting down: no new handler calls.
     pub(super) draining: bool,
+    /// Turns true when the partition starts draining: handler tasks in an
+    /// in-process retry wait stop waiting (see `dispatch::deliver`).
+    pub(super) drain_signal: tokio::sync::watch::Sender<bool>,
     /// Fetching of source p / retry p is paused (flow control).
     pub(super) main_paused: bool,
     pub(super) retry_paused: bool,
@@ -125,6 +128,7 @@ impl PartitionState {
             produces_pending: 0,
             handler_tasks: HashMap::new(),
             draining: false,
+            drain_signal: tokio::sync::watch::Sender::new(false),
             main_paused: false,
             retry_paused: false,
             over_records: false,
