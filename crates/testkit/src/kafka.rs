@@ -155,6 +155,9 @@ pub fn init_logs() {
     }
 }
 
+/// A record for [`produce_with_headers`]: key, payload, and (header, value) pairs.
+pub type HeadedRecord<'h> = (String, Vec<u8>, Vec<(&'h str, String)>);
+
 /// Produces (key, payload, event id) records to `topic` in order, each with the
 /// `slack-event-id` header, and waits for every acknowledgement. Panics on a Kafka
 /// error: this is test code.
@@ -162,6 +165,26 @@ pub async fn produce_records(
     cluster: &TestCluster,
     topic: &str,
     records: &[(String, Vec<u8>, String)],
+) {
+    let records: Vec<HeadedRecord<'_>> = records
+        .iter()
+        .map(|(key, payload, event_id)| {
+            (
+                key.clone(),
+                payload.clone(),
+                vec![("slack-event-id", event_id.clone())],
+            )
+        })
+        .collect();
+    produce_with_headers(cluster, topic, &records).await;
+}
+
+/// Produces (key, payload, headers) records to `topic` in order and waits for every
+/// acknowledgement. Panics on a Kafka error: this is test code.
+pub async fn produce_with_headers(
+    cluster: &TestCluster,
+    topic: &str,
+    records: &[HeadedRecord<'_>],
 ) {
     use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -174,11 +197,15 @@ pub async fn produce_records(
         .create()
         .expect("create the test producer");
     let mut pending = Vec::new();
-    for (key, payload, event_id) in records {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: "slack-event-id",
-            value: Some(event_id.as_str()),
-        });
+    for (key, payload, headers) in records {
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new(), |all, (name, value)| {
+                all.insert(Header {
+                    key: name,
+                    value: Some(value.as_str()),
+                })
+            });
         let record = FutureRecord::to(topic)
             .key(key)
             .payload(payload)

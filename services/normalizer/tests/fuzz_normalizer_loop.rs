@@ -15,13 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use serde_json::{json, Value};
 use slackline_normalizer::{Normalizer, NormalizerConfig};
 use slackline_service::Shutdown;
-use slackline_testkit::kafka::{group_lag, topic_len, TestCluster};
+use slackline_testkit::kafka::{
+    group_lag, produce_with_headers, topic_len, HeadedRecord, TestCluster,
+};
 
 const PARTITIONS: i32 = 4;
 const KEYS: [&str; 5] = ["C0CHAN01", "C0CHAN02", "C0CHAN03", "T0HOME", "unknown"];
@@ -189,42 +188,21 @@ fn mutate(rng: &mut Rng, mut v: Value, case: usize) -> Vec<u8> {
 /// Produces (key, body, archive key) records as the edge does: with the archive key
 /// and event id headers, in order, waiting for every acknowledgement.
 async fn produce_raw(cluster: &TestCluster, topic: &str, records: &[(String, Vec<u8>, String)]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", cluster.bootstrap_servers())
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "5")
-        .create()
-        .expect("create the test producer");
-    let mut pending = Vec::new();
-    for (i, (key, body, archive_key)) in records.iter().enumerate() {
-        let event_id = format!("EvLoopHeader{i}");
-        let headers = OwnedHeaders::new()
-            .insert(Header {
-                key: slackline_kafka::headers::EVENT_ID,
-                value: Some(event_id.as_str()),
-            })
-            .insert(Header {
-                key: slackline_kafka::headers::ARCHIVE_KEY,
-                value: Some(archive_key.as_str()),
-            });
-        let record = FutureRecord::to(topic)
-            .key(key)
-            .payload(body)
-            .headers(headers);
-        pending.push(
-            producer
-                .send_result(record)
-                .map_err(|(e, _)| e)
-                .expect("enqueue a record"),
-        );
-    }
-    for delivery in pending {
-        delivery
-            .await
-            .expect("delivery report")
-            .map_err(|(e, _)| e)
-            .expect("record acknowledged");
-    }
+    let records: Vec<HeadedRecord<'_>> = records
+        .iter()
+        .enumerate()
+        .map(|(i, (key, body, archive_key))| {
+            let headers = vec![
+                (
+                    slackline_kafka::headers::EVENT_ID,
+                    format!("EvLoopHeader{i}"),
+                ),
+                (slackline_kafka::headers::ARCHIVE_KEY, archive_key.clone()),
+            ];
+            (key.clone(), body.clone(), headers)
+        })
+        .collect();
+    produce_with_headers(cluster, topic, &records).await;
 }
 
 fn counter(normalizer: &Normalizer, name: &str, labels: &[(&str, &str)]) -> i64 {
