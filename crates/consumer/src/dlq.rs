@@ -94,13 +94,27 @@ impl Redrive {
     }
 }
 
-/// Reads a DLQ record's value back into the record to re-produce.
+/// Reads a DLQ record's value back into the record to re-produce: its original
+/// headers, with [`slackline_kafka::headers::REDRIVE`] naming this dead letter
+/// (`<topic>:<partition>:<offset>@<dead_lettered_at>`) in place of any earlier one,
+/// so that a handler can tell a redrive from a re-read of the topic.
 pub fn redrive(dlq_value: &[u8]) -> Result<Redrive, ConsumerError> {
     let record = DlqRecord::from_json(dlq_value)?;
+    let mut headers = record.header_list()?;
+    headers.retain(|(name, _)| name != slackline_kafka::headers::REDRIVE);
+    let original = &record.original;
+    let id = format!(
+        "{}:{}:{}@{}",
+        original.topic, original.partition, original.offset, record.dead_lettered_at
+    );
+    headers.push((
+        slackline_kafka::headers::REDRIVE.to_owned(),
+        Some(id.into_bytes()),
+    ));
     Ok(Redrive {
         topic: record.original.topic.clone(),
         key: record.key()?,
-        headers: record.header_list()?,
+        headers,
         payload: record.payload()?,
     })
 }
@@ -296,11 +310,34 @@ mod tests {
         assert_eq!(back.key.as_deref(), Some(&b"C0CH1"[..]));
         assert_eq!(back.payload, e.payload);
         let mut want = e.headers.clone();
+        let id = format!(
+            "slack.messages.v1:2:17@{}",
+            json["dead_lettered_at"].as_str().unwrap()
+        );
+        want.push((
+            slackline_kafka::headers::REDRIVE.to_owned(),
+            Some(id.clone().into_bytes()),
+        ));
         want.sort_by(|a, b| a.0.cmp(&b.0));
         let mut got = back.headers.clone();
         got.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(got, want);
-        assert_eq!(back.owned_headers().count(), 4);
+        assert_eq!(back.owned_headers().count(), 5);
+
+        // Redriven again (it failed again): one marker, naming the new dead letter.
+        let mut again = e.clone();
+        again.headers = back.headers.clone();
+        again.offset = 99;
+        let back = redrive(&DlqRecord::new("notifier", &again, "x", true, 1).to_json()).unwrap();
+        let markers: Vec<_> = back
+            .headers
+            .iter()
+            .filter(|(name, _)| name == slackline_kafka::headers::REDRIVE)
+            .collect();
+        assert_eq!(markers.len(), 1, "{markers:?}");
+        let marker = String::from_utf8(markers[0].1.clone().unwrap()).unwrap();
+        assert!(marker.starts_with("slack.messages.v1:2:99@"), "{marker}");
+        assert_ne!(marker, id);
     }
 
     #[test]

@@ -13,3 +13,13 @@ pub const RETRY_REASON: &str = "slack-retry-reason";
 pub const RECEIVED_AT: &str = "received-at";
 /// The inner event type (`message`, `reaction_added`, ...), when known.
 pub const EVENT_TYPE: &str = "slack-event-type";
+/// Set by `slackline dlq redrive` (`slackline_consumer::redrive`) on every record it
+/// produces back: which dead letter it came from (`<topic>:<partition>:<offset>@<dead
+/// lettered at>`). A handler that must not redo a refused effect on a mere re-read
+/// (the slack-sender's `failed` replies) redoes it only for a record carrying it.
+pub const REDRIVE: &str = "slackline-redrive";
+/// Set by `slackline replay` on every raw record it produces back from the archive:
+/// the replay's id. The normalizer always normalizes such a record, even when it saw
+/// its event id before (it is not a Slack retry; the groups' fact keys make the
+/// second pass harmless), and counts it (`slackline_normalizer_replayed_total`).
+pub const REPLAY: &str = "slackline-replay";

@@ -10,7 +10,14 @@
 //! longer than the client's timeout is a send that got no answer). A post answered
 //! `ok` counts as posted when it arrives, before any delay of its answer: it is in
 //! [`SlackApiStandIn::posted`] and published to subscribers at once, as Slack sends
-//! the message's event while the HTTP answer may still be on its way. `users.info`
+//! the message's event while the HTTP answer may still be on its way (a delayed error
+//! answer is a post Slack did not take whose answer came late or never). A post can
+//! also be held open until the test releases it ([`SlackApiStandIn::hold`]): recorded
+//! (and posted, if answered `ok`) at once, answered only on release.
+//! `conversations.replies` returns a thread as Slack does: the parent first, then the
+//! replies posted to it in ts order, with their metadata when
+//! `include_all_metadata=true`, a page at a time (`limit`, `cursor`,
+//! [`SlackApiStandIn::set_page_size`]). `users.info`
 //! answers a user named after its id. Successful posts are also published to
 //! [`SlackApiStandIn::subscribe`]rs, which `dev` uses to deliver the echo Slack would
 //! send back.
@@ -123,9 +130,50 @@ struct Script {
     any: VecDeque<Answer>,
 }
 
+/// One held request: whether it arrived, and its release.
+#[derive(Debug)]
+struct HoldState {
+    arrived: tokio::sync::watch::Sender<bool>,
+    released: tokio::sync::watch::Sender<bool>,
+}
+
+/// The next `chat.postMessage` to a channel, held open until [`Hold::release`] (or
+/// until the `Hold` is dropped).
+#[derive(Debug)]
+pub struct Hold(Arc<HoldState>);
+
+impl Hold {
+    /// Whether the held request has arrived (and is being held, or was).
+    pub fn arrived(&self) -> bool {
+        *self.0.arrived.borrow()
+    }
+
+    /// Waits until the held request has arrived.
+    pub async fn wait_arrived(&self) {
+        let mut arrived = self.0.arrived.subscribe();
+        let _ = arrived.wait_for(|a| *a).await;
+    }
+
+    /// Lets the held request be answered.
+    pub fn release(&self) {
+        self.0.released.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 struct Shared {
     calls: Mutex<Vec<Call>>,
     script: Mutex<Script>,
+    holds: Mutex<HashMap<String, VecDeque<Arc<HoldState>>>>,
+    /// Messages added by [`SlackApiStandIn::add_message`]: (channel, ts, body).
+    added: Mutex<Vec<(String, String, Value)>>,
+    /// The most messages one `conversations.replies` page returns.
+    page_size: AtomicU64,
     /// The last ts given, in microseconds.
     counter: AtomicU64,
     posted: tokio::sync::broadcast::Sender<PostedMessage>,
@@ -205,6 +253,9 @@ async fn post_message(
     // A post Slack takes is posted (and its event sent) at once, whatever the delay
     // of its answer: a slow or lost answer is an ambiguous send, not a failed one.
     let ts = (answer == Answer::Ok).then(|| shared.fresh_ts());
+    let hold = lock(&shared.holds)
+        .get_mut(&channel)
+        .and_then(VecDeque::pop_front);
     lock(&shared.calls).push(Call {
         method: "chat.postMessage".to_owned(),
         token: bearer(&headers),
@@ -220,25 +271,18 @@ async fn post_message(
             body: body.clone(),
         });
     }
+    if let Some(hold) = hold {
+        hold.arrived.send_replace(true);
+        let mut released = hold.released.subscribe();
+        let _ = released.wait_for(|r| *r).await;
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     match answer {
         Answer::Ok => {
             let ts = ts.unwrap_or_default();
-            let mut message = json!({
-                "type": "message", "user": STAND_IN_BOT_USER_ID, "bot_id": STAND_IN_BOT_ID,
-                "app_id": STAND_IN_APP_ID, "text": body.get("text").cloned().unwrap_or(Value::Null),
-                "ts": ts,
-            });
-            for field in ["thread_ts", "metadata", "blocks"] {
-                if let Some(v) = body.get(field) {
-                    message[field] = v.clone();
-                }
-            }
-            if body.get("reply_broadcast").and_then(Value::as_bool) == Some(true) {
-                message["subtype"] = json!("thread_broadcast");
-            }
+            let message = message_json(&body, &ts, true);
             Json(json!({"ok": true, "channel": channel, "ts": ts, "message": message}))
                 .into_response()
         }
@@ -261,6 +305,134 @@ async fn post_message(
         Answer::Error(code) => Json(json!({"ok": false, "error": code})).into_response(),
         Answer::Delayed(..) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
+}
+
+/// The message Slack stores for a post with `body`, given `ts`.
+fn message_json(body: &Value, ts: &str, with_metadata: bool) -> Value {
+    let mut message = json!({
+        "type": "message", "user": STAND_IN_BOT_USER_ID, "bot_id": STAND_IN_BOT_ID,
+        "app_id": STAND_IN_APP_ID, "text": body.get("text").cloned().unwrap_or(Value::Null),
+        "ts": ts,
+    });
+    for field in ["thread_ts", "metadata", "blocks"] {
+        if field == "metadata" && !with_metadata {
+            continue;
+        }
+        if let Some(v) = body.get(field) {
+            message[field] = v.clone();
+        }
+    }
+    if body.get("reply_broadcast").and_then(Value::as_bool) == Some(true) {
+        message["subtype"] = json!("thread_broadcast");
+    }
+    message
+}
+
+/// `conversations.replies`: the thread rooted at `ts` in `channel`, the parent first
+/// (a stand-in for the customer's message when it was not posted here), then the
+/// replies posted to it in ts order; metadata only with `include_all_metadata=true`.
+async fn conversations_replies(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    // GET with a query string, or POST with a form body (Slack takes both).
+    let mut params = query;
+    if !body.is_empty() {
+        for pair in String::from_utf8_lossy(&body).split('&') {
+            if let Some((k, v)) = pair.split_once('=') {
+                params.insert(k.to_owned(), v.replace('+', " "));
+            }
+        }
+    }
+    let channel = params.get("channel").cloned().unwrap_or_default();
+    let root = params.get("ts").cloned().unwrap_or_default();
+    let with_metadata = params
+        .get("include_all_metadata")
+        .is_some_and(|v| v == "true" || v == "1");
+    let page_size = usize::try_from(shared.page_size.load(Ordering::SeqCst)).unwrap_or(1000);
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(1000)
+        .min(page_size)
+        .max(1);
+    let start = match params.get("cursor").filter(|c| !c.is_empty()) {
+        None => Some(0),
+        Some(cursor) => cursor
+            .strip_prefix("page:")
+            .and_then(|i| i.parse::<usize>().ok()),
+    };
+    let record = |answer: &str| {
+        lock(&shared.calls).push(Call {
+            method: "conversations.replies".to_owned(),
+            token: bearer(&headers),
+            body: json!(params),
+            at: Instant::now(),
+            answer: answer.to_owned(),
+            ts: None,
+        });
+    };
+    let Some(start) = start else {
+        record("error invalid_cursor");
+        return Json(json!({"ok": false, "error": "invalid_cursor"})).into_response();
+    };
+    if channel.is_empty() || root.is_empty() {
+        record("error invalid_arguments");
+        return Json(json!({"ok": false, "error": "invalid_arguments"})).into_response();
+    }
+    let mut thread: Vec<(String, Value)> = lock(&shared.calls)
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.field("channel") == Some(&channel))
+        .filter_map(|c| {
+            let ts = c.ts.clone()?;
+            let in_thread = c.field("thread_ts") == Some(&root) || ts == root;
+            in_thread.then(|| (ts.clone(), message_json(&c.body, &ts, with_metadata)))
+        })
+        .collect();
+    thread.extend(
+        lock(&shared.added)
+            .iter()
+            .filter(|(c, ts, body)| {
+                *c == channel
+                    && (body.get("thread_ts").and_then(Value::as_str) == Some(&root) || *ts == root)
+            })
+            .map(|(_, ts, body)| (ts.clone(), message_json(body, ts, with_metadata))),
+    );
+    thread.sort_by(|a, b| a.0.cmp(&b.0));
+    if !thread.iter().any(|(ts, _)| *ts == root) {
+        thread.insert(
+            0,
+            (
+                root.clone(),
+                json!({"type": "message", "user": "U0CUSTOMER", "text": "(the thread's parent)",
+                       "ts": root, "thread_ts": root, "reply_count": thread.len()}),
+            ),
+        );
+    }
+    let end = (start + limit).min(thread.len());
+    let page: Vec<Value> = thread
+        .get(start.min(end)..end)
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, m)| m.clone())
+        .collect();
+    let has_more = end < thread.len();
+    let next_cursor = if has_more {
+        format!("page:{end}")
+    } else {
+        String::new()
+    };
+    record("ok");
+    Json(json!({
+        "ok": true,
+        "messages": page,
+        "has_more": has_more,
+        "response_metadata": {"next_cursor": next_cursor},
+    }))
+    .into_response()
 }
 
 async fn users_info(
@@ -318,12 +490,19 @@ impl SlackApiStandIn {
         let shared = Arc::new(Shared {
             calls: Mutex::new(Vec::new()),
             script: Mutex::new(Script::default()),
+            holds: Mutex::new(HashMap::new()),
+            added: Mutex::new(Vec::new()),
+            page_size: AtomicU64::new(1000),
             counter: AtomicU64::new(0),
             posted,
         });
         let app = Router::new()
             .route("/api/chat.postMessage", post(post_message))
             .route("/api/users.info", get(users_info).post(users_info))
+            .route(
+                "/api/conversations.replies",
+                get(conversations_replies).post(conversations_replies),
+            )
             .route("/api/{method}", post(unknown).get(unknown))
             .with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -349,6 +528,48 @@ impl SlackApiStandIn {
     /// queued of its own.
     pub fn script_any(&self, answer: Answer) {
         lock(&self.shared.script).any.push_back(answer);
+    }
+
+    /// Holds the next `chat.postMessage` to `channel` open: it is recorded (and
+    /// posted, if its answer is `ok`) when it arrives, and answered only once the
+    /// returned [`Hold`] is released or dropped. Holds queue per channel.
+    pub fn hold(&self, channel: &str) -> Hold {
+        let state = Arc::new(HoldState {
+            arrived: tokio::sync::watch::Sender::new(false),
+            released: tokio::sync::watch::Sender::new(false),
+        });
+        lock(&self.shared.holds)
+            .entry(channel.to_owned())
+            .or_default()
+            .push_back(state.clone());
+        Hold(state)
+    }
+
+    /// Adds a message to `channel` as if posted with `body` (`text`, `thread_ts`,
+    /// `metadata`, ...) without a call: one Slack finished posting after its answer
+    /// was lost, say. It shows in `conversations.replies`, not in [`Self::calls`];
+    /// returns its ts.
+    pub fn add_message(&self, channel: &str, body: Value) -> String {
+        let ts = self.shared.fresh_ts();
+        lock(&self.shared.added).push((channel.to_owned(), ts.clone(), body));
+        ts
+    }
+
+    /// The most messages a `conversations.replies` page returns (default 1000, as
+    /// Slack's `limit` maximum); a smaller one makes callers page with `cursor`.
+    pub fn set_page_size(&self, size: usize) {
+        self.shared.page_size.store(
+            u64::try_from(size.max(1)).unwrap_or(u64::MAX),
+            Ordering::SeqCst,
+        );
+    }
+
+    /// The calls of `method` received so far, in arrival order.
+    pub fn calls_of(&self, method: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method)
+            .collect()
     }
 
     /// Every call received so far, in arrival order.

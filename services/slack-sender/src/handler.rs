@@ -6,13 +6,17 @@
 //!    it as pending from then on);
 //! 2. `sent` → nothing to do (`skipped{reason="already_sent"}`): a replay of
 //!    `support.replies`, a redelivery after a crash or a rebalance posts nothing;
-//! 3. `pending` (or `failed`, when a redrive brings the record back) → wait for the
+//! 3. `failed` → nothing to do (`skipped{reason="already_failed"}`) unless the record
+//!    is a redrive (it carries the `slackline-redrive` header, naming a dead letter
+//!    other than the one whose redrive claimed the row last): a rewind or replay of
+//!    `support.replies` never sends a reply Slack refused again;
+//! 4. `pending` (or `failed`, for a redrive as above) → wait for the
 //!    channel's next slot ([`Pacer`]: Slack's ~1 message/s per channel, and a 429's
 //!    `Retry-After`), then claim the row under a fresh random token (`sending`, a
 //!    conditional update: of two consumers racing for it only one gets it), then call
 //!    `chat.postMessage` with `thread_ts` = the thread's root ts, the installing
 //!    team's token and metadata naming the reply and the agent;
-//! 4. the answer decides ([`crate::slack`]): posted → `sent` with Slack's `ts`;
+//! 5. the answer decides ([`crate::slack`]): posted → `sent` with Slack's `ts`;
 //!    certainly not posted and retryable (429, `ratelimited`, 5xx, no connection) →
 //!    back to `pending` and a retryable error (with the `Retry-After` for a 429), so
 //!    the runtime retries it and the channel's later replies wait behind it, in
@@ -22,9 +26,13 @@
 //!    `slack-sender.dlq` with it (counted, alerted; `slackline dlq redrive` tries
 //!    again once the cause is fixed); may have been posted → `ambiguous`, never posted
 //!    again automatically, and a permanent error naming the reply (DLQ);
-//! 5. `sending` whose outcome this process does not know (its process died during
+//! 6. `sending` whose outcome this process does not know (its process died during
 //!    the request, or a call of ours was cut off mid-request) → `ambiguous`, as above;
-//!    `ambiguous` found again (a redrive) → skipped.
+//!    `ambiguous` found again (a redrive, a replay) → skipped.
+//!
+//! Before a reply is marked `ambiguous`, and whenever an `ambiguous` one is found
+//! again, its thread is searched for our message ([`reconcile`]): found → `sent` with
+//! that message's ts.
 //!
 //! What the process remembers per token until it is recorded (claimed but no request
 //! started, in flight, posted with its ts but `sent` not written) lets a database
@@ -58,6 +66,10 @@ use uuid::Uuid;
 use crate::metrics::SenderMetrics;
 use crate::slack::{PostOutcome, SlackPoster};
 use crate::store::{ReplyState, ReplyStore};
+
+mod reconcile;
+
+use self::reconcile::Reconciled;
 
 /// Attempts of one database statement within a handler call (short blips).
 const DB_ATTEMPTS: u32 = 3;
@@ -319,8 +331,15 @@ impl Handler {
             thread_ts = %reply.thread_ts
         );
         let last_round = event.attempt >= self.retry_rounds;
+        let redrive = event
+            .headers
+            .iter()
+            .rev()
+            .find(|(name, _)| name == slackline_kafka::headers::REDRIVE)
+            .and_then(|(_, value)| value.as_deref())
+            .map(|value| String::from_utf8_lossy(value).into_owned());
         tracing::Instrument::instrument(
-            self.handle_reply(&reply, &event.key_str(), last_round),
+            self.handle_reply(&reply, &event.key_str(), last_round, redrive.as_deref()),
             span,
         )
         .await
@@ -331,6 +350,7 @@ impl Handler {
         reply: &Reply,
         key: &str,
         last_round: bool,
+        redrive: Option<&str>,
     ) -> Result<(), HandlerError> {
         let id = reply.reply_id.as_str();
         let blocks = match validate(reply, key) {
@@ -374,8 +394,10 @@ impl Handler {
                     if let Some(token) = row.token {
                         self.forget(token);
                     }
-                    self.metrics.skipped("ambiguous");
-                    tracing::info!("reply marked ambiguous earlier; not posting it again");
+                    if let Reconciled::Unknown(why) = self.reconcile(reply, row.token).await? {
+                        self.metrics.skipped("ambiguous");
+                        tracing::info!(why, "reply marked ambiguous earlier; not posting it again");
+                    }
                     return Ok(());
                 }
                 (ReplyState::Sending, Some(Local::NotStarted)) => {
@@ -386,17 +408,27 @@ impl Handler {
                 (ReplyState::Sending, _) => {
                     let token = row.token.unwrap_or_default();
                     self.forget(token);
-                    if let Some(error) = self
-                        .mark_ambiguous(
-                            reply,
-                            token,
-                            "found a send that never recorded its outcome (its process died or \
-                             was cut off during the request)",
-                        )
-                        .await?
-                    {
+                    let why = match self.reconcile(reply, row.token).await? {
+                        Reconciled::Found => return Ok(()),
+                        Reconciled::Unknown(why) => why,
+                    };
+                    let reason = format!(
+                        "found a send that never recorded its outcome (its process died or \
+                         was cut off during the request), {why}"
+                    );
+                    if let Some(error) = self.mark_ambiguous(reply, token, &reason).await? {
                         return Err(error);
                     }
+                }
+                (ReplyState::Failed, _)
+                    if redrive.is_none() || redrive == row.redrive_id.as_deref() =>
+                {
+                    self.metrics.skipped("already_failed");
+                    tracing::info!(
+                        redrive,
+                        "Slack refused this reply before; only a redrive of its dead letter tries again"
+                    );
+                    return Ok(());
                 }
                 (ReplyState::Pending | ReplyState::Failed, _) => {
                     if !self.poster.has_token(&reply.team_id) {
@@ -415,7 +447,7 @@ impl Handler {
                     let token = Uuid::new_v4();
                     self.remember(token, Local::NotStarted);
                     let claimed = db(id, "claiming the reply", || {
-                        self.store.begin_send(id, token)
+                        self.store.begin_send(id, token, redrive)
                     })
                     .await;
                     match claimed {
@@ -588,6 +620,10 @@ impl Handler {
             }
             PostOutcome::Ambiguous { reason } => {
                 self.forget(token);
+                let reason = match self.reconcile(reply, Some(token)).await? {
+                    Reconciled::Found => return Ok(()),
+                    Reconciled::Unknown(why) => format!("{reason}; {why}"),
+                };
                 match self.mark_ambiguous(reply, token, &reason).await? {
                     Some(error) => Err(error),
                     // Already moved on (marked ambiguous, and counted, by another
@@ -707,7 +743,7 @@ mod tests {
         handler.remember(token, Local::NotStarted);
         assert!(handler
             .store
-            .begin_send("r-twice", token)
+            .begin_send("r-twice", token, None)
             .await
             .expect("claim"));
 

@@ -28,7 +28,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::Registry;
-use slackline_consumer::{ConsumerError, GroupService};
+use slackline_consumer::{
+    ConsumerError, ConsumerMetrics, ConsumerRuntime, GroupService, RuntimeHandle,
+};
 use slackline_service::Shutdown;
 use slackline_store::{StoreError, StoreSettings};
 
@@ -137,6 +139,74 @@ pub async fn start_sender(
     config: SlackSenderConfig,
     shutdown: Shutdown,
 ) -> Result<SlackSender, SlackSenderError> {
+    let (handler, registry, readiness) = build(&config).await?;
+    let service = GroupService::start(
+        &config.kafka,
+        config.runtime,
+        config.admin_addr,
+        registry,
+        readiness,
+        {
+            let handler = handler.clone();
+            move |event| {
+                let handler = handler.clone();
+                async move { handler.handle(event).await }
+            }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(SlackSender { service, handler })
+}
+
+/// The slack-sender's consumer runtime alone (no admin server), for tests that crash
+/// it ([`RuntimeHandle::crash`]) as a killed process stops.
+pub struct SenderRuntime {
+    /// The consumer runtime.
+    pub runtime: RuntimeHandle,
+    /// The handler.
+    pub handler: Arc<Handler>,
+    /// The metrics registry (the sender's and the runtime's families).
+    pub registry: Registry,
+}
+
+/// Connects and migrates the database and starts the consumer runtime with the
+/// sender's handler, without the admin server: for crash tests.
+///
+/// # Errors
+///
+/// As [`start_sender`].
+pub async fn start_runtime(
+    config: SlackSenderConfig,
+    shutdown: Shutdown,
+) -> Result<SenderRuntime, SlackSenderError> {
+    let (handler, registry, _readiness) = build(&config).await?;
+    let metrics = ConsumerMetrics::register(&registry)?;
+    let runtime = ConsumerRuntime::start(
+        &config.kafka,
+        config.runtime,
+        {
+            let handler = handler.clone();
+            move |event| {
+                let handler = handler.clone();
+                async move { handler.handle(event).await }
+            }
+        },
+        &metrics,
+        shutdown,
+    )
+    .await?;
+    Ok(SenderRuntime {
+        runtime,
+        handler,
+        registry,
+    })
+}
+
+/// The handler on a migrated database, its registry and the readiness check.
+async fn build(
+    config: &SlackSenderConfig,
+) -> Result<(Arc<Handler>, Registry, slackline_service::Readiness), SlackSenderError> {
     let poster = slack::SlackPoster::new(&config.slack)?;
     let pool = slackline_store::connect_migrated(&config.store, SCHEMA, &MIGRATOR).await?;
     let registry = Registry::new();
@@ -162,23 +232,7 @@ pub async fn start_sender(
         )
         .with_retry_rounds(config.runtime.retry_delays.len()),
     );
-    let service = GroupService::start(
-        &config.kafka,
-        config.runtime,
-        config.admin_addr,
-        registry,
-        readiness,
-        {
-            let handler = handler.clone();
-            move |event| {
-                let handler = handler.clone();
-                async move { handler.handle(event).await }
-            }
-        },
-        shutdown,
-    )
-    .await?;
-    Ok(SlackSender { service, handler })
+    Ok((handler, registry, readiness))
 }
 
 /// Runs the slack-sender until `shutdown` fires.

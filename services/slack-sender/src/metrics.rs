@@ -23,6 +23,7 @@ pub struct SenderMetrics {
     failed: IntCounterVec,
     retried: IntCounterVec,
     ambiguous: IntCounter,
+    reconciled: IntCounter,
     skipped: IntCounterVec,
 }
 
@@ -30,7 +31,8 @@ impl SenderMetrics {
     /// Registers `slackline_slack_sender_sent_total`,
     /// `slackline_slack_sender_failed_total{error}`,
     /// `slackline_slack_sender_retried_total{reason}`,
-    /// `slackline_slack_sender_ambiguous_total` and
+    /// `slackline_slack_sender_ambiguous_total`,
+    /// `slackline_slack_sender_reconciled_total` and
     /// `slackline_slack_sender_skipped_total{reason}` in `registry`.
     ///
     /// # Errors
@@ -64,10 +66,18 @@ impl SenderMetrics {
              internal_error, a process that died mid-send); never posted again \
              automatically, the record goes to the DLQ",
         )?;
+        let reconciled = IntCounter::new(
+            "slackline_slack_sender_reconciled_total",
+            "Sends whose outcome was unknown (no answer, a process that died mid-send, an \
+             ambiguous reply delivered again) found posted in their thread \
+             (conversations.replies, by the reply id in the message metadata) and recorded \
+             sent with that message's ts",
+        )?;
         let skipped = IntCounterVec::new(
             Opts::new(
                 "slackline_slack_sender_skipped_total",
-                "Replies handled again without a send: already_sent, ambiguous",
+                "Replies handled again without a send: already_sent, ambiguous (not found in \
+                 the thread), already_failed (refused by Slack; only a redrive tries again)",
             ),
             &["reason"],
         )?;
@@ -75,6 +85,7 @@ impl SenderMetrics {
         registry.register(Box::new(failed.clone()))?;
         registry.register(Box::new(retried.clone()))?;
         registry.register(Box::new(ambiguous.clone()))?;
+        registry.register(Box::new(reconciled.clone()))?;
         registry.register(Box::new(skipped.clone()))?;
         for error in KNOWN_PERMANENT {
             failed.with_label_values(&[error]);
@@ -82,7 +93,7 @@ impl SenderMetrics {
         for reason in ["rate_limited", "connect", "http_5xx"] {
             retried.with_label_values(&[reason]);
         }
-        for reason in ["already_sent", "ambiguous"] {
+        for reason in ["already_sent", "ambiguous", "already_failed"] {
             skipped.with_label_values(&[reason]);
         }
         Ok(SenderMetrics {
@@ -90,6 +101,7 @@ impl SenderMetrics {
             failed,
             retried,
             ambiguous,
+            reconciled,
             skipped,
         })
     }
@@ -112,6 +124,11 @@ impl SenderMetrics {
     /// A send's outcome is unknown.
     pub fn ambiguous(&self) {
         self.ambiguous.inc();
+    }
+
+    /// An unknown outcome was found posted in the thread.
+    pub fn reconciled(&self) {
+        self.reconciled.inc();
     }
 
     /// A reply needed no send.

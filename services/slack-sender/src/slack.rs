@@ -16,6 +16,10 @@
 //!   documentation says part of the operation may have succeeded; whatever the HTTP
 //!   status, a 5xx included), a 5xx with any other error code, or `ok` without a
 //!   `ts`. Such a reply is never posted again automatically.
+//!
+//! [`SlackPoster::find_posted`] asks Slack whether an ambiguous send landed after
+//! all: `conversations.replies` of the thread, looking for our message whose metadata
+//! names the reply id (see [`crate::handler`]).
 
 use std::time::Duration;
 
@@ -44,6 +48,12 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Slack error codes after which the same call may succeed and that say nothing was
 /// posted.
 const RETRYABLE_ERRORS: [&str; 3] = ["ratelimited", "service_unavailable", "request_timeout"];
+
+/// Messages per `conversations.replies` page (Slack recommends at most 200).
+const REPLIES_PAGE: &str = "200";
+
+/// Pages of a thread read before giving up (200 messages each).
+const MAX_REPLIES_PAGES: usize = 50;
 
 /// Slack error codes that say the call may have partly succeeded.
 const AMBIGUOUS_ERRORS: [&str; 2] = ["internal_error", "fatal_error"];
@@ -79,6 +89,7 @@ pub enum PostOutcome {
 pub struct SlackPoster {
     http: reqwest::Client,
     url: String,
+    replies_url: String,
     tokens: BotTokens,
     as_agent: bool,
 }
@@ -151,6 +162,7 @@ impl SlackPoster {
         Ok(SlackPoster {
             http,
             url: format!("{}/chat.postMessage", config.base_url),
+            replies_url: format!("{}/conversations.replies", config.base_url),
             tokens: config.tokens.clone(),
             as_agent: config.as_agent,
         })
@@ -221,6 +233,95 @@ impl SlackPoster {
         };
         classify(status, retry_after.as_deref(), &bytes)
     }
+}
+
+impl SlackPoster {
+    /// Looks for the message posted for `reply` in its thread: `conversations.replies`
+    /// (channel, `ts` = the thread's root ts, `include_all_metadata=true`, page by page
+    /// with `cursor`) and our message whose metadata (`event_type`
+    /// [`METADATA_EVENT_TYPE`]) names the reply id. `Ok(Some(ts))` when found,
+    /// `Ok(None)` when the thread has no such message.
+    ///
+    /// # Errors
+    ///
+    /// Why Slack could not be asked (no token, no answer, a Slack error, a 429):
+    /// nothing is known then.
+    pub async fn find_posted(&self, reply: &Reply) -> Result<Option<String>, String> {
+        let token = self
+            .token(&reply.team_id)
+            .ok_or_else(|| format!("no bot token configured for team {}", reply.team_id))?;
+        let mut cursor = String::new();
+        for _ in 0..MAX_REPLIES_PAGES {
+            let mut query = vec![
+                ("channel", reply.channel_id.as_str()),
+                ("ts", reply.thread_ts.as_str()),
+                ("include_all_metadata", "true"),
+                ("limit", REPLIES_PAGE),
+            ];
+            if !cursor.is_empty() {
+                query.push(("cursor", cursor.as_str()));
+            }
+            let response = self
+                .http
+                .get(&self.replies_url)
+                .bearer_auth(token)
+                .query(&query)
+                .send()
+                .await
+                .map_err(|e| format!("conversations.replies: {}", describe(&e)))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("conversations.replies: HTTP {}", status.as_u16()));
+            }
+            let page: Value = response.json().await.map_err(|e| {
+                format!("conversations.replies: unreadable answer: {}", describe(&e))
+            })?;
+            if page.get("ok").and_then(Value::as_bool) != Some(true) {
+                let error = page
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no error code");
+                return Err(format!("conversations.replies: Slack error {error}"));
+            }
+            let messages = page
+                .get("messages")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(ts) = messages.iter().find_map(|m| ours(m, &reply.reply_id)) {
+                return Ok(Some(ts.to_owned()));
+            }
+            cursor = page
+                .pointer("/response_metadata/next_cursor")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let more = page.get("has_more").and_then(Value::as_bool) == Some(true);
+            if cursor.is_empty() || !more {
+                return Ok(None);
+            }
+        }
+        Err(format!(
+            "conversations.replies: the thread is longer than {MAX_REPLIES_PAGES} pages"
+        ))
+    }
+}
+
+/// The ts of `message` when it is the one we posted for `reply_id`.
+fn ours<'m>(message: &'m Value, reply_id: &str) -> Option<&'m str> {
+    let metadata = message.get("metadata")?;
+    let is_ours = metadata.get("event_type").and_then(Value::as_str) == Some(METADATA_EVENT_TYPE)
+        && metadata
+            .pointer("/event_payload/reply_id")
+            .and_then(Value::as_str)
+            == Some(reply_id);
+    if !is_ours {
+        return None;
+    }
+    message
+        .get("ts")
+        .and_then(Value::as_str)
+        .filter(|ts| !ts.is_empty())
 }
 
 /// A `Retry-After` value: delay-seconds, or an HTTP-date (RFC 9110; the wait until

@@ -45,7 +45,12 @@ pub struct Row {
     pub token: Option<Uuid>,
     /// The message's ts once posted.
     pub ts: Option<String>,
+    /// The redrive that last claimed it out of `failed`.
+    pub redrive_id: Option<String>,
 }
+
+/// `state, claim_token, ts, redrive_id` as read.
+type RawRow = (String, Option<String>, Option<String>, Option<String>);
 
 /// Access to `replies`.
 #[derive(Debug, Clone)]
@@ -88,12 +93,13 @@ impl ReplyStore {
 
     /// The row of `reply_id`, if any.
     pub async fn row(&self, reply_id: &str) -> Result<Option<Row>, StoreError> {
-        let row: Option<(String, Option<String>, Option<String>)> =
-            sqlx::query_as("SELECT state, claim_token::text, ts FROM replies WHERE reply_id = $1")
-                .bind(reply_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|(state, token, ts)| {
+        let row: Option<RawRow> = sqlx::query_as(
+            "SELECT state, claim_token::text, ts, redrive_id FROM replies WHERE reply_id = $1",
+        )
+        .bind(reply_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|(state, token, ts, redrive_id)| {
             Ok(Row {
                 state: ReplyState::parse(&state)?,
                 token: token
@@ -103,21 +109,31 @@ impl ReplyStore {
                     })
                     .transpose()?,
                 ts,
+                redrive_id,
             })
         })
         .transpose()
     }
 
-    /// Claims a `pending` (or `failed`) reply for a send under `token`, just before
-    /// the request; false when it is in another state (someone else claimed it).
-    pub async fn begin_send(&self, reply_id: &str, token: Uuid) -> Result<bool, StoreError> {
+    /// Claims a `pending` reply (or a `failed` one for a `redrive` other than the one
+    /// that claimed it last) for a send under `token`, just before the request; false
+    /// when it is in another state (someone else claimed it).
+    pub async fn begin_send(
+        &self,
+        reply_id: &str,
+        token: Uuid,
+        redrive: Option<&str>,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "UPDATE replies SET state = 'sending', claim_token = $2::uuid, \
+             redrive_id = COALESCE($3, redrive_id), \
              attempts = attempts + 1, updated_at = now() \
-             WHERE reply_id = $1 AND state IN ('pending', 'failed')",
+             WHERE reply_id = $1 AND (state = 'pending' OR (state = 'failed' \
+             AND $3::text IS NOT NULL AND redrive_id IS DISTINCT FROM $3::text))",
         )
         .bind(reply_id)
         .bind(token.to_string())
+        .bind(redrive)
         .execute(&self.pool)
         .await?
         .rows_affected();
@@ -140,6 +156,30 @@ impl ReplyStore {
         )
         .bind(reply_id)
         .bind(token.to_string())
+        .bind(ts)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(done == 1)
+    }
+
+    /// Records a post found in the thread (`conversations.replies`) for a row still
+    /// `sending` or `ambiguous` under `token` (none for a row without one); false when
+    /// it moved on meanwhile.
+    pub async fn mark_reconciled(
+        &self,
+        reply_id: &str,
+        token: Option<Uuid>,
+        ts: &str,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE replies SET state = 'sent', ts = $3, sent_at = now(), updated_at = now(), \
+             last_error = NULL \
+             WHERE reply_id = $1 AND claim_token IS NOT DISTINCT FROM $2::uuid \
+             AND state IN ('sending', 'ambiguous')",
+        )
+        .bind(reply_id)
+        .bind(token.map(|t| t.to_string()))
         .bind(ts)
         .execute(&self.pool)
         .await?

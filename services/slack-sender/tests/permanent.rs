@@ -79,17 +79,7 @@ async fn permanent_slack_errors_go_to_the_dlq_with_the_error_and_redrive_brings_
 
     // The cause is fixed (the bot invited, the text shortened...): redrive.
     for record in &dlq {
-        let redrive = slackline_consumer::redrive(&serde_json::to_vec(record).unwrap()).unwrap();
-        slackline_testkit::kafka::produce_records(
-            &cluster,
-            &redrive.topic,
-            &[(
-                String::from_utf8(redrive.key.unwrap()).unwrap(),
-                redrive.payload,
-                "redrive".into(),
-            )],
-        )
-        .await;
+        redrive(&cluster, record).await;
     }
     wait_until(
         "the redriven replies posted",

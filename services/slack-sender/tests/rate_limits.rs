@@ -159,9 +159,16 @@ async fn server_errors_and_no_connection_are_retried_in_order() {
     )
     .await;
     let pool = pool(&db).await;
-    let (state, _, error) = reply_row(&pool, "r-down").await.unwrap();
-    assert_eq!(state, "pending");
-    assert!(error.unwrap().contains("could not reach Slack"));
+    // Between two tries (a try in progress shows `sending`).
+    wait_until(
+        "pending with the connect error",
+        Duration::from_secs(10),
+        || async {
+            let (state, _, error) = reply_row(&pool, "r-down").await.unwrap();
+            state == "pending" && error.unwrap_or_default().contains("could not reach Slack")
+        },
+    )
+    .await;
     sender.stop().await;
     let mut sender = start(config_with_slack(&cluster, &db.url, &slack)).await;
     wait_until(
@@ -182,4 +189,96 @@ fn config_with_slack(
     slack: &SlackApiStandIn,
 ) -> slackline_slack_sender::SlackSenderConfig {
     config(cluster, url, slack, &[])
+}
+
+/// A `Retry-After` above the runtime's in-process limit (5 s): the record goes to the
+/// retry topic at once with the channel's later replies parked behind it, in order;
+/// another channel is not delayed; the reply is posted once, after the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_retry_after_goes_through_the_retry_topic_in_order() {
+    assert!(slackline_consumer::MAX_IN_PROCESS_RETRY_AFTER < Duration::from_secs(7));
+    let cluster = cluster();
+    let db = TestDatabase::create().await;
+    let slack = SlackApiStandIn::start().await;
+    slack.script(
+        "C0LONG",
+        Answer::RateLimited {
+            retry_after_secs: 7,
+        },
+    );
+    let mut sender = start(config(
+        &cluster,
+        &db.url,
+        &slack,
+        &[("SLACK_SENDER_CHANNEL_INTERVAL_MS", "200")],
+    ))
+    .await;
+    let mut replies = Vec::new();
+    for i in 0..3 {
+        replies.push(reply(
+            &format!("r-long{i}"),
+            "C0LONG",
+            ROOT,
+            &format!("long {i}"),
+        ));
+        replies.push(reply(
+            &format!("r-free{i}"),
+            "C0FREE",
+            ROOT,
+            &format!("free {i}"),
+        ));
+    }
+    produce_replies(&cluster, &replies).await;
+    wait_until("every reply posted", Duration::from_secs(60), || async {
+        slack.posted().len() == 6
+    })
+    .await;
+    wait_caught_up(&cluster, Duration::from_secs(30)).await;
+
+    let long = calls_to(&slack, "C0LONG");
+    let calls: Vec<_> = long
+        .iter()
+        .map(|c| (c.field("text").unwrap(), c.answer.as_str()))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            ("long 0", "429 retry-after 7"),
+            ("long 0", "ok"),
+            ("long 1", "ok"),
+            ("long 2", "ok"),
+        ],
+        "posted once each, in order"
+    );
+    let waited = long[1].at - long[0].at;
+    assert!(
+        waited >= Duration::from_millis(6950),
+        "Retry-After honoured: {waited:?}"
+    );
+    // The other channel went on meanwhile.
+    let free = calls_to(&slack, "C0FREE");
+    assert_eq!(
+        posted_texts(&slack, "C0FREE"),
+        ["free 0", "free 1", "free 2"]
+    );
+    assert_eq!(free.len(), 3);
+    assert!(
+        free[2].at < long[0].at + Duration::from_secs(5),
+        "free 2 at {:?} after the 429",
+        free[2].at - long[0].at
+    );
+    // Through the retry topic (not waited out in process), the channel's later
+    // replies parked behind it in order; nothing of the other channel.
+    let retried = retry_topic_replies(&cluster, 3).await;
+    assert_eq!(
+        retried,
+        [
+            ("C0LONG".to_owned(), "r-long0".to_owned()),
+            ("C0LONG".to_owned(), "r-long1".to_owned()),
+            ("C0LONG".to_owned(), "r-long2".to_owned()),
+        ]
+    );
+    assert_eq!(sender.counter("slackline_slack_sender_sent_total", &[]), 6);
+    sender.stop().await;
+    db.drop_database().await;
 }

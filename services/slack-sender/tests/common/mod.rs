@@ -1,7 +1,13 @@
 //! Shared set-up for the slack-sender's tests: the shared Kafka broker with every
 //! slackline topic under the test's own prefix, a throwaway database, the Slack Web
 //! API stand-in on a real socket, replies, and the service with short retry delays.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    dead_code,
+    unused_imports,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs
+)]
 
 use std::time::Duration;
 
@@ -204,5 +210,139 @@ pub async fn dlq_records(cluster: &TestCluster, want: usize) -> Vec<slackline_co
     .await
     .into_iter()
     .map(|r| serde_json::from_slice(&r.payload).expect("a DLQ record"))
+    .collect()
+}
+
+/// Produces a dead letter back to its topic as `slackline dlq redrive` does
+/// ([`slackline_consumer::redrive`]: key, payload, the original headers and the
+/// `slackline-redrive` marker).
+pub async fn redrive(cluster: &TestCluster, record: &slackline_consumer::DlqRecord) {
+    let back = slackline_consumer::redrive(&record.to_json()).expect("a redrivable record");
+    assert!(back
+        .headers
+        .iter()
+        .any(|(name, _)| name == slackline_kafka::headers::REDRIVE));
+    let headers: Vec<(&str, String)> = back
+        .headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str(),
+                String::from_utf8(value.clone().unwrap_or_default()).unwrap(),
+            )
+        })
+        .collect();
+    slackline_testkit::kafka::produce_with_headers(
+        cluster,
+        &back.topic,
+        &[(
+            String::from_utf8(back.key.clone().unwrap()).unwrap(),
+            back.payload.clone(),
+            headers,
+        )],
+    )
+    .await;
+}
+
+/// A slack-sender "process": the consumer runtime and its handler on a tokio runtime
+/// of their own, so that [`Process::kill`] ends every task the process started (the
+/// handler calls and the send tasks that outlive them, their HTTP requests and
+/// database statements cut off) as a killed process ends, after the consumer
+/// runtime crashed (`RuntimeHandle::crash`: no offsets committed, no clean leave).
+pub struct Process {
+    rt: Option<tokio::runtime::Runtime>,
+    sender: Option<slackline_slack_sender::SenderRuntime>,
+    pub registry: Registry,
+    shutdown: Shutdown,
+}
+
+impl Process {
+    pub async fn start(config: SlackSenderConfig) -> Process {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shutdown = Shutdown::new();
+        // Started on the process's runtime (its tasks are spawned there); block_on
+        // because the start future is not `Send`-provable for `spawn`.
+        let handle = rt.handle().clone();
+        let start_shutdown = shutdown.clone();
+        let sender = tokio::task::spawn_blocking(move || {
+            handle.block_on(slackline_slack_sender::start_runtime(
+                config,
+                start_shutdown,
+            ))
+        })
+        .await
+        .unwrap()
+        .expect("slack-sender starts");
+        Process {
+            registry: sender.registry.clone(),
+            rt: Some(rt),
+            sender: Some(sender),
+            shutdown,
+        }
+    }
+
+    /// Kills the process: its consumer runtime crashes, then every task it started
+    /// is dropped where it stands.
+    pub async fn kill(mut self) {
+        let sender = self.sender.take().unwrap();
+        sender.runtime.crash().await;
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Stops the process cleanly (its sends under way recorded first).
+    pub async fn stop(mut self) {
+        let sender = self.sender.take().unwrap();
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(60), sender.runtime.wait())
+            .await
+            .expect("stops in time")
+            .expect("stops cleanly");
+        assert!(
+            sender
+                .handler
+                .wait_sends(tokio::time::Instant::now() + Duration::from_secs(20))
+                .await
+        );
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// A counter of the registry with these label values (others summed).
+    pub fn counter(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        slackline_testkit::metrics::metric(&self.registry, name, labels) as u64
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// The `(key, reply id)` of every record of the group's retry topic, in offset order
+/// per partition.
+pub async fn retry_topic_replies(cluster: &TestCluster, want: usize) -> Vec<(String, String)> {
+    read_topic(
+        &cluster.bootstrap_servers(),
+        &cluster.names().retry(GROUP),
+        PARTITIONS,
+        want,
+        Duration::from_secs(20),
+    )
+    .await
+    .into_iter()
+    .map(|r| {
+        let reply = slackline_events::decode_reply(&r.payload).expect("a reply record");
+        (r.key.unwrap_or_default(), reply.reply_id)
+    })
     .collect()
 }
