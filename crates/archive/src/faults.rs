@@ -1,4 +1,4 @@
-//! A test seam: failures injected into the file archive's write-ahead log, so that
+//! A test seam: failures injected into the file archive's segment writes, so that
 //! tests can prove what a torn append, a failed `fdatasync`, a failed truncation or a
 //! failed rotation does to acknowledged writes.
 //!
@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// No write failure armed.
 const NO_BUDGET: u64 = u64::MAX;
 
-/// Failures to inject into a file archive's write-ahead log. Clones share their
+/// Failures to inject into a file archive's segment writes. Clones share their
 /// state: a test keeps one and arms failures while the archive runs. Each `fail_*`
 /// call arms the next `n` operations of that kind to fail (replacing what was armed).
 /// `LogFaults::default()` injects nothing and cannot be armed (what
@@ -28,7 +28,6 @@ struct State {
     syncs: AtomicU32,
     truncations: AtomicU32,
     rotations: AtomicU32,
-    checkpoints: AtomicU32,
     rotate_every_batch: AtomicBool,
 }
 
@@ -49,13 +48,12 @@ impl LogFaults {
                 syncs: AtomicU32::new(0),
                 truncations: AtomicU32::new(0),
                 rotations: AtomicU32::new(0),
-                checkpoints: AtomicU32::new(0),
                 rotate_every_batch: AtomicBool::new(false),
             })),
         }
     }
 
-    /// The next log append writes only its first `bytes` bytes (really, to the file)
+    /// The next segment append writes only its first `bytes` bytes (really, to the file)
     /// and then fails: a torn record, as a full disk or an I/O error leaves it.
     /// (`u64::MAX` disarms it; a budget of the whole batch or more writes it whole
     /// and still fails.)
@@ -65,39 +63,31 @@ impl LogFaults {
         }
     }
 
-    /// The next `n` `fdatasync`/`fsync` calls on the log's segment fail (after an
-    /// append, or after cutting a failed append back).
+    /// The next `n` `fdatasync`/`fsync` calls on a segment fail (after an append, or
+    /// after cutting a failed append back).
     pub fn fail_syncs(&self, n: u32) {
         if let Some(s) = &self.state {
             s.syncs.store(n, Ordering::SeqCst);
         }
     }
 
-    /// The next `n` truncations of a segment back to its last good record fail.
+    /// The next `n` truncations of a segment back to its last good line fail.
     pub fn fail_truncations(&self, n: u32) {
         if let Some(s) = &self.state {
             s.truncations.store(n, Ordering::SeqCst);
         }
     }
 
-    /// The next `n` rotations (creating a fresh segment) fail.
-    pub fn fail_rotations(&self, n: u32) {
+    /// The next `n` segment creations (a rotation, the first segment, the one after a
+    /// failed append) fail.
+    pub fn fail_segment_creations(&self, n: u32) {
         if let Some(s) = &self.state {
             s.rotations.store(n, Ordering::SeqCst);
         }
     }
 
-    /// The next `n` checkpoints fail before flushing, so their segments stay on disk
-    /// (as after a crash before the checkpoint): a test's crash image then needs no
-    /// object file at all.
-    pub fn fail_checkpoints(&self, n: u32) {
-        if let Some(s) = &self.state {
-            s.checkpoints.store(n, Ordering::SeqCst);
-        }
-    }
-
-    /// Makes the segment due for rotation after every batch (instead of after 64 MiB
-    /// or 30 s), to exercise rotations.
+    /// Makes the segment due for rotation after every batch (instead of after its
+    /// size or age limit), to exercise rotations.
     pub fn rotate_after_every_batch(&self, on: bool) {
         if let Some(s) = &self.state {
             s.rotate_every_batch.store(on, Ordering::SeqCst);
@@ -123,10 +113,6 @@ impl LogFaults {
 
     pub(crate) fn rotate(&self) -> std::io::Result<()> {
         self.take(|s| &s.rotations, "segment creation")
-    }
-
-    pub(crate) fn checkpoint(&self) -> std::io::Result<()> {
-        self.take(|s| &s.checkpoints, "checkpoint")
     }
 
     pub(crate) fn rotate_every_batch(&self) -> bool {

@@ -1,50 +1,81 @@
 //! The local-directory archive (`file:///path`), for `slackline dev` and single-node
 //! installs.
 //!
-//! Durability without paying one `fsync` per request: a writer thread takes every
-//! write that is waiting, writes each object to a temporary name and renames it into
-//! place, appends the whole batch to a write-ahead log and makes it durable with one
-//! `fdatasync` before answering any of its writers (group commit; see [`crate::wal`]).
-//! Under load a batch holds many requests, so the cost of the flush is shared; an
-//! idle archive still flushes each write at once.
+//! Requests are appended to segment files ([`crate::segment`]); no file is created
+//! per request. Two threads share the work:
+//!
+//! * the **writer** takes every request that is waiting (a batch), gives each its
+//!   place (its locator, handed back at once so that the edge produces to Kafka
+//!   meanwhile) and appends the batch's lines to the open segment;
+//! * the **syncers** (a few threads) take every appended batch that is waiting and
+//!   make them durable with one `fdatasync` per segment before telling any of their
+//!   writers "durable" (group commit); a batch appended while a flush is in progress
+//!   starts its own flush at once.
+//!
+//! So the next batch is placed and written while the previous one is being flushed,
+//! and under load one flush covers many requests; an idle archive flushes each
+//! request at once.
+//!
+//! A segment is closed and a new one started after [`SEGMENT_MAX_BYTES`], after
+//! [`SEGMENT_MAX_AGE`], when the hour of the requests changes (a segment never spans
+//! two hour folders), and after any failed append or flush. A failed append (a short
+//! or failed write) or flush (`fdatasync`) is cut back to the segment's last durable
+//! line and the segment is abandoned, never appended to again: the failed requests' locators
+//! may already be in Kafka records (their requests were answered 503), and must not
+//! come to name other requests' lines. If the next segment cannot be created, writes
+//! are refused ([`ArchiveError::LogUnavailable`]) until one can; each batch tries.
+//!
+//! The write queue is bounded ([`FileArchive::open`]'s capacity): when it is full a
+//! write fails at once with [`ArchiveError::Busy`] (the edge answers 503), never an
+//! unbounded wait.
 
 use std::collections::HashSet;
-use std::fs;
-use std::io::Write;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wal::{self, Wal};
-use crate::{ArchiveError, LogFaults};
+use crate::segment::{same_hour, segment_key, Locator};
+use crate::{faults, wal, Appending, ArchiveError, ArchiveRecord, LogFaults};
 
-/// Most writes flushed together.
-const MAX_BATCH: usize = 512;
+/// Most requests appended together.
+const MAX_BATCH: usize = 1024;
+/// Most bytes appended together.
+const MAX_BATCH_BYTES: usize = 8 << 20;
+/// A segment this large is closed.
+pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
+/// A segment this old is closed (it also bounds how far after its first request a
+/// segment's last one can be: replay relies on it, see
+/// [`crate::segment::SEGMENT_MAX_SPAN`]).
+pub const SEGMENT_MAX_AGE: Duration = Duration::from_secs(60);
+/// A segment this old is closed even if no new one can be created (writes are then
+/// refused): it keeps every segment within [`crate::SEGMENT_MAX_SPAN`].
+const SEGMENT_HARD_AGE: Duration = Duration::from_secs(100);
+/// Flushes that may run at once.
+const SYNCERS: usize = 3;
+/// Requests waiting for the writer, unless the caller says otherwise.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 
 struct WriteRequest {
-    key: String,
-    bytes: Bytes,
-    done: oneshot::Sender<Result<(), ArchiveError>>,
+    received_at: DateTime<Utc>,
+    line: Vec<u8>,
+    placed: oneshot::Sender<Result<String, ArchiveError>>,
+    durable: oneshot::Sender<Result<(), ArchiveError>>,
 }
 
-/// A directory of archive objects, one file per key.
+/// A directory of segment files.
 #[derive(Debug, Clone)]
 pub struct FileArchive {
     root: Arc<PathBuf>,
-    writer: mpsc::UnboundedSender<WriteRequest>,
+    writer: mpsc::Sender<WriteRequest>,
 }
 
-impl std::fmt::Debug for WriteRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WriteRequest")
-            .field("key", &self.key)
-            .finish()
-    }
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     move |source| ArchiveError::Io {
         path: path.display().to_string(),
         source,
@@ -55,47 +86,37 @@ impl FileArchive {
     /// Opens (creating it if needed) the directory and starts its writer thread, which
     /// ends when the last clone of the archive is dropped.
     pub fn open(root: impl Into<PathBuf>) -> Result<FileArchive, ArchiveError> {
-        FileArchive::open_with_faults(root, LogFaults::default())
+        FileArchive::open_with(root, DEFAULT_QUEUE_CAPACITY, LogFaults::default())
     }
 
-    /// Test seam: [`FileArchive::open`] with failures injected into the write-ahead
-    /// log as `faults` is armed (see [`LogFaults`]). The services never call this.
+    /// Test seam: [`FileArchive::open`] with failures injected into segment writes as
+    /// `faults` is armed (see [`LogFaults`]). The services never call this.
     pub fn open_with_faults(
         root: impl Into<PathBuf>,
         faults: LogFaults,
     ) -> Result<FileArchive, ArchiveError> {
+        FileArchive::open_with(root, DEFAULT_QUEUE_CAPACITY, faults)
+    }
+
+    /// [`FileArchive::open`] with a write queue of `capacity` requests.
+    pub fn open_with(
+        root: impl Into<PathBuf>,
+        capacity: usize,
+        faults: LogFaults,
+    ) -> Result<FileArchive, ArchiveError> {
         let root: PathBuf = root.into();
         fs::create_dir_all(&root).map_err(io_error(&root))?;
-        let mut known_dirs = HashSet::new();
-        let mut restore = |key: &str, data: &[u8]| {
-            write_one(&root, key, data, &mut known_dirs)
-                .map_err(|e| std::io::Error::other(e.to_string()))
-        };
-        let (wal, restored) = Wal::open(&root, &mut restore, flush, faults.clone())
-            .map_err(io_error(&root.join(wal::WAL_DIR)))?;
+        // Archives written by earlier versions kept a write-ahead log of single-request
+        // objects: restore what a crash left in it before writing anything new.
+        let restored = wal::recover_legacy(&root, flush).map_err(io_error(&root))?;
         if restored > 0 {
-            tracing::warn!(restored, root = %root.display(), "archive recovered objects from its write-ahead log");
+            tracing::warn!(restored, root = %root.display(), "archive restored objects from an earlier version's write-ahead log");
         }
-        let (writer, requests) = mpsc::unbounded_channel();
-        let (retire_tx, retired) = std::sync::mpsc::channel::<PathBuf>();
-        let thread_root = root.clone();
-        let checkpoint_faults = faults;
-        // Checkpoints flush the whole file system, which can take long on a busy
-        // machine: they run beside the writer so that writes never wait for them.
-        std::thread::Builder::new()
-            .name("archive-checkpoint".into())
-            .spawn(move || {
-                for segment in retired {
-                    if let Err(e) = wal::retire(&thread_root, &segment, flush, &checkpoint_faults) {
-                        tracing::warn!(error = %e, segment = %segment.display(), "archive checkpoint failed; the segment is kept for recovery");
-                    }
-                }
-            })
-            .map_err(io_error(&root))?;
-        let thread_root = root.clone();
+        let (writer, requests) = mpsc::channel(capacity.max(1));
+        let writer_state = Writer::new(root.clone(), faults).map_err(io_error(&root))?;
         std::thread::Builder::new()
             .name("archive-writer".into())
-            .spawn(move || write_loop(&thread_root, wal, requests, retire_tx))
+            .spawn(move || writer_state.run(requests))
             .map_err(io_error(&root))?;
         Ok(FileArchive {
             root: Arc::new(root),
@@ -109,46 +130,93 @@ impl FileArchive {
     }
 
     fn path_of(&self, key: &str) -> Result<PathBuf, ArchiveError> {
-        // Keys are made by `object_key`; refuse anything that could leave the root.
+        // Keys are made by the archive; refuse anything that could leave the root.
         if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p == ".." || p == ".") {
             return Err(ArchiveError::Io {
                 path: key.to_owned(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "key escapes the archive root",
-                ),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "key escapes the archive root"),
             });
         }
         Ok(self.root.join(key))
     }
 
-    /// Writes `bytes` under `key`; resolves once the batch holding it is on disk.
-    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
-        self.path_of(key)?;
-        let (done, result) = oneshot::channel();
+    /// Queues `record`; resolves once it has its place in a segment. Fails at once
+    /// with [`ArchiveError::Busy`] when the queue is full.
+    pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
+        let line = record.to_json()?;
+        let (placed, placed_rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
         self.writer
-            .send(WriteRequest {
-                key: key.to_owned(),
-                bytes,
-                done,
+            .try_send(WriteRequest {
+                received_at: record.received_at,
+                line,
+                placed,
+                durable,
             })
-            .map_err(|_| ArchiveError::WriterStopped)?;
-        result.await.map_err(|_| ArchiveError::WriterStopped)?
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
+                mpsc::error::TrySendError::Closed(_) => ArchiveError::WriterStopped,
+            })?;
+        let locator = placed_rx.await.map_err(|_| ArchiveError::WriterStopped)??;
+        Ok(Appending::new(locator, durable_rx))
     }
 
-    /// Reads the object under `key`.
-    pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
+    /// Stores a whole object under `key` (for tools and tests: the edge appends to
+    /// segments), durably: written under a temporary name, flushed, renamed, and the
+    /// directory flushed.
+    pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
         let path = self.path_of(key)?;
-        match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(Bytes::from(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Err(ArchiveError::NotFound(key.to_owned()))
-            }
-            Err(e) => Err(io_error(&path)(e)),
-        }
+        tokio::task::spawn_blocking(move || {
+            let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
+            fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+            let tmp = path.with_extension("tmp");
+            let mut file = File::create(&tmp).map_err(io_error(&tmp))?;
+            file.write_all(&bytes).map_err(io_error(&tmp))?;
+            file.sync_data().map_err(io_error(&tmp))?;
+            fs::rename(&tmp, &path).map_err(io_error(&path))?;
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_error(&dir))
+        })
+        .await
+        .map_err(|_| ArchiveError::WriterStopped)?
     }
 
-    /// Every key under `prefix`, sorted (temporary files are not keys).
+    /// The bytes at `locator`: one request's line, or a whole single-request object.
+    pub async fn get(&self, locator: &Locator) -> Result<Bytes, ArchiveError> {
+        let path = self.path_of(&locator.key)?;
+        let shown = locator.to_string();
+        let range = locator.range;
+        tokio::task::spawn_blocking(move || {
+            let not_found = |e: io::Error| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    ArchiveError::NotFound(shown.clone())
+                } else {
+                    io_error(&path)(e)
+                }
+            };
+            let Some((offset, len)) = range else {
+                return fs::read(&path).map(Bytes::from).map_err(not_found);
+            };
+            let mut file = File::open(&path).map_err(not_found)?;
+            let want = usize::try_from(len + 1).map_err(|_| ArchiveError::NotFound(shown.clone()))?;
+            let mut buf = Vec::with_capacity(want);
+            file.seek(SeekFrom::Start(offset)).map_err(io_error(&path))?;
+            file.take(len + 1)
+                .read_to_end(&mut buf)
+                .map_err(io_error(&path))?;
+            // A line is a request only with its newline (see `segment`).
+            if buf.len() != want || buf.last() != Some(&b'\n') {
+                return Err(ArchiveError::NotFound(shown));
+            }
+            buf.pop();
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(|_| ArchiveError::WriterStopped)?
+    }
+
+    /// Every key under `prefix`, sorted (temporary and hidden files are not keys).
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {
         let root = self.root.clone();
         let prefix = prefix.to_owned();
@@ -182,7 +250,7 @@ impl FileArchive {
 fn walk(root: &Path, dir: &Path, keys: &mut Vec<String>) -> Result<(), ArchiveError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(dir)(e)),
     };
     for entry in entries {
@@ -207,267 +275,467 @@ fn is_temporary(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') || n.ends_with(".tmp"))
 }
 
-/// The writer thread: batch, write, rename, one log append and `fdatasync`, answer;
-/// checkpoint the log now and then. Ends (with a checkpoint) when every handle to
-/// the archive is gone.
-///
-/// A failed append answers its batch with an error and leaves the log cut back to
-/// its last durable record ([`Wal::append`]). If the log could not be cut back, no
-/// write is acknowledged (nor even written) until a rotation to a fresh segment
-/// succeeds: each batch tries one first, and is refused with
-/// [`ArchiveError::LogUnavailable`] if it fails.
-fn write_loop(
-    root: &Path,
-    mut wal: Wal,
-    mut requests: mpsc::UnboundedReceiver<WriteRequest>,
-    retire: std::sync::mpsc::Sender<PathBuf>,
-) {
-    let mut known_dirs: HashSet<PathBuf> = HashSet::new();
-    let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
-    let mut results: Vec<Result<(), ArchiveError>> = Vec::with_capacity(MAX_BATCH);
-    let mut log: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut refused: u64 = 0;
-    while let Some(first) = requests.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match requests.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+/// The open segment, as the writer thread sees it.
+struct Segment {
+    key: String,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Bytes written to it (durable or on their way).
+    written: u64,
+    /// What the writer and the syncer share.
+    state: Arc<Mutex<SegmentState>>,
+    /// The receive time of its first request (the hour it belongs to).
+    first: DateTime<Utc>,
+    opened: Instant,
+}
+
+/// A segment's state shared by the writer and the syncer, under a lock that each
+/// holds while it changes the file's length (an append, a cut-back), so that a cut
+/// back never moves an append to another offset than the one its locators name.
+struct SegmentState {
+    /// The length of its durable lines: where a failed append or flush is cut back to.
+    durable: u64,
+    /// Why it takes no more appends (a failed append or flush), if it does not.
+    broken: Option<String>,
+}
+
+/// Lines written to a segment, waiting for a flush.
+struct SyncJob {
+    file: Arc<File>,
+    state: Arc<Mutex<SegmentState>>,
+    path: String,
+    /// The segment's length once these lines are in it.
+    end: u64,
+    durable: Vec<oneshot::Sender<Result<(), ArchiveError>>>,
+}
+
+fn lock(state: &Mutex<SegmentState>) -> std::sync::MutexGuard<'_, SegmentState> {
+    // A panic while holding the lock leaves a state that is still coherent (both
+    // fields are set in one assignment each).
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Cuts the segment back to its durable lines (best effort: a line that stays behind
+/// is complete or has no newline, and the segment takes no more appends either way).
+fn cut_back(file: &File, state: &mut SegmentState, path: &str, faults: &LogFaults) {
+    let cut = faults
+        .truncate()
+        .and_then(|()| file.set_len(state.durable))
+        .and_then(|()| faults.sync())
+        .and_then(|()| file.sync_all());
+    if let Err(e) = cut {
+        tracing::error!(error = %e, segment = path, "archive segment could not be cut back after a failed write");
+    }
+}
+
+/// The writer thread's state. It places requests and appends their lines; the syncer
+/// thread ([`sync_loop`]) makes them durable, so that the next batch is placed (and
+/// its Kafka records produced) while the previous one is being flushed.
+struct Writer {
+    root: PathBuf,
+    faults: LogFaults,
+    segment: Option<Segment>,
+    syncer: std::sync::mpsc::Sender<SyncJob>,
+    /// Directories known to exist and be durable.
+    known_dirs: HashSet<PathBuf>,
+    /// Writes refused since the last segment could not be created.
+    refused: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn new(root: PathBuf, faults: LogFaults) -> io::Result<Writer> {
+        let (syncer, jobs) = std::sync::mpsc::channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..SYNCERS {
+            let jobs = jobs.clone();
+            let sync_faults = faults.clone();
+            std::thread::Builder::new()
+                .name(format!("archive-sync-{i}"))
+                .spawn(move || sync_loop(&jobs, &sync_faults))?;
+        }
+        Ok(Writer {
+            root,
+            faults,
+            segment: None,
+            syncer,
+            known_dirs: HashSet::new(),
+            refused: 0,
+            buf: Vec::with_capacity(1 << 20),
+        })
+    }
+
+    /// Batch, place, append, hand to the syncer; until every handle to the archive is
+    /// gone.
+    fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
+        let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = requests.blocking_recv() {
+            let mut bytes = first.line.len();
+            batch.push(first);
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                match requests.try_recv() {
+                    Ok(next) => {
+                        bytes += next.line.len();
+                        batch.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Runs of one hour each go to a segment of that hour.
+            while !batch.is_empty() {
+                let hour = batch[0].received_at;
+                let run = batch
+                    .iter()
+                    .position(|w| !same_hour(w.received_at, hour))
+                    .unwrap_or(batch.len());
+                let rest = batch.split_off(run);
+                self.write_run(std::mem::replace(&mut batch, rest));
             }
         }
-        if wal.broken().is_some() {
-            if rotate(root, &mut wal, &retire) {
-                tracing::warn!(refused, root = %root.display(), "archive log replaced by a fresh segment; writes are accepted again");
-                refused = 0;
-            } else if let Some(reason) = wal.broken() {
-                refused += batch.len() as u64;
-                for w in batch.drain(..) {
-                    let _ = w.done.send(Err(ArchiveError::LogUnavailable {
-                        reason: reason.to_owned(),
+    }
+
+    /// Appends requests of one hour to a segment of that hour.
+    fn write_run(&mut self, run: Vec<WriteRequest>) {
+        let Some(first) = run.first().map(|w| w.received_at) else {
+            return;
+        };
+        // A segment must end when the hour changes (it never spans two hour folders),
+        // when a write or flush failed in it, and before it is older than replay's
+        // listing window; it should end at its size or age limit, but if no new one
+        // can be created it takes more.
+        let (must, should) = self.segment.as_ref().map_or((true, true), |s| {
+            let must = !same_hour(s.first, first)
+                || s.opened.elapsed() >= SEGMENT_HARD_AGE
+                || lock(&s.state).broken.is_some();
+            let should = s.written >= SEGMENT_MAX_BYTES
+                || s.opened.elapsed() >= SEGMENT_MAX_AGE
+                || (self.faults.rotate_every_batch() && s.written > 0);
+            (must, should)
+        });
+        if must {
+            self.segment = None;
+        }
+        if must || should {
+            match self.create_segment(first) {
+                Ok(segment) => {
+                    if self.refused > 0 {
+                        tracing::warn!(refused = self.refused, root = %self.root.display(), "archive segment created again; writes are accepted again");
+                        self.refused = 0;
+                    }
+                    self.segment = Some(segment);
+                }
+                Err(e) if self.segment.is_some() => {
+                    tracing::warn!(error = %e, root = %self.root.display(), "archive segment rotation failed; the current segment takes more");
+                }
+                Err(e) => {
+                    if self.refused == 0 {
+                        tracing::error!(error = %e, root = %self.root.display(), "archive segment could not be created; writes are refused until one can");
+                    }
+                    self.refused += run.len() as u64;
+                    let reason = e.to_string();
+                    for w in run {
+                        let _ = w.placed.send(Err(ArchiveError::LogUnavailable {
+                            reason: reason.clone(),
+                        }));
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(segment) = self.segment.as_mut() else {
+            return;
+        };
+        let path = segment.path.display().to_string();
+        let mut state = lock(&segment.state);
+        // Placed only now, under the lock: the syncer cannot cut the segment back
+        // between the offsets being chosen and the lines being written there.
+        if let Some(reason) = state.broken.clone() {
+            drop(state);
+            self.segment = None;
+            // Unreachable in practice (checked above, and only the syncer breaks a
+            // segment between batches); the requests are refused, not lost.
+            for w in run {
+                let _ = w.placed.send(Err(ArchiveError::LogUnavailable {
+                    reason: reason.clone(),
+                }));
+            }
+            return;
+        }
+        self.buf.clear();
+        let mut durable = Vec::with_capacity(run.len());
+        for w in run {
+            let offset = segment.written + self.buf.len() as u64;
+            self.buf.extend_from_slice(&w.line);
+            self.buf.push(b'\n');
+            let locator = Locator::line(&segment.key, offset, w.line.len() as u64);
+            // The requester may have given up (deadline): the write still stands.
+            let _ = w.placed.send(Ok(locator.to_string()));
+            durable.push(w.durable);
+        }
+        match write_lines(&segment.file, &self.buf, &self.faults) {
+            Ok(()) => {
+                segment.written += self.buf.len() as u64;
+                drop(state);
+                let job = SyncJob {
+                    file: segment.file.clone(),
+                    state: segment.state.clone(),
+                    path,
+                    end: segment.written,
+                    durable,
+                };
+                if let Err(std::sync::mpsc::SendError(job)) = self.syncer.send(job) {
+                    for done in job.durable {
+                        let _ = done.send(Err(ArchiveError::WriterStopped));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, segment = path, "archive append failed; the segment is closed and the next batch starts a new one");
+                state.broken = Some(e.to_string());
+                cut_back(&segment.file, &mut state, &path, &self.faults);
+                drop(state);
+                self.segment = None;
+                for done in durable {
+                    let _ = done.send(Err(ArchiveError::Io {
+                        path: path.clone(),
+                        source: io::Error::new(e.kind(), e.to_string()),
                     }));
                 }
-                continue;
             }
         }
-        results.extend(
-            batch
-                .iter()
-                .map(|w| write_one(root, &w.key, &w.bytes, &mut known_dirs)),
-        );
-        // One durable log append covers every object of the batch written so far. If
-        // it fails, nothing in the batch may be acknowledged.
-        log.clear();
-        for (w, _) in batch.iter().zip(&results).filter(|(_, r)| r.is_ok()) {
-            wal::encode_record(&mut log, &w.key, &w.bytes);
+    }
+
+    /// Creates the segment for requests received from `first` on, with its directory
+    /// entry (and any folder created for it) durable before anything is acknowledged
+    /// in it.
+    fn create_segment(&mut self, first: DateTime<Utc>) -> io::Result<Segment> {
+        self.faults.rotate()?;
+        let key = segment_key(first);
+        let path = self.root.join(&key);
+        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
+        if !self.known_dirs.contains(&dir) {
+            // Flush every folder that may be new, from the deepest up to the root.
+            fs::create_dir_all(&dir)?;
+            let mut at = dir.as_path();
+            while let Some(parent) = at.parent() {
+                File::open(at)?.sync_all()?;
+                if at == self.root {
+                    break;
+                }
+                at = parent;
+            }
+            self.known_dirs.insert(dir.clone());
         }
-        if !log.is_empty() {
-            if let Err(e) = wal.append(&log) {
-                match wal.broken() {
-                    None => {
-                        tracing::error!(error = %e, "archive log append failed; the log was cut back to its last good record")
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)?;
+        File::open(&dir)?.sync_all()?;
+        Ok(Segment {
+            key,
+            path,
+            file: Arc::new(file),
+            written: 0,
+            state: Arc::new(Mutex::new(SegmentState {
+                durable: 0,
+                broken: None,
+            })),
+            first,
+            opened: Instant::now(),
+        })
+    }
+}
+
+/// Appends `lines` to the segment (the caller holds its lock).
+fn write_lines(mut file: &File, lines: &[u8], faults: &LogFaults) -> io::Result<()> {
+    if let Some(budget) = faults.take_append_budget() {
+        let torn = usize::try_from(budget)
+            .unwrap_or(usize::MAX)
+            .min(lines.len());
+        file.write_all(&lines[..torn])?;
+        return Err(faults::injected("append"));
+    }
+    file.write_all(lines)
+}
+
+/// A syncer thread (there are [`SYNCERS`]): takes every job waiting, flushes each
+/// segment they wrote to once (`fdatasync`), and answers them. Several flushes run at
+/// once, so a batch appended while one is in progress starts its own at once rather
+/// than waiting for it (the file system joins concurrent flushes into one journal
+/// commit where it can). A job is answered by a flush that started after its lines
+/// were written (it was queued only then).
+///
+/// A failed flush leaves the bytes of unknown state on disk: the segment is marked
+/// broken (the writer starts a new one) and cut back to its durable lines, and every
+/// job of it answered after that fails, even one whose own flush succeeded meanwhile
+/// (the check and the acknowledgement happen under the segment's lock, as does the
+/// cut-back).
+fn sync_loop(jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFaults) {
+    let mut waiting: Vec<SyncJob> = Vec::new();
+    loop {
+        {
+            let jobs = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match jobs.recv() {
+                Ok(first) => waiting.push(first),
+                Err(_) => return,
+            }
+            waiting.extend(jobs.try_iter());
+        }
+        while !waiting.is_empty() {
+            // The leading jobs of one segment, flushed together.
+            let state = waiting[0].state.clone();
+            let same = waiting
+                .iter()
+                .position(|j| !Arc::ptr_eq(&j.state, &state))
+                .unwrap_or(waiting.len());
+            let rest = waiting.split_off(same);
+            let group = std::mem::replace(&mut waiting, rest);
+            let Some(last) = group.last() else { continue };
+            let (file, path) = (last.file.clone(), last.path.clone());
+            let end = group.iter().map(|j| j.end).max().unwrap_or(0);
+            let flushed = match lock(&state).broken.clone() {
+                Some(reason) => Err(io::Error::other(format!(
+                    "segment broken before its flush: {reason}"
+                ))),
+                None => faults.sync().and_then(|()| file.sync_data()),
+            };
+            let result = {
+                let mut s = lock(&state);
+                match (flushed, s.broken.clone()) {
+                    (Ok(()), None) => {
+                        s.durable = s.durable.max(end);
+                        Ok(())
                     }
-                    Some(reason) => {
-                        tracing::error!(error = %e, reason, "archive log append failed and the log could not be cut back; writes are refused until a fresh segment starts")
+                    (Ok(()), Some(reason)) => Err(io::Error::other(format!(
+                        "segment broken during its flush: {reason}"
+                    ))),
+                    (Err(e), broken) => {
+                        if broken.is_none() {
+                            tracing::error!(error = %e, segment = path, "archive flush failed; the segment is closed and the next batch starts a new one");
+                            s.broken = Some(e.to_string());
+                            cut_back(&file, &mut s, &path, faults);
+                        }
+                        Err(e)
                     }
                 }
-                known_dirs.clear();
-                for r in results.iter_mut().filter(|r| r.is_ok()) {
-                    *r = Err(ArchiveError::Io {
-                        path: root.join(wal::WAL_DIR).display().to_string(),
-                        source: std::io::Error::new(e.kind(), e.to_string()),
+            };
+            for job in group {
+                for done in job.durable {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(ArchiveError::Io {
+                            path: path.clone(),
+                            source: io::Error::new(e.kind(), e.to_string()),
+                        }),
                     });
                 }
             }
         }
-        for (w, r) in batch.drain(..).zip(results.drain(..)) {
-            // The requester may have given up (deadline); the write still stands.
-            let _ = w.done.send(r);
-        }
-        if wal.due() {
-            rotate(root, &mut wal, &retire);
-        }
-    }
-    rotate(root, &mut wal, &retire);
-}
-
-/// Starts a fresh segment and hands the old one to the checkpoint thread; whether it
-/// did. A failed rotation loses nothing: the current segment keeps every object
-/// (and if it is broken, writes stay refused until a rotation succeeds).
-fn rotate(root: &Path, wal: &mut Wal, retire: &std::sync::mpsc::Sender<PathBuf>) -> bool {
-    match wal.rotate() {
-        Ok(old) => {
-            let _ = retire.send(old);
-            true
-        }
-        // Retried by every batch while the log is broken: kept quiet (each refused
-        // write fails its request, which is logged there).
-        Err(e) if wal.broken().is_some() => {
-            tracing::debug!(error = %e, root = %root.display(), "archive log rotation failed; writes stay refused");
-            false
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, root = %root.display(), "archive log rotation failed; the segment keeps growing");
-            false
-        }
     }
 }
 
-fn write_one(
-    root: &Path,
-    key: &str,
-    bytes: &[u8],
-    known_dirs: &mut HashSet<PathBuf>,
-) -> Result<(), ArchiveError> {
-    let path = root.join(key);
-    if let Some(dir) = path.parent() {
-        if !known_dirs.contains(dir) {
-            fs::create_dir_all(dir).map_err(io_error(dir))?;
-            known_dirs.insert(dir.to_path_buf());
-        }
-    }
-    // Written under a temporary name and renamed, so a key never names a torn file.
-    let tmp = path.with_extension("json.tmp");
-    let mut file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
-    file.write_all(bytes).map_err(io_error(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io_error(&path))
-}
-
-/// Makes everything written under `root` durable.
+/// Makes everything written under `root` durable (the legacy log's recovery).
 #[cfg(target_os = "linux")]
-fn flush(root: &Path) -> std::io::Result<()> {
-    let dir = fs::File::open(root)?;
-    rustix::fs::syncfs(&dir).map_err(std::io::Error::from)
+fn flush(root: &Path) -> io::Result<()> {
+    let dir = File::open(root)?;
+    rustix::fs::syncfs(&dir).map_err(io::Error::from)
 }
 
 /// Makes everything written under `root` durable (portable fallback: a full sync of
 /// the directory; files were closed, so this relies on the OS flushing them in
 /// order, which is weaker than Linux's `syncfs`).
 #[cfg(not(target_os = "linux"))]
-fn flush(root: &Path) -> std::io::Result<()> {
-    fs::File::open(root)?.sync_all()
+fn flush(root: &Path) -> io::Result<()> {
+    File::open(root)?.sync_all()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(at: DateTime<Utc>, body: &str) -> ArchiveRecord {
+        ArchiveRecord {
+            received_at: at,
+            headers: BTreeMap::from([("x-slack-retry-num".to_owned(), "1".to_owned())]),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
 
     #[tokio::test]
-    async fn writes_are_readable_listable_and_refuse_escapes() {
+    async fn appends_share_segments_and_read_back_by_locator() {
         let dir = tempfile::tempdir().unwrap();
         let archive = FileArchive::open(dir.path()).unwrap();
-        let puts = (0..50).map(|i| {
+        let now = Utc::now();
+        let writes = (0..200).map(|i| {
             let archive = archive.clone();
             async move {
-                archive
-                    .put(
-                        &format!("raw/2026/01/01/00/k{i:03}.json"),
-                        Bytes::from(format!("body {i}")),
-                    )
-                    .await
+                let appending = archive.append(&record(now, &format!("body {i}"))).await?;
+                appending.durable().await
             }
         });
-        for r in futures::future::join_all(puts).await {
-            r.unwrap();
+        let locators: Vec<String> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for (i, locator) in locators.iter().enumerate() {
+            let bytes = archive.get(&Locator::parse(locator).unwrap()).await.unwrap();
+            let back = ArchiveRecord::from_json(&bytes).unwrap();
+            assert_eq!(back.body, Bytes::from(format!("body {i}")), "{locator}");
         }
-        assert_eq!(
-            archive.get("raw/2026/01/01/00/k007.json").await.unwrap(),
-            Bytes::from("body 7")
+        let keys = archive.list("raw/").await.unwrap();
+        assert!(
+            !keys.is_empty() && keys.len() < 200 && keys.iter().all(|k| k.ends_with(".jsonl")),
+            "one file per batch at most, not per request: {keys:?}"
         );
-        let keys = archive.list("raw/2026/01/01/").await.unwrap();
-        assert_eq!(keys.len(), 50);
-        assert_eq!(keys[0], "raw/2026/01/01/00/k000.json");
-        assert!(archive.list("raw/2027/").await.unwrap().is_empty());
         assert!(matches!(
-            archive.get("raw/nope.json").await,
+            archive
+                .get(&Locator::line(&keys[0], 1 << 30, 10))
+                .await,
             Err(ArchiveError::NotFound(_))
         ));
-        assert!(archive.put("../escape.json", Bytes::new()).await.is_err());
-        assert!(archive.put("/abs.json", Bytes::new()).await.is_err());
+        assert!(matches!(
+            archive.get(&Locator::parse("raw/nope.json").unwrap()).await,
+            Err(ArchiveError::NotFound(_))
+        ));
+        assert!(archive.get(&Locator::parse("../escape.json").unwrap()).await.is_err());
         archive.check().await.unwrap();
-        let leftovers: Vec<_> = archive
-            .list("")
-            .await
-            .unwrap()
-            .into_iter()
-            .filter(|k| k.contains("probe"))
-            .collect();
-        assert!(leftovers.is_empty());
+        assert!(archive.list("").await.unwrap().iter().all(|k| !k.contains("probe")));
     }
 
     #[tokio::test]
-    async fn acknowledged_objects_lost_in_a_crash_are_restored_from_the_log() {
+    async fn a_segment_never_spans_two_hours() {
         let dir = tempfile::tempdir().unwrap();
         let archive = FileArchive::open(dir.path()).unwrap();
-        for i in 0..20 {
-            archive
-                .put(
-                    &format!("raw/2026/01/01/00/k{i:02}.json"),
-                    Bytes::from(format!("body {i}")),
-                )
-                .await
-                .unwrap();
+        let late = "2026-12-08T03:59:59.999Z".parse::<DateTime<Utc>>().unwrap();
+        let early = "2026-12-08T04:00:00.001Z".parse::<DateTime<Utc>>().unwrap();
+        let mut locators = Vec::new();
+        for at in [late, early, late, early] {
+            locators.push(archive.append(&record(at, "x")).await.unwrap().durable().await.unwrap());
         }
-        // Simulate a crash: the writer stops without its final checkpoint...
-        let wal_dir = dir.path().join(crate::wal::WAL_DIR);
-        let segment = std::fs::read_dir(&wal_dir)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let saved = std::fs::read(&segment).unwrap();
-        drop(archive);
-        // (the writer's final checkpoint removes the segment; wait for it, then put the
-        // segment back as a crash would have left it)
-        // (a file-system flush can take seconds on a busy machine)
-        for _ in 0..3000 {
-            if !segment.exists() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        assert!(locators[0].starts_with("raw/2026/12/08/03/"), "{locators:?}");
+        assert!(locators[1].starts_with("raw/2026/12/08/04/"), "{locators:?}");
+        assert!(locators[2].starts_with("raw/2026/12/08/03/"), "{locators:?}");
+        assert!(locators[3].starts_with("raw/2026/12/08/04/"), "{locators:?}");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = LogFaults::new();
+        let archive = FileArchive::open_with(dir.path(), 1, faults).unwrap();
+        // Fill the queue faster than the writer can take it: some are refused with
+        // Busy, none waits for room.
+        let many = (0..2000).map(|i| {
+            let archive = archive.clone();
+            async move { archive.append(&record(Utc::now(), &format!("{i}"))).await.map(|_| ()) }
+        });
+        let results = futures::future::join_all(many).await;
         assert!(
-            !segment.exists(),
-            "a clean shutdown checkpoints the log away"
+            results.iter().any(|r| matches!(r, Err(ArchiveError::Busy))),
+            "a queue of one cannot take 2000 requests at once"
         );
-        // ...and the objects that were never flushed are gone or torn.
-        std::fs::write(&segment, &saved).unwrap();
-        std::fs::remove_file(dir.path().join("raw/2026/01/01/00/k03.json")).unwrap();
-        std::fs::write(dir.path().join("raw/2026/01/01/00/k07.json"), b"bo").unwrap();
-
-        let reopened = FileArchive::open(dir.path()).unwrap();
-        assert_eq!(
-            reopened.get("raw/2026/01/01/00/k03.json").await.unwrap(),
-            Bytes::from("body 3")
-        );
-        assert_eq!(
-            reopened.get("raw/2026/01/01/00/k07.json").await.unwrap(),
-            Bytes::from("body 7")
-        );
-        assert_eq!(
-            reopened.list("raw/").await.unwrap().len(),
-            20,
-            "the log is not listed as an object"
-        );
-        let segments = std::fs::read_dir(&wal_dir).unwrap().count();
-        assert_eq!(
-            segments, 1,
-            "recovered segments are checkpointed away; one fresh segment remains"
-        );
-        assert!(!segment.exists());
-    }
-
-    #[tokio::test]
-    async fn a_failing_write_is_reported_and_others_in_the_batch_succeed() {
-        let dir = tempfile::tempdir().unwrap();
-        let archive = FileArchive::open(dir.path()).unwrap();
-        // A file where a directory should be makes that one write fail.
-        std::fs::write(dir.path().join("blocked"), b"x").unwrap();
-        let bad = archive.put("blocked/k.json", Bytes::from("x"));
-        let good = archive.put("fine/k.json", Bytes::from("y"));
-        let (bad, good) = tokio::join!(bad, good);
-        assert!(matches!(bad, Err(ArchiveError::Io { .. })), "{bad:?}");
-        good.unwrap();
+        assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(ArchiveError::Busy))));
     }
 }

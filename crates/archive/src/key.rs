@@ -1,63 +1,23 @@
-//! Object keys that sort by receive time and name the event:
-//! `raw/2026/11/24/22/20261124T223001.123456Z-Ev0123ABC-r1-5f0c9a2e41b7.json`.
+//! Object keys sort by receive time: `raw/YYYY/MM/DD/HH/<timestamp>-...`.
 //!
 //! The hour folders keep listings of a time range cheap (replay lists only the hours
-//! it needs); the full timestamp in the file name keeps a flat listing in time order;
-//! the event id and retry number say which delivery it is; a random suffix makes
-//! every key unique, so no delivery ever overwrites another (two requests with the
-//! same event id in the same microsecond happen: concurrent Slack retries, replays,
-//! test fixtures that share ids).
+//! it needs); the full timestamp at the start of the file name keeps a flat listing in
+//! time order. Segments are named by their first request
+//! (`raw/2026/12/08/03/20261208T033012.123456Z-5f0c9a2e41b7.jsonl`, see
+//! [`crate::segment`]); archives written before segments hold one request per object,
+//! named by its receive time, event id, retry number and a random suffix
+//! (`raw/2026/11/24/22/20261124T223001.123456Z-Ev0123ABC-r1-5f0c9a2e41b7.json`): both
+//! read the same way.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDateTime, Timelike, Utc};
 
 /// The folder under which raw requests are stored.
 pub const RAW_PREFIX: &str = "raw/";
 
-const STAMP: &str = "%Y%m%dT%H%M%S%.6fZ";
+pub(crate) const STAMP: &str = "%Y%m%dT%H%M%S%.6fZ";
 
-/// The key for a request received at `received_at`. `event_id` (already checked to be
-/// short and printable by the envelope inspection) names it; without one a random id
-/// does. `retry_num` is Slack's `X-Slack-Retry-Num`, when present.
-pub fn object_key(
-    received_at: DateTime<Utc>,
-    event_id: Option<&str>,
-    retry_num: Option<&str>,
-) -> String {
-    let id = match event_id {
-        Some(id) => sanitize(id),
-        None => "noid".to_owned(),
-    };
-    let unique = uuid::Uuid::new_v4().simple().to_string();
-    let unique = &unique[..12];
-    let retry = match retry_num {
-        Some(n) => format!("-r{}", sanitize(n)),
-        None => String::new(),
-    };
-    format!(
-        "{RAW_PREFIX}{:04}/{:02}/{:02}/{:02}/{}-{id}{retry}-{unique}.json",
-        received_at.year(),
-        received_at.month(),
-        received_at.day(),
-        received_at.hour(),
-        received_at.format(STAMP),
-    )
-}
-
-/// Keeps keys safe for every S3 implementation and file system.
-fn sanitize(s: &str) -> String {
-    s.chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-/// The receive time encoded in a key made by [`object_key`].
+/// The receive time encoded in an archive key: a segment's first request
+/// ([`crate::segment::segment_key`]) or the request of a single-request object.
 pub fn key_time(key: &str) -> Option<DateTime<Utc>> {
     let file = key.rsplit('/').next()?;
     let stamp = file.get(..file.find('Z')? + 1)?;
@@ -95,36 +55,18 @@ mod tests {
     use chrono::TimeZone;
 
     #[test]
-    fn keys_sort_by_time_and_name_the_delivery() {
+    fn key_times_read_segments_and_single_request_objects() {
         let t = Utc.with_ymd_and_hms(2026, 11, 24, 22, 30, 1).unwrap()
             + Duration::microseconds(123_456);
-        let key = object_key(t, Some("Ev0123"), Some("2"));
-        assert!(
-            key.starts_with("raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2-"),
-            "{key}"
+        assert_eq!(
+            key_time("raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2-5f0c9a2e41b7.json"),
+            Some(t)
         );
-        assert!(
-            key.ends_with(".json")
-                && key.len()
-                    == "raw/2026/11/24/22/20261124T223001.123456Z-Ev0123-r2-".len() + 12 + 5,
-            "{key}"
+        assert_eq!(
+            key_time("raw/2026/11/24/22/20261124T223001.123456Z-5f0c9a2e41b7.jsonl"),
+            Some(t)
         );
-        assert_ne!(
-            key,
-            object_key(t, Some("Ev0123"), Some("2")),
-            "same event, same microsecond: still two keys"
-        );
-        assert_eq!(key_time(&key), Some(t));
-        let later = object_key(t + Duration::microseconds(1), Some("Ev0000"), None);
-        assert!(
-            later > key,
-            "a later receive time sorts later whatever the id"
-        );
-        let odd = object_key(t, Some("../x y"), Some("1/"));
-        assert!(odd.contains("-___x_y-r1_-"), "{odd}");
-        let anonymous = object_key(t, None, None);
-        assert!(anonymous.contains("-noid-"), "{anonymous}");
-        assert_ne!(anonymous, object_key(t, None, None));
+        assert_eq!(key_time("raw/2026/11/24/22/notes.txt"), None);
     }
 
     #[test]

@@ -1,32 +1,58 @@
 //! The archive: every verified Slack request, byte for byte, before anything else
 //! happens to it.
 //!
-//! The edge writes an [`ArchiveRecord`] (raw body, the headers that matter, receive
-//! time) under a key that sorts by time ([`object_key`]) and only then produces the
-//! event to Kafka, so a Kafka record always points at an archive object that exists.
-//! The archive is the source of truth for replay (guarantee 6): any time range of it
-//! can be fed through the pipeline again.
+//! The edge appends an [`ArchiveRecord`] (raw body, the headers that matter, receive
+//! time) to the archive and puts the request's **locator** (its segment and byte
+//! range, [`Locator`]) in the Kafka record's `archive-key` header. The archive is the
+//! source of truth for replay (guarantee 6): any time range of it can be fed through
+//! the pipeline again.
 //!
-//! Two backends sit behind [`Archive`]: S3 through aws-sdk-s3 (`s3://bucket/prefix`)
-//! and a local directory (`file:///path`) whose writes are group-committed: one
-//! `fdatasync` of a write-ahead log makes a whole batch durable before any of its
-//! writers is told "done".
+//! Requests are stored in **segments** ([`segment`]): objects of many requests, one
+//! JSON document per line, under keys that sort by time in hour folders
+//! (`raw/2026/12/08/03/20261208T033012.123456Z-5f0c9a2e41b7.jsonl`). The key names
+//! the first request's receive time; a segment holds requests of one hour, received
+//! within [`SEGMENT_MAX_SPAN`] of it, so the keys are the index: a time range is read
+//! by listing its hour folders ([`Archive::segments_between`]) and reading those
+//! segments ([`Archive::read_object`]), never by scanning the bucket.
+//!
+//! Writing is two steps ([`Archive::append`]): a request first gets its place (its
+//! locator), then becomes durable ([`Appending::durable`]). The edge produces to Kafka
+//! between the two, so the archive's flush and Kafka's acknowledgement overlap; it
+//! answers 200 only when both succeeded.
+//!
+//! Two backends sit behind [`Archive`]: S3 through aws-sdk-s3 (`s3://bucket/prefix`),
+//! one PUT per batch of requests, and a local directory (`file:///path`) whose segment
+//! files are appended to and group-committed with one `fdatasync` per batch. Both put
+//! a bounded queue in front of the writer: full, a write fails at once
+//! ([`ArchiveError::Busy`]).
 
 mod faults;
 mod file;
 mod key;
 mod record;
 mod s3;
+pub mod segment;
 mod wal;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use slackline_service::Env;
+use tokio::sync::oneshot;
 
 pub use faults::LogFaults;
-pub use file::FileArchive;
-pub use key::{key_time, object_key, RAW_PREFIX};
+pub use file::{FileArchive, SEGMENT_MAX_AGE, SEGMENT_MAX_BYTES};
+pub use key::{key_time, RAW_PREFIX};
 pub use record::{ArchiveRecord, RECORD_FORMAT};
 pub use s3::{S3Archive, S3Settings};
+pub use segment::{Entry, Locator};
+
+/// How far after a segment's first request (the time in its key) its last one can
+/// have been received: the file archive's [`SEGMENT_MAX_AGE`] plus a margin for
+/// requests that waited in the queue, well above an S3 batch's linger. Listing a
+/// range looks this far back.
+pub const SEGMENT_MAX_SPAN: Duration = Duration::from_secs(120);
 
 /// What can go wrong with the archive.
 #[derive(Debug, thiserror::Error)]
@@ -69,12 +95,94 @@ pub enum ArchiveError {
         /// What broke the log, and why it could not be repaired.
         reason: String,
     },
-    /// The object does not exist.
+    /// The object does not exist, or holds no complete request at the locator.
     #[error("archive object {0} not found")]
     NotFound(String),
+    /// The write queue is full: the request is refused at once (the edge answers 503
+    /// and Slack retries), never left waiting for room.
+    #[error("archive write queue full")]
+    Busy,
+    /// A locator that is not `key#offset+length` or a key.
+    #[error("bad archive locator {0}")]
+    BadLocator(String),
     /// An object is not an archive record.
     #[error("archive object is not a slackline record: {0}")]
     BadRecord(String),
+}
+
+/// Tuning of the archive's writers (`ARCHIVE_*` settings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveOptions {
+    /// Requests waiting for the writer before writes are refused with
+    /// [`ArchiveError::Busy`] (`ARCHIVE_QUEUE_CAPACITY`, default 4096).
+    pub queue_capacity: usize,
+    /// How long an S3 batch waits for more requests after its first
+    /// (`ARCHIVE_S3_LINGER_MS`, default 50): the PUTs per request at a given rate.
+    pub s3_linger: Duration,
+    /// PUTs in flight at once (`ARCHIVE_S3_MAX_PUTS`, default 8).
+    pub s3_max_puts: usize,
+}
+
+impl Default for ArchiveOptions {
+    fn default() -> Self {
+        ArchiveOptions {
+            queue_capacity: file::DEFAULT_QUEUE_CAPACITY,
+            s3_linger: Duration::from_millis(50),
+            s3_max_puts: 8,
+        }
+    }
+}
+
+impl ArchiveOptions {
+    /// Reads the `ARCHIVE_*` settings (problems are reported through `env`).
+    pub fn from_env(env: &mut Env) -> ArchiveOptions {
+        let defaults = ArchiveOptions::default();
+        let queue_capacity = env.parse_or("ARCHIVE_QUEUE_CAPACITY", defaults.queue_capacity);
+        if queue_capacity == 0 {
+            env.problem("ARCHIVE_QUEUE_CAPACITY", "must be at least 1");
+        }
+        let s3_max_puts = env.parse_or("ARCHIVE_S3_MAX_PUTS", defaults.s3_max_puts);
+        if s3_max_puts == 0 {
+            env.problem("ARCHIVE_S3_MAX_PUTS", "must be at least 1");
+        }
+        let linger_ms: u64 = env.parse_or("ARCHIVE_S3_LINGER_MS", 50);
+        ArchiveOptions {
+            queue_capacity,
+            s3_linger: Duration::from_millis(linger_ms),
+            s3_max_puts,
+        }
+    }
+}
+
+/// A request that has its place in the archive and is on its way to being durable.
+#[derive(Debug)]
+pub struct Appending {
+    locator: String,
+    durable: oneshot::Receiver<Result<(), ArchiveError>>,
+}
+
+impl Appending {
+    pub(crate) fn new(
+        locator: String,
+        durable: oneshot::Receiver<Result<(), ArchiveError>>,
+    ) -> Appending {
+        Appending { locator, durable }
+    }
+
+    /// Where the request will be ([`Locator`]'s text): valid once [`Appending::durable`]
+    /// succeeded; if that fails, it names nothing (or a line that was never
+    /// acknowledged).
+    pub fn locator(&self) -> &str {
+        &self.locator
+    }
+
+    /// Waits until the request is durable; its locator.
+    pub async fn durable(self) -> Result<String, ArchiveError> {
+        self.durable
+            .await
+            .map_err(|_| ArchiveError::WriterStopped)??;
+        Ok(self.locator)
+    }
 }
 
 /// The archive, whichever backend `ARCHIVE_URL` chose.
@@ -87,8 +195,18 @@ pub enum Archive {
 }
 
 impl Archive {
-    /// Opens the archive named by `url`; `s3` is used for `s3://` URLs.
+    /// Opens the archive named by `url` with default [`ArchiveOptions`]; `s3` is used
+    /// for `s3://` URLs.
     pub async fn open(url: &str, s3: &S3Settings) -> Result<Archive, ArchiveError> {
+        Archive::open_with(url, s3, &ArchiveOptions::default()).await
+    }
+
+    /// Opens the archive named by `url`.
+    pub async fn open_with(
+        url: &str,
+        s3: &S3Settings,
+        options: &ArchiveOptions,
+    ) -> Result<Archive, ArchiveError> {
         let invalid = |reason| ArchiveError::InvalidUrl {
             url: url.to_owned(),
             reason,
@@ -98,18 +216,36 @@ impl Archive {
             if bucket.is_empty() {
                 return Err(invalid("no bucket name"));
             }
-            Ok(Archive::S3(S3Archive::new(s3, bucket, prefix).await))
+            Ok(Archive::S3(S3Archive::new(s3, bucket, prefix, options).await))
         } else if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(invalid("file URLs need an absolute path: file:///path"));
             }
-            Ok(Archive::File(FileArchive::open(path)?))
+            Ok(Archive::File(FileArchive::open_with(
+                path,
+                options.queue_capacity,
+                LogFaults::default(),
+            )?))
         } else {
             Err(invalid("expected s3://bucket/prefix or file:///path"))
         }
     }
 
-    /// Stores `bytes` under `key`; returns once the object is durable.
+    /// Queues `record` for the archive; resolves once it has its place (see
+    /// [`Appending`]). Fails at once with [`ArchiveError::Busy`] when the queue is full.
+    pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
+        match self {
+            Archive::File(a) => a.append(record).await,
+            Archive::S3(a) => a.append(record).await,
+        }
+    }
+
+    /// Appends `record` and waits until it is durable; its locator.
+    pub async fn write(&self, record: &ArchiveRecord) -> Result<String, ArchiveError> {
+        self.append(record).await?.durable().await
+    }
+
+    /// Stores a whole object under `key` (tools and tests; requests are appended).
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
         match self {
             Archive::File(a) => a.put(key, bytes).await,
@@ -117,12 +253,27 @@ impl Archive {
         }
     }
 
-    /// Reads the object under `key`.
-    pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
+    /// The bytes at `locator` (a [`Locator`]'s text): one request's JSON document, or a
+    /// whole object for a plain key.
+    pub async fn get(&self, locator: &str) -> Result<Bytes, ArchiveError> {
+        let locator = Locator::parse(locator)?;
         match self {
-            Archive::File(a) => a.get(key).await,
-            Archive::S3(a) => a.get(key).await,
+            Archive::File(a) => a.get(&locator).await,
+            Archive::S3(a) => a.get(&locator).await,
         }
+    }
+
+    /// The request at `locator`.
+    pub async fn record(&self, locator: &str) -> Result<ArchiveRecord, ArchiveError> {
+        ArchiveRecord::from_json(&self.get(locator).await?)
+    }
+
+    /// Every request an object holds (a segment's lines, or a single-request object),
+    /// in the order written, each with its locator; lines that are not requests are
+    /// returned as errors, not skipped.
+    pub async fn read_object(&self, key: &str) -> Result<Vec<Entry>, ArchiveError> {
+        let bytes = self.get(key).await?;
+        Ok(segment::entries(key, &bytes))
     }
 
     /// Every key under `prefix` (relative to the archive's root), sorted.
@@ -133,26 +284,30 @@ impl Archive {
         }
     }
 
-    /// Keys of records received in `[from, to)`, sorted by receive time. Only the hour
-    /// folders that overlap the range are listed.
-    pub async fn list_between(
+    /// The objects that may hold requests received in `[from, to)`, sorted by key
+    /// (time): the segments (and single-request objects of earlier versions) whose
+    /// first request was received in `[from - SEGMENT_MAX_SPAN, to)`. Only the hour
+    /// folders of that window are listed. Their requests still need filtering by
+    /// [`ArchiveRecord::received_at`].
+    pub async fn segments_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<String>, ArchiveError> {
+        let span = chrono::Duration::from_std(SEGMENT_MAX_SPAN).unwrap_or_default();
+        let earliest = from - span;
         let mut keys = Vec::new();
-        for prefix in key::hour_prefixes(from, to) {
+        for prefix in key::hour_prefixes(earliest, to) {
             keys.extend(
                 self.list(&prefix)
                     .await?
                     .into_iter()
-                    .filter(|k| key_time(k).is_some_and(|t| t >= from && t < to)),
+                    .filter(|k| key_time(k).is_some_and(|t| t >= earliest && t < to)),
             );
         }
         keys.sort();
         Ok(keys)
     }
-
     /// Checks that the archive can be written (readiness).
     pub async fn check(&self) -> Result<(), ArchiveError> {
         match self {

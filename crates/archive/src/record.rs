@@ -25,37 +25,56 @@ pub struct ArchiveRecord {
     pub body: Bytes,
 }
 
-#[derive(Serialize, Deserialize)]
+/// The document as written: borrows everything from the record.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    format: &'a str,
+    received_at: String,
+    headers: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body_base64: Option<String>,
+}
+
+/// The document as read.
+#[derive(Deserialize)]
 struct Wire<'a> {
+    #[serde(borrow)]
     format: std::borrow::Cow<'a, str>,
     received_at: String,
     headers: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, borrow)]
     body: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     body_base64: Option<String>,
 }
 
 impl ArchiveRecord {
-    /// Serialises the record to its JSON document.
+    /// Serialises the record to its JSON document (one line: serde_json escapes
+    /// control characters inside strings).
     pub fn to_json(&self) -> Result<Vec<u8>, ArchiveError> {
         let (body, body_base64) = match std::str::from_utf8(&self.body) {
-            Ok(text) => (Some(text.into()), None),
+            Ok(text) => (Some(text), None),
             Err(_) => (
                 None,
                 Some(base64::engine::general_purpose::STANDARD.encode(&self.body)),
             ),
         };
-        let wire = Wire {
-            format: RECORD_FORMAT.into(),
+        let wire = WireOut {
+            format: RECORD_FORMAT,
             received_at: self
                 .received_at
                 .to_rfc3339_opts(SecondsFormat::Micros, true),
-            headers: self.headers.clone(),
+            headers: &self.headers,
             body,
             body_base64,
         };
-        serde_json::to_vec(&wire).map_err(|e| ArchiveError::BadRecord(format!("serialising: {e}")))
+        // Sized once for the body (escaped JSON grows it a little) and the rest.
+        let mut out = Vec::with_capacity(self.body.len() + self.body.len() / 8 + 512);
+        serde_json::to_writer(&mut out, &wire)
+            .map_err(|e| ArchiveError::BadRecord(format!("serialising: {e}")))?;
+        Ok(out)
     }
 
     /// Parses a record written by [`ArchiveRecord::to_json`].

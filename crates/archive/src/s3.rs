@@ -1,6 +1,7 @@
 //! The S3 archive (`s3://bucket/prefix`) through aws-sdk-s3: AWS itself, or any
 //! S3-compatible server (Garage, MinIO, Ceph) with an endpoint and path-style URLs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::config::{Credentials, Region};
@@ -9,7 +10,11 @@ use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 use slackline_service::Env;
 
-use crate::ArchiveError;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::segment::{is_segment, same_hour, segment_key, Locator};
+use crate::{Appending, ArchiveError, ArchiveOptions, ArchiveRecord};
 
 /// How to reach S3. Built from the usual `AWS_*` variables by [`S3Settings::from_env`],
 /// or explicitly (tests).
@@ -123,14 +128,36 @@ impl S3Settings {
     }
 }
 
-/// A bucket and key prefix.
+/// A bucket and key prefix. Requests are batched into segments ([`crate::segment`]):
+/// a writer task collects what arrives within [`ArchiveOptions::s3_linger`] of a
+/// batch's first request (up to 1,000 requests or 8 MiB) and stores the batch with one
+/// PUT, at most [`ArchiveOptions::s3_max_puts`] at a time; every request of the batch
+/// is durable when its PUT succeeds. The queue in front of it is bounded: full, a
+/// write fails at once with [`ArchiveError::Busy`].
 #[derive(Debug, Clone)]
 pub struct S3Archive {
+    store: Arc<Store>,
+    writer: mpsc::Sender<S3Write>,
+}
+
+#[derive(Debug)]
+struct Store {
     client: aws_sdk_s3::Client,
     bucket: String,
-    /// Empty, or ends with `/`.
     prefix: String,
 }
+
+struct S3Write {
+    received_at: DateTime<Utc>,
+    line: Vec<u8>,
+    placed: oneshot::Sender<Result<String, ArchiveError>>,
+    durable: oneshot::Sender<Result<(), ArchiveError>>,
+}
+
+/// Most requests in one PUT.
+const MAX_BATCH: usize = 1000;
+/// Most bytes in one PUT.
+const MAX_BATCH_BYTES: usize = 8 << 20;
 
 fn sdk_error<'k, E, R>(
     operation: &'static str,
@@ -148,10 +175,16 @@ where
 }
 
 impl S3Archive {
-    /// An archive in `bucket` under `prefix`.
-    pub async fn new(settings: &S3Settings, bucket: &str, prefix: &str) -> S3Archive {
+    /// An archive in `bucket` under `prefix`; starts its writer task (which ends when
+    /// the last clone is dropped).
+    pub async fn new(
+        settings: &S3Settings,
+        bucket: &str,
+        prefix: &str,
+        options: &ArchiveOptions,
+    ) -> S3Archive {
         let prefix = prefix.trim_matches('/');
-        S3Archive {
+        let store = Arc::new(Store {
             client: settings.client().await,
             bucket: bucket.to_owned(),
             prefix: if prefix.is_empty() {
@@ -159,47 +192,62 @@ impl S3Archive {
             } else {
                 format!("{prefix}/")
             },
-        }
+        });
+        let (writer, requests) = mpsc::channel(options.queue_capacity.max(1));
+        tokio::spawn(write_loop(
+            store.clone(),
+            requests,
+            options.s3_linger,
+            Arc::new(Semaphore::new(options.s3_max_puts.max(1))),
+        ));
+        S3Archive { store, writer }
     }
 
-    /// `s3://bucket/prefix`, for logs.
-    pub fn describe(&self) -> String {
-        format!("s3://{}/{}", self.bucket, self.prefix)
+    /// Queues `record`; resolves once it has its place in a batch (after the linger).
+    /// Fails at once with [`ArchiveError::Busy`] when the queue is full.
+    pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
+        let line = record.to_json()?;
+        let (placed, placed_rx) = oneshot::channel();
+        let (durable, durable_rx) = oneshot::channel();
+        self.writer
+            .try_send(S3Write {
+                received_at: record.received_at,
+                line,
+                placed,
+                durable,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
+                mpsc::error::TrySendError::Closed(_) => ArchiveError::WriterStopped,
+            })?;
+        let locator = placed_rx.await.map_err(|_| ArchiveError::WriterStopped)??;
+        Ok(Appending::new(locator, durable_rx))
     }
 
-    fn full_key(&self, key: &str) -> String {
-        format!("{}{key}", self.prefix)
-    }
-
-    /// Stores an object; S3 acknowledges a PUT only once it is durable.
+    /// Stores a whole object under `key` (for tools and tests: the edge appends to
+    /// segments); S3 acknowledges a PUT only once it is durable.
     pub async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
-        let full = self.full_key(key);
-        self.client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .content_type("application/json")
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(sdk_error("PutObject", &full))?;
-        Ok(())
+        self.store.put(key, bytes).await
     }
 
-    /// Reads an object.
-    pub async fn get(&self, key: &str) -> Result<Bytes, ArchiveError> {
-        let full = self.full_key(key);
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&full)
-            .send()
-            .await
-        {
+    /// The bytes at `locator`: one request's line (a ranged GET), or a whole object.
+    pub async fn get(&self, locator: &Locator) -> Result<Bytes, ArchiveError> {
+        let store = &self.store;
+        let full = store.full_key(&locator.key);
+        let shown = locator.to_string();
+        let mut request = store.client.get_object().bucket(&store.bucket).key(&full);
+        if let Some((offset, len)) = locator.range {
+            // The line and its newline (the range's end is inclusive).
+            request = request.range(format!("bytes={offset}-{}", offset + len));
+        }
+        let out = match request.send().await {
             Ok(out) => out,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(ArchiveError::NotFound(key.to_owned()))
+                return Err(ArchiveError::NotFound(shown))
+            }
+            // 416: the range starts past the object's end.
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+                return Err(ArchiveError::NotFound(shown))
             }
             Err(e) => return Err(sdk_error("GetObject", &full)(e)),
         };
@@ -208,16 +256,26 @@ impl S3Archive {
             key: full.clone(),
             message: e.to_string(),
         })?;
-        Ok(body.into_bytes())
+        let bytes = body.into_bytes();
+        let Some((_, len)) = locator.range else {
+            return Ok(bytes);
+        };
+        match usize::try_from(len) {
+            Ok(len) if bytes.len() == len + 1 && bytes.last() == Some(&b'\n') => {
+                Ok(bytes.slice(..len))
+            }
+            _ => Err(ArchiveError::NotFound(shown)),
+        }
     }
 
     /// Every key under `prefix` (relative to the archive prefix), sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>, ArchiveError> {
-        let full = self.full_key(prefix);
-        let mut pages = self
+        let store = &self.store;
+        let full = store.full_key(prefix);
+        let mut pages = store
             .client
             .list_objects_v2()
-            .bucket(&self.bucket)
+            .bucket(&store.bucket)
             .prefix(&full)
             .into_paginator()
             .send();
@@ -228,7 +286,7 @@ impl S3Archive {
                 page.contents()
                     .iter()
                     .filter_map(|o| o.key())
-                    .filter_map(|k| k.strip_prefix(&self.prefix))
+                    .filter_map(|k| k.strip_prefix(&store.prefix))
                     .map(str::to_owned),
             );
         }
@@ -238,12 +296,111 @@ impl S3Archive {
 
     /// Checks that the bucket answers (readiness).
     pub async fn check(&self) -> Result<(), ArchiveError> {
-        self.client
+        self.store
+            .client
             .head_bucket()
-            .bucket(&self.bucket)
+            .bucket(&self.store.bucket)
             .send()
             .await
-            .map_err(sdk_error("HeadBucket", &self.bucket))?;
+            .map_err(sdk_error("HeadBucket", &self.store.bucket))?;
         Ok(())
+    }
+
+    /// `s3://bucket/prefix`, for logs.
+    pub fn describe(&self) -> String {
+        format!("s3://{}/{}", self.store.bucket, self.store.prefix)
+    }
+}
+
+impl Store {
+    fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn put(&self, key: &str, bytes: Bytes) -> Result<(), ArchiveError> {
+        let full = self.full_key(key);
+        let content_type = if is_segment(key) {
+            "application/jsonl"
+        } else {
+            "application/json"
+        };
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_type(content_type)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(sdk_error("PutObject", &full))?;
+        Ok(())
+    }
+}
+
+/// The writer task: a batch is what arrives within `linger` of its first request
+/// (whatever is already queued when `linger` is zero); each hour's part of it becomes
+/// one segment, placed at once and stored by a PUT of its own (at most `puts` at a
+/// time: waiting for one stops the batching, so the bounded queue fills and refuses).
+async fn write_loop(
+    store: Arc<Store>,
+    mut requests: mpsc::Receiver<S3Write>,
+    linger: Duration,
+    puts: Arc<Semaphore>,
+) {
+    while let Some(first) = requests.recv().await {
+        let deadline = tokio::time::Instant::now() + linger;
+        let mut bytes = first.line.len();
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            // `timeout_at` polls first: what is already queued is taken even at zero linger.
+            match tokio::time::timeout_at(deadline, requests.recv()).await {
+                Ok(Some(next)) => {
+                    bytes += next.line.len();
+                    batch.push(next);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        while !batch.is_empty() {
+            let hour = batch[0].received_at;
+            let end = batch
+                .iter()
+                .position(|w| !same_hour(w.received_at, hour))
+                .unwrap_or(batch.len());
+            let rest = batch.split_off(end);
+            let run = std::mem::replace(&mut batch, rest);
+            let Ok(permit) = puts.clone().acquire_owned().await else {
+                return;
+            };
+            let key = segment_key(hour);
+            let mut body = Vec::with_capacity(run.iter().map(|w| w.line.len() + 1).sum());
+            let mut durable = Vec::with_capacity(run.len());
+            for w in run {
+                let locator = Locator::line(&key, body.len() as u64, w.line.len() as u64);
+                body.extend_from_slice(&w.line);
+                body.push(b'\n');
+                // The requester may have given up (deadline): the write still stands.
+                let _ = w.placed.send(Ok(locator.to_string()));
+                durable.push(w.durable);
+            }
+            let store = store.clone();
+            tokio::spawn(async move {
+                let result = store.put(&key, Bytes::from(body)).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, key, "archive segment PUT failed");
+                }
+                for done in durable {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(()),
+                        Err(e) => Err(ArchiveError::S3 {
+                            operation: "PutObject",
+                            key: key.clone(),
+                            message: e.to_string(),
+                        }),
+                    });
+                }
+                drop(permit);
+            });
+        }
     }
 }

@@ -1,25 +1,26 @@
-//! The file archive's write-ahead log under injected failures: a torn append, a failed
-//! `fdatasync`, a failed cut-back, failed rotations. Whatever fails, every object
-//! whose `put` returned `Ok` (the edge's 200) must come back after a crash, and a
-//! write is never acknowledged while the log cannot hold it.
+//! The file archive's segments under injected failures: a torn append, a failed
+//! `fdatasync`, a failed cut-back, failed segment creations. Whatever fails, every
+//! request whose write was acknowledged (the edge's 200) must be readable by its
+//! locator after a crash, a failed request's locator must never come to name another
+//! request, and a write is never acknowledged while no segment can hold it.
 //!
-//! A crash is simulated by a crash image: a copy of the log segments, byte for byte
-//! (torn bytes included: they were written), into a fresh directory, without any
-//! object file. That is the worst case a machine crash can leave: object files are
-//! written without a flush, and every test holds the checkpoints (the only flushes)
-//! back with `fail_checkpoints`, so no object file was ever made durable and every
-//! segment is still there. Opening the image runs recovery; the archive that failed
-//! is then dropped.
+//! A crash is simulated by a crash image: a copy of every segment file, byte for byte
+//! (torn bytes included: they were written), into a fresh directory, opened as an
+//! archive. Segments are only ever appended to and flushed with `fdatasync` before a
+//! write is acknowledged, so what the image holds of acknowledged lines is what a
+//! machine crash leaves; the torn bytes it also holds are the worst case.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
-use slackline_archive::{ArchiveError, FileArchive, LogFaults};
+use chrono::Utc;
+use slackline_archive::{ArchiveError, ArchiveRecord, FileArchive, LogFaults, Locator};
 use tempfile::TempDir;
 
-/// Bytes of every object: long enough that any append budget below it tears the
-/// record in its middle.
+/// Bytes of every request body: long enough that any append budget below it tears the
+/// line in its middle.
 const BODY_LEN: usize = 200;
 
 struct Run {
@@ -27,18 +28,16 @@ struct Run {
     archive: FileArchive,
     faults: LogFaults,
     next: usize,
-    /// Every put answered `Ok`, with its bytes.
+    /// Every write acknowledged durable: its locator and body.
     acked: Vec<(String, Bytes)>,
-    /// Every put answered `Err`, with the error.
-    failed: Vec<(String, ArchiveError)>,
+    /// Every write that failed: its locator if it got one, and the error.
+    failed: Vec<(Option<String>, ArchiveError)>,
 }
 
 impl Run {
     fn open() -> Run {
         let dir = tempfile::tempdir().expect("temp dir");
         let faults = LogFaults::new();
-        // No checkpoint may flush anything: see the crash image above.
-        faults.fail_checkpoints(u32::MAX);
         let archive =
             FileArchive::open_with_faults(dir.path(), faults.clone()).expect("open archive");
         Run {
@@ -51,156 +50,195 @@ impl Run {
         }
     }
 
-    fn new_object(&mut self) -> (String, Bytes) {
+    fn new_record(&mut self) -> ArchiveRecord {
         let i = self.next;
         self.next += 1;
-        let key = format!("raw/2026/01/01/00/k{i:05}.json");
-        let mut body = format!("body of object {i} ").into_bytes();
+        let mut body = format!("body of request {i} ").into_bytes();
         body.resize(BODY_LEN, b'a' + (i % 26) as u8);
-        (key, Bytes::from(body))
+        ArchiveRecord {
+            received_at: Utc::now(),
+            headers: BTreeMap::new(),
+            body: Bytes::from(body),
+        }
     }
 
-    fn record(&mut self, key: String, bytes: Bytes, result: Result<(), ArchiveError>) -> bool {
-        match result {
-            Ok(()) => {
-                self.acked.push((key, bytes));
-                true
-            }
-            Err(e) => {
-                self.failed.push((key, e));
-                false
+    /// Appends and waits until durable; (locator if placed, outcome).
+    async fn write(
+        archive: &FileArchive,
+        record: &ArchiveRecord,
+    ) -> (Option<String>, Result<(), ArchiveError>) {
+        match archive.append(record).await {
+            Err(e) => (None, Err(e)),
+            Ok(appending) => {
+                let locator = appending.locator().to_owned();
+                (Some(locator), appending.durable().await.map(|_| ()))
             }
         }
     }
 
-    /// One put, alone in its batch (the previous one has been answered).
+    fn record(&mut self, body: Bytes, locator: Option<String>, result: Result<(), ArchiveError>) {
+        match (result, locator) {
+            (Ok(()), Some(locator)) => self.acked.push((locator, body)),
+            (Ok(()), None) => panic!("a durable write without a locator"),
+            (Err(e), locator) => self.failed.push((locator, e)),
+        }
+    }
+
+    /// One write, alone in its batch (the previous one has been answered).
     async fn put(&mut self) -> Result<(), String> {
-        let (key, bytes) = self.new_object();
-        let result = tokio::time::timeout(
+        let record = self.new_record();
+        let (locator, result) = tokio::time::timeout(
             Duration::from_secs(60),
-            self.archive.put(&key, bytes.clone()),
+            Run::write(&self.archive, &record),
         )
         .await
-        .expect("a put is answered, not left hanging");
+        .expect("a write is answered, not left hanging");
         let shown = result.as_ref().map_err(|e| format!("{e:?}")).copied();
-        self.record(key, bytes, result);
+        self.record(record.body, locator, result);
         shown
     }
 
-    /// `n` puts at once (they may share batches).
+    /// `n` writes at once (they may share batches).
     async fn put_concurrently(&mut self, n: usize) {
-        let objects: Vec<(String, Bytes)> = (0..n).map(|_| self.new_object()).collect();
-        let puts = objects.iter().map(|(key, bytes)| {
-            let archive = self.archive.clone();
-            async move { archive.put(key, bytes.clone()).await }
-        });
+        let records: Vec<ArchiveRecord> = (0..n).map(|_| self.new_record()).collect();
+        let writes = records.iter().map(|r| Run::write(&self.archive, r));
         let results =
-            tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(puts))
+            tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(writes))
                 .await
-                .expect("puts are answered, not left hanging");
-        for ((key, bytes), result) in objects.into_iter().zip(results) {
-            self.record(key, bytes, result);
+                .expect("writes are answered, not left hanging");
+        for (record, (locator, result)) in records.into_iter().zip(results) {
+            self.record(record.body, locator, result);
         }
     }
 
     async fn put_ok(&mut self, n: usize, why: &str) {
         for _ in 0..n {
             if let Err(e) = self.put().await {
-                panic!("{why}: put failed: {e}");
+                panic!("{why}: write failed: {e}");
             }
         }
     }
 
     fn last_failure(&self) -> &ArchiveError {
-        &self.failed.last().expect("a failed put").1
+        &self.failed.last().expect("a failed write").1
     }
 
-    /// What a crash now would leave (see the module docs), recovered by a fresh open.
-    fn crash_and_recover(&self) -> (TempDir, FileArchive) {
+    /// What a crash now would leave (see the module docs), opened as an archive.
+    fn crash_image(&self) -> (TempDir, FileArchive) {
         let image = tempfile::tempdir().expect("temp dir");
-        copy_segments(self.dir.path(), image.path());
-        let recovered = FileArchive::open(image.path()).expect("recovery opens the image");
-        (image, recovered)
+        copy_tree(self.dir.path(), image.path());
+        let opened = FileArchive::open(image.path()).expect("the image opens");
+        (image, opened)
     }
 }
 
-fn copy_segments(from: &Path, to: &Path) {
-    let wal = to.join(".wal");
-    std::fs::create_dir_all(&wal).expect("image log dir");
-    for entry in std::fs::read_dir(from.join(".wal")).expect("log dir") {
-        let path = entry.expect("log entry").path();
-        let name = path.file_name().expect("segment name");
-        match std::fs::read(&path) {
-            Ok(bytes) => std::fs::write(wal.join(name), bytes).expect("copy segment"),
-            // A segment retired while we list: only possible if a checkpoint ran.
-            Err(e) => panic!("segment {} vanished: {e}", path.display()),
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let target = to.join(path.file_name().expect("name"));
+        if path.is_dir() {
+            std::fs::create_dir_all(&target).expect("image dir");
+            copy_tree(&path, &target);
+        } else {
+            std::fs::write(&target, std::fs::read(&path).expect("read segment"))
+                .expect("copy segment");
         }
     }
 }
 
-/// Every acknowledged object is restored byte for byte from the crash image.
-async fn assert_acknowledged_restored(run: &Run, recovered: &FileArchive, case: &str) {
+/// Every acknowledged request reads back byte for byte from the crash image.
+async fn assert_acknowledged_readable(run: &Run, image: &FileArchive, case: &str) {
     let mut lost = Vec::new();
-    for (key, bytes) in &run.acked {
-        match recovered.get(key).await {
-            Ok(got) if got == *bytes => {}
-            Ok(_) => lost.push(format!("{key} (torn)")),
-            Err(e) => lost.push(format!("{key} ({e})")),
+    for (locator, body) in &run.acked {
+        let parsed = Locator::parse(locator).expect("a locator");
+        match image.get(&parsed).await {
+            Ok(bytes) => match ArchiveRecord::from_json(&bytes) {
+                Ok(record) if record.body == *body => {}
+                Ok(_) => lost.push(format!("{locator} (another request)")),
+                Err(e) => lost.push(format!("{locator} (torn: {e})")),
+            },
+            Err(e) => lost.push(format!("{locator} ({e})")),
         }
     }
     assert!(
         lost.is_empty(),
-        "{case}: {} of {} acknowledged objects are not restored after the crash: {lost:?}",
+        "{case}: {} of {} acknowledged requests are not readable after the crash: {lost:?}",
         lost.len(),
         run.acked.len()
     );
 }
 
-/// The objects whose put failed are not in the log: the failed append was cut back.
-async fn assert_failed_not_logged(run: &Run, recovered: &FileArchive, case: &str) {
-    for (key, _) in &run.failed {
+/// A failed request's locator names nothing in the image: its append was cut back and
+/// the segment abandoned, so no later request took its place.
+async fn assert_failed_name_nothing(run: &Run, image: &FileArchive, case: &str) {
+    for (locator, _) in &run.failed {
+        let Some(locator) = locator else { continue };
+        let parsed = Locator::parse(locator).expect("a locator");
         assert!(
-            matches!(recovered.get(key).await, Err(ArchiveError::NotFound(_))),
-            "{case}: {key}, whose put failed, was still in the log (the failed append was not cut back, later batches were appended behind it)"
+            matches!(image.get(&parsed).await, Err(ArchiveError::NotFound(_))),
+            "{case}: {locator}, whose write failed, still names a line (not cut back, or a later request reused its place)"
         );
     }
 }
 
-/// Append budgets that tear the record of a one-object batch: nothing written, inside
-/// the header, inside the data; and one that writes the record whole but still fails.
+/// Whatever happened, no failed request's locator names an acknowledged request.
+fn assert_no_locator_reused(run: &Run, case: &str) {
+    for (locator, _) in &run.failed {
+        if let Some(locator) = locator {
+            assert!(
+                run.acked.iter().all(|(acked, _)| acked != locator),
+                "{case}: {locator} was handed to a failed write and then to an acknowledged one"
+            );
+        }
+    }
+}
+
+fn segment_of(locator: &str) -> String {
+    Locator::parse(locator).expect("a locator").key
+}
+
+/// Append budgets that tear the line of a one-request batch: nothing written, a few
+/// bytes, half of it; and one that writes the line whole but still fails.
 const BUDGETS: [u64; 5] = [0, 1, 7, (BODY_LEN / 2) as u64, 1 << 20];
 
 #[tokio::test]
-async fn a_torn_append_is_cut_back_and_later_acknowledged_writes_survive_a_crash() {
+async fn a_torn_append_is_cut_back_its_segment_abandoned_and_later_writes_survive_a_crash() {
     for budget in BUDGETS {
         let case = format!("append torn after {budget} bytes");
         let mut run = Run::open();
-        // Rotation is broken too: the log must recover from the torn record in place.
-        run.faults.fail_rotations(u32::MAX);
         run.put_ok(3, &case).await;
         run.faults.fail_next_append_after(budget);
-        assert!(
-            run.put().await.is_err(),
-            "{case}: the torn append is refused"
-        );
+        assert!(run.put().await.is_err(), "{case}: the torn append is refused");
         assert!(
             matches!(run.last_failure(), ArchiveError::Io { .. }),
             "{case}: {:?}",
             run.last_failure()
         );
-        run.put_ok(5, &format!("{case}: the log was cut back, writes go on"))
+        let failed_segment = segment_of(
+            run.failed
+                .last()
+                .and_then(|(l, _)| l.as_deref())
+                .expect("the torn write had its place"),
+        );
+        run.put_ok(5, &format!("{case}: writes go on in a new segment"))
             .await;
-        let (_image, recovered) = run.crash_and_recover();
-        assert_acknowledged_restored(&run, &recovered, &case).await;
-        assert_failed_not_logged(&run, &recovered, &case).await;
+        assert!(
+            run.acked[3..]
+                .iter()
+                .all(|(l, _)| segment_of(l) != failed_segment),
+            "{case}: nothing is appended to a segment after a failed append"
+        );
+        let (_image, opened) = run.crash_image();
+        assert_acknowledged_readable(&run, &opened, &case).await;
+        assert_failed_name_nothing(&run, &opened, &case).await;
+        assert_no_locator_reused(&run, &case);
     }
 }
 
 #[tokio::test]
-async fn a_failed_fdatasync_is_cut_back_and_later_acknowledged_writes_survive_a_crash() {
+async fn a_failed_fdatasync_is_cut_back_and_later_writes_survive_a_crash() {
     let case = "fdatasync failed";
     let mut run = Run::open();
-    run.faults.fail_rotations(u32::MAX);
     run.put_ok(3, case).await;
     run.faults.fail_syncs(1);
     assert!(
@@ -208,17 +246,19 @@ async fn a_failed_fdatasync_is_cut_back_and_later_acknowledged_writes_survive_a_
         "{case}: an append that is not durable is refused"
     );
     run.put_ok(5, case).await;
-    let (_image, recovered) = run.crash_and_recover();
-    assert_acknowledged_restored(&run, &recovered, case).await;
-    // After a failed fdatasync the appended bytes are of unknown state on disk: the
-    // segment must not keep them and grow behind them.
-    assert_failed_not_logged(&run, &recovered, case).await;
+    let (_image, opened) = run.crash_image();
+    assert_acknowledged_readable(&run, &opened, case).await;
+    // After a failed fdatasync the appended bytes are of unknown state on disk: they
+    // are cut back, and nothing takes their place.
+    assert_failed_name_nothing(&run, &opened, case).await;
+    assert_no_locator_reused(&run, case);
 }
 
 #[tokio::test]
-async fn a_log_that_cannot_be_cut_back_refuses_writes_until_a_fresh_segment_starts() {
+async fn without_a_usable_segment_writes_are_refused_until_a_new_one_is_created() {
     type Arm = fn(&LogFaults);
-    let cases: [(&str, Arm); 3] = [
+    let cases: [(&str, Arm); 4] = [
+        ("torn append", |f| f.fail_next_append_after(7)),
         ("torn append, truncation fails", |f| {
             f.fail_next_append_after((BODY_LEN / 2) as u64);
             f.fail_truncations(1);
@@ -235,8 +275,8 @@ async fn a_log_that_cannot_be_cut_back_refuses_writes_until_a_fresh_segment_star
     for (case, arm) in cases {
         let mut run = Run::open();
         run.put_ok(3, case).await;
-        // The next two attempts at a fresh segment fail, the third succeeds.
-        run.faults.fail_rotations(2);
+        // The next two attempts at a new segment fail, the third succeeds.
+        run.faults.fail_segment_creations(2);
         arm(&run.faults);
         assert!(run.put().await.is_err(), "{case}: the failed append");
         for attempt in 1..=2 {
@@ -244,20 +284,16 @@ async fn a_log_that_cannot_be_cut_back_refuses_writes_until_a_fresh_segment_star
             assert!(
                 matches!(
                     run.failed.last(),
-                    Some((_, ArchiveError::LogUnavailable { .. }))
+                    Some((None, ArchiveError::LogUnavailable { .. }))
                 ) && result.is_err(),
-                "{case}: write {attempt} after the log broke must be refused with LogUnavailable, got {result:?}"
-            );
-            let (key, _) = run.failed.last().expect("refused put");
-            assert!(
-                matches!(run.archive.get(key).await, Err(ArchiveError::NotFound(_))),
-                "{case}: a refused write writes no object"
+                "{case}: write {attempt} after the segment broke must be refused with LogUnavailable and no locator, got {result:?}"
             );
         }
-        run.put_ok(5, &format!("{case}: a fresh segment started, writes go on"))
+        run.put_ok(5, &format!("{case}: a new segment, writes go on"))
             .await;
-        let (_image, recovered) = run.crash_and_recover();
-        assert_acknowledged_restored(&run, &recovered, case).await;
+        let (_image, opened) = run.crash_image();
+        assert_acknowledged_readable(&run, &opened, case).await;
+        assert_no_locator_reused(&run, case);
     }
 }
 
@@ -266,21 +302,26 @@ async fn failed_periodic_rotations_keep_the_segment_and_lose_nothing() {
     let case = "periodic rotations fail";
     let mut run = Run::open();
     run.faults.rotate_after_every_batch(true);
-    run.faults.fail_rotations(4);
+    run.put_ok(1, case).await;
+    run.faults.fail_segment_creations(4);
     // A rotation that fails leaves the segment whole: writes go on into it.
     run.put_ok(10, case).await;
-    // A torn append while rotations fail (and after they work again).
-    run.faults.fail_rotations(u32::MAX);
+    let kept = segment_of(&run.acked[0].0);
+    assert!(
+        run.acked[1..5].iter().all(|(l, _)| segment_of(l) == kept),
+        "{case}: the failed rotations kept the segment"
+    );
+    // A torn append while rotations fail: refused until one succeeds.
+    run.faults.fail_segment_creations(u32::MAX);
     run.faults.fail_next_append_after(7);
     assert!(run.put().await.is_err());
+    assert!(run.put().await.is_err(), "no segment: refused");
+    run.faults.fail_segment_creations(0);
     run.put_ok(3, case).await;
-    run.faults.fail_rotations(0);
-    run.faults.fail_next_append_after(1);
-    assert!(run.put().await.is_err());
-    run.put_ok(3, case).await;
-    let (_image, recovered) = run.crash_and_recover();
-    assert_acknowledged_restored(&run, &recovered, case).await;
-    assert_failed_not_logged(&run, &recovered, case).await;
+    let (_image, opened) = run.crash_image();
+    assert_acknowledged_readable(&run, &opened, case).await;
+    assert_failed_name_nothing(&run, &opened, case).await;
+    assert_no_locator_reused(&run, case);
 }
 
 /// xorshift64*: a reproducible schedule per seed.
@@ -296,7 +337,7 @@ impl Rng {
 }
 
 #[tokio::test]
-async fn random_log_faults_never_lose_an_acknowledged_write() {
+async fn random_faults_never_lose_an_acknowledged_write() {
     for seed in 1..=12u64 {
         let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
         let mut run = Run::open();
@@ -320,8 +361,8 @@ async fn random_log_faults_never_lose_an_acknowledged_write() {
                 }
                 3 => {
                     let n = rng.below(4) as u32;
-                    run.faults.fail_rotations(n);
-                    schedule.push(format!("rotations×{n}"));
+                    run.faults.fail_segment_creations(n);
+                    schedule.push(format!("creations×{n}"));
                 }
                 4 => {
                     let on = rng.below(2) == 0;
@@ -334,23 +375,23 @@ async fn random_log_faults_never_lose_an_acknowledged_write() {
             run.put_concurrently(n).await;
             schedule.push(format!("put×{n}"));
         }
-        // Faults cleared: the log takes writes again.
+        // Faults cleared: the archive takes writes again.
         run.faults.fail_next_append_after(u64::MAX);
         run.faults.fail_syncs(0);
         run.faults.fail_truncations(0);
-        run.faults.fail_rotations(0);
+        run.faults.fail_segment_creations(0);
         run.put_ok(
             3,
-            &format!("seed {seed}: the log heals once the faults stop"),
+            &format!("seed {seed}: the archive heals once the faults stop"),
         )
         .await;
-        for (key, e) in &run.failed {
+        for (locator, e) in &run.failed {
             assert!(
                 matches!(
                     e,
                     ArchiveError::Io { .. } | ArchiveError::LogUnavailable { .. }
                 ),
-                "seed {seed}: {key}: unexpected error {e:?}"
+                "seed {seed}: {locator:?}: unexpected error {e:?}"
             );
         }
         let case = format!(
@@ -359,7 +400,8 @@ async fn random_log_faults_never_lose_an_acknowledged_write() {
             run.failed.len(),
             schedule.join(" ")
         );
-        let (_image, recovered) = run.crash_and_recover();
-        assert_acknowledged_restored(&run, &recovered, &case).await;
+        let (_image, opened) = run.crash_image();
+        assert_acknowledged_readable(&run, &opened, &case).await;
+        assert_no_locator_reused(&run, &case);
     }
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use slackline_archive::S3Settings;
+use slackline_archive::{ArchiveOptions, S3Settings};
 use slackline_kafka::{topics, KafkaSettings};
 use slackline_service::{ConfigError, Env, LogFormat};
 use slackline_slack::SigningSecrets;
@@ -19,6 +19,8 @@ pub struct EdgeConfig {
     pub archive_url: String,
     /// The `AWS_*` settings used for an `s3://` archive.
     pub s3: S3Settings,
+    /// `ARCHIVE_QUEUE_CAPACITY`, `ARCHIVE_S3_LINGER_MS`, `ARCHIVE_S3_MAX_PUTS`.
+    pub archive: ArchiveOptions,
     /// `EDGE_ADDR`: where Slack's requests arrive.
     pub edge_addr: SocketAddr,
     /// `ADMIN_ADDR`: `/metrics`, `/healthz`, `/readyz`.
@@ -178,6 +180,7 @@ impl EdgeConfig {
             );
         }
         let s3 = S3Settings::from_env(&mut env);
+        let archive = ArchiveOptions::from_env(&mut env);
         let edge_addr = env.parse_or("EDGE_ADDR", SocketAddr::from(([0, 0, 0, 0], 3000)));
         let admin_addr = env.parse_or("ADMIN_ADDR", SocketAddr::from(([0, 0, 0, 0], 9000)));
         let raw_topic = env.string_or("RAW_TOPIC", topics::RAW_EVENTS);
@@ -213,6 +216,7 @@ impl EdgeConfig {
             secrets,
             archive_url,
             s3,
+            archive,
             edge_addr,
             admin_addr,
             raw_topic,

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use slackline_archive::{object_key, Archive, ArchiveRecord};
+use slackline_archive::{Archive, ArchiveRecord};
 use slackline_kafka::headers;
 use slackline_slack::signature::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use slackline_slack::{inspect, EnvelopeInfo, EnvelopeKind, SignatureError, SigningSecrets};
@@ -265,9 +265,21 @@ pub(crate) async fn slack_events(
     }
 }
 
-/// Archives, then produces. The archive comes first so that every Kafka record names
-/// an archive object that exists (replay and audits rely on that); a failure at
-/// either step fails the request, and Slack's retry makes a new, complete attempt.
+/// Archives and produces, overlapping the two: the request first gets its place in
+/// the archive (its locator, which the Kafka record carries), then the archive's flush
+/// and Kafka's acknowledgement run at the same time. The answer is 200 only when both
+/// succeeded; a failure at either fails the request, and Slack's retry makes a new,
+/// complete attempt.
+///
+/// The invariant this keeps (guarantee 1): every request answered 200 is durably in
+/// the archive at its locator and acknowledged by Kafka. What it no longer keeps is
+/// "every Kafka record names an archive entry that exists": a record whose archive
+/// write failed after it was produced names a locator that resolves to nothing (its
+/// request got 503, counted in `slackline_edge_archive_failures_total`, and Slack's
+/// retry carries the event again with an entry that exists). Nothing reads the
+/// archive through a record's locator to process it (the normalizer reads the
+/// record's own payload), so such a record is processed like any other, and the
+/// retry is a duplicate the fact keys absorb.
 async fn accept(
     state: &EdgeState,
     request_headers: &HeaderMap,
@@ -278,7 +290,6 @@ async fn accept(
     let text_header = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok());
     let retry_num = text_header(RETRY_NUM_HEADER);
     let retry_reason = text_header(RETRY_REASON_HEADER);
-    let key = object_key(received_at, info.event_id.as_deref(), retry_num);
 
     let record = ArchiveRecord {
         received_at,
@@ -289,22 +300,19 @@ async fn accept(
         body: body.clone(),
     };
     let started = Instant::now();
-    let put = match record.to_json() {
-        Ok(json) => state.archive.put(&key, Bytes::from(json)).await,
-        Err(e) => Err(e),
+    let appending = match state.archive.append(&record).await {
+        Ok(appending) => appending,
+        Err(e) => {
+            state.metrics.archive_failed(&e);
+            return Err(e.into());
+        }
     };
-    if let Err(e) = put {
-        state.metrics.archive_failed();
-        return Err(e.into());
-    }
-    state
-        .metrics
-        .archive_written(started.elapsed().as_secs_f64());
+    let locator = appending.locator().to_owned();
 
     let received = received_at.to_rfc3339_opts(SecondsFormat::Micros, true);
     let mut kafka_headers = OwnedHeaders::new_with_capacity(6).insert(Header {
         key: headers::ARCHIVE_KEY,
-        value: Some(key.as_str()),
+        value: Some(locator.as_str()),
     });
     kafka_headers = kafka_headers.insert(Header {
         key: headers::RECEIVED_AT,
@@ -323,34 +331,50 @@ async fn accept(
             });
         }
     }
-    let record = FutureRecord::to(&state.raw_topic)
+    let kafka_record = FutureRecord::to(&state.raw_topic)
         .key(info.routing_key.as_str())
         .payload(body.as_ref())
         .headers(kafka_headers)
         .timestamp(received_at.timestamp_millis());
-    let started = Instant::now();
-    let delivery = match state.producer.send_result(record) {
-        Ok(delivery) => delivery,
-        Err((e, _)) => {
-            // Queue full or producer fenced: fail now rather than wait.
-            state.metrics.kafka_failed();
-            return Err(e.into());
+    let produced = Instant::now();
+    let archived = async {
+        let result = appending.durable().await;
+        match &result {
+            Ok(_) => state
+                .metrics
+                .archive_written(started.elapsed().as_secs_f64()),
+            Err(e) => state.metrics.archive_failed(e),
+        }
+        result
+    };
+    let delivered = async {
+        let delivery = match state.producer.send_result(kafka_record) {
+            Ok(delivery) => delivery,
+            Err((e, _)) => {
+                // Queue full or producer fenced: fail now rather than wait.
+                state.metrics.kafka_failed();
+                return Err(EdgeError::from(e));
+            }
+        };
+        match delivery.await {
+            Ok(Ok(_)) => {
+                state
+                    .metrics
+                    .kafka_delivered(produced.elapsed().as_secs_f64());
+                Ok(())
+            }
+            Ok(Err((e, _))) => {
+                state.metrics.kafka_failed();
+                Err(e.into())
+            }
+            Err(_) => {
+                state.metrics.kafka_failed();
+                Err(EdgeError::KafkaCancelled)
+            }
         }
     };
-    match delivery.await {
-        Ok(Ok(_)) => {
-            state
-                .metrics
-                .kafka_delivered(started.elapsed().as_secs_f64());
-            Ok(key)
-        }
-        Ok(Err((e, _))) => {
-            state.metrics.kafka_failed();
-            Err(e.into())
-        }
-        Err(_) => {
-            state.metrics.kafka_failed();
-            Err(EdgeError::KafkaCancelled)
-        }
-    }
+    let (archived, delivered) = tokio::join!(archived, delivered);
+    archived?;
+    delivered?;
+    Ok(locator)
 }

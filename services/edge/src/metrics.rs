@@ -20,6 +20,7 @@ pub struct EdgeMetrics {
     app_rate_limited: IntCounter,
     url_verifications: IntCounter,
     archive_failures: IntCounter,
+    archive_queue_full: IntCounter,
     kafka_failures: IntCounter,
     deadline_exceeded: IntCounter,
     overloaded: IntCounter,
@@ -90,6 +91,10 @@ impl EdgeMetrics {
             archive_failures: counter(
                 "slackline_edge_archive_failures_total",
                 "Archive writes that failed (the request got 503)",
+            )?,
+            archive_queue_full: counter(
+                "slackline_edge_archive_queue_full_total",
+                "Requests answered 503 at once because the archive's write queue was full (ARCHIVE_QUEUE_CAPACITY); also counted in slackline_edge_archive_failures_total",
             )?,
             kafka_failures: counter(
                 "slackline_edge_kafka_failures_total",
@@ -179,8 +184,11 @@ impl EdgeMetrics {
         self.archive_duration.observe(seconds);
     }
 
-    pub(crate) fn archive_failed(&self) {
+    pub(crate) fn archive_failed(&self, error: &slackline_archive::ArchiveError) {
         self.archive_failures.inc();
+        if matches!(error, slackline_archive::ArchiveError::Busy) {
+            self.archive_queue_full.inc();
+        }
     }
 
     pub(crate) fn kafka_delivered(&self, seconds: f64) {

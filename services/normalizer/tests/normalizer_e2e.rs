@@ -166,6 +166,7 @@ async fn stack_on(cluster: TestCluster, slack_api_base_url: String) -> Stack {
             secrets: SigningSecrets::new([SECRET]).unwrap(),
             archive_url: format!("file://{}", dir.path().display()),
             s3: S3Settings::default(),
+            archive: Default::default(),
             edge_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             raw_topic: raw.clone(),

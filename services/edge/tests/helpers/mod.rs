@@ -51,6 +51,7 @@ pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -
         secrets: SigningSecrets::new(["old-secret", SECRET]).unwrap(),
         archive_url: archive_url.to_owned(),
         s3,
+        archive: Default::default(),
         edge_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         raw_topic: topic.to_owned(),
@@ -162,4 +163,19 @@ pub async fn read_topic(
 pub fn counter(edge: &Edge, name: &str, label: Option<(&str, &str)>) -> u64 {
     let labels: Vec<(&str, &str)> = label.into_iter().collect();
     slackline_testkit::metrics::metric(&edge.registry, name, &labels) as u64
+}
+
+/// Every request in the archive (read through its segments): (locator, record).
+#[allow(dead_code)]
+pub async fn archived_requests(
+    archive: &slackline_archive::Archive,
+) -> Vec<(String, slackline_archive::ArchiveRecord)> {
+    let mut out = Vec::new();
+    for key in archive.list("raw/").await.expect("list the archive") {
+        for entry in archive.read_object(&key).await.expect("read a segment") {
+            let record = entry.record.expect("every archived line is a request");
+            out.push((entry.locator.to_string(), record));
+        }
+    }
+    out
 }
