@@ -15,9 +15,12 @@
 //! `SLACK_API_BASE_URL`; without it, to a Slack API stand-in of its own
 //! ([`slackline_slack_stand_in`]) whose accepted posts `dev` sends back to the
 //! edge as Slack would (the echo of our own message), so that replies work offline.
-//! The four consumer groups read their own settings (`GROUPING_MODE`, `NOTIFY_*`, ...) from
-//! [`DevOptions::service_env`], as their binaries do from the process environment;
-//! their topic and group names come from [`DevOptions::topic_names`].
+//! Every service's configuration is built one way: its own `from_env` constructor
+//! (what its binary runs) over one environment per service ([`service_env`]): the
+//! user's variables ([`DevOptions::service_env`]: `SLACK_SIGNING_SECRETS`,
+//! `SLACK_BOT_TOKENS`, `GROUPING_MODE`, `NOTIFY_*`, ...), then what `dev` decides
+//! (Kafka, topic and group names from [`DevOptions::topic_names`], database,
+//! archive, admin addresses, log format).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -27,18 +30,15 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
-use slackline_archive::S3Settings;
 use slackline_consumer::GroupService;
 use slackline_edge::{Edge, EdgeConfig};
 use slackline_kafka::embedded::{self, BrokerConfig, EmbeddedBroker, EmbeddedError};
 use slackline_kafka::topics::{Created, TopicNames, NORMALIZER_GROUP};
 use slackline_kafka::KafkaSettings;
-use slackline_normalizer::normalize::Rules;
 use slackline_normalizer::{Normalizer, NormalizerConfig};
 use slackline_service::Env;
-use slackline_service::{LogFormat, Shutdown};
-use slackline_slack::SigningSecrets;
-use slackline_slack_api::BotTokens;
+use slackline_service::Shutdown;
+use slackline_slack_sender::SlackSender;
 use slackline_slack_stand_in::{
     SlackApiStandIn, STAND_IN_APP_ID, STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID,
 };
@@ -78,19 +78,104 @@ const GROUPS: [&str; 4] = [
 /// `dev`'s own Slack API stand-in takes any token).
 pub const STAND_IN_TOKENS: &str = "*=xoxb-slackline-dev-stand-in";
 
-/// Environment variables `dev` decides for each consumer group; the user's values
-/// of these are ignored (one value for three groups would be wrong).
-const DEV_OWNED_ENV: [&str; 9] = [
+/// Environment variables `dev` decides for each service; the user's values of these
+/// are ignored (one value for six services would be wrong).
+const DEV_OWNED_ENV: [&str; 17] = [
     "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_PROPERTIES",
     "DATABASE_URL",
     "ADMIN_ADDR",
+    "EDGE_ADDR",
+    "ARCHIVE_URL",
     "LOG_FORMAT",
     "GROUP_ID",
     "SOURCE_TOPIC",
     "RETRY_TOPIC",
     "DLQ_TOPIC",
     "THREAD_EVENTS_TOPIC",
+    "RAW_TOPIC",
+    "MESSAGES_TOPIC",
+    "RAW_DLQ_TOPIC",
+    "NORMALIZER_GROUP_ID",
+    "SLACK_API_BASE_URL",
 ];
+
+/// `dev`'s shutdown grace for the edge and the normalizer (unless the user sets
+/// `EDGE_SHUTDOWN_GRACE_MS` / `SHUTDOWN_GRACE_MS`): a local stack stops quickly.
+const DEV_SHUTDOWN_GRACE_MS: &str = "5000";
+
+/// `slackline dev`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Kafka: `mock` (librdkafka's mock cluster in this process, nothing to
+    /// install), `embedded` (a single-node Apache Kafka broker under the state
+    /// directory; needs Java 17+, and Maven once to fetch its jars), or the
+    /// bootstrap servers of an existing cluster (`host:port`).
+    #[arg(long, default_value = "mock", value_name = "mock|embedded|BOOTSTRAP")]
+    pub kafka: KafkaChoice,
+    /// A prefix for every topic and consumer-group name (several stacks on one
+    /// cluster).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Edge port (Slack's requests).
+    #[arg(long, default_value_t = 3000)]
+    pub port: u16,
+    /// Admin port (/metrics, /healthz, /readyz).
+    #[arg(long, default_value_t = 9000)]
+    pub admin_port: u16,
+    /// State directory.
+    #[arg(long, default_value = ".slackline")]
+    pub dir: PathBuf,
+    /// Partitions per topic.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    /// Signing secrets accepted (comma-separated).
+    #[arg(long, env = "SLACK_SIGNING_SECRETS", default_value = DEV_SECRET, hide_env_values = true)]
+    pub secrets: String,
+    /// Always start a throwaway PostgreSQL cluster under the state directory, even
+    /// when DATABASE_URL is set or a local server answers.
+    #[arg(long)]
+    pub embedded_postgres: bool,
+}
+
+/// `slackline dev`: starts the stack, prints where everything is, runs until ctrl-c.
+///
+/// # Errors
+///
+/// A service's configuration is invalid, or something fails to start or stops with
+/// an error.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    slackline_service::init_telemetry("slackline-dev", slackline_service::LogFormat::Text);
+    let shutdown = Shutdown::on_signals();
+    let mut service_env: Vec<(String, String)> = std::env::vars().collect();
+    // The flag (or SLACK_SIGNING_SECRETS, or the dev secret) is what the edge takes.
+    service_env.push(("SLACK_SIGNING_SECRETS".to_owned(), args.secrets));
+    // Unset: dev runs a Slack API stand-in of its own.
+    let slack_api_base_url = std::env::var("SLACK_API_BASE_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty());
+    let database = match (args.embedded_postgres, std::env::var("DATABASE_URL")) {
+        (true, _) => DatabaseChoice::Embedded,
+        (false, Ok(url)) if !url.trim().is_empty() => DatabaseChoice::Url(url),
+        (false, _) => DatabaseChoice::Auto,
+    };
+    let options = DevOptions {
+        bind: [127, 0, 0, 1].into(),
+        port: args.port,
+        admin_port: args.admin_port,
+        dir: args.dir,
+        kafka: args.kafka,
+        topic_names: TopicNames::with_prefix(args.prefix),
+        partitions: args.partitions,
+        slack_api_base_url,
+        database,
+        service_env,
+    };
+    let stack = start(options, shutdown).await?;
+    stack.print_banner();
+    stack.wait().await?;
+    Ok(())
+}
 
 /// Which Kafka `dev` runs on (`--kafka`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -156,26 +241,21 @@ pub struct DevOptions {
     pub topic_names: TopicNames,
     /// Partitions per flow topic.
     pub partitions: i32,
-    /// Signing secrets the edge accepts.
-    pub secrets: SigningSecrets,
-    /// The secret `dev` signs the echoes of its Slack API stand-in with (one of
-    /// `secrets`; unused with `slack_api_base_url`).
-    pub echo_secret: String,
-    /// Bot tokens for author lookups (`SLACK_BOT_TOKENS`; empty: no lookups).
-    pub bot_tokens: BotTokens,
     /// Slack Web API base URL (`SLACK_API_BASE_URL`); `None`: `dev` runs a Slack API
     /// stand-in of its own and delivers the echo of every reply it accepts to the
     /// edge, as Slack would.
     pub slack_api_base_url: Option<String>,
-    /// Enablement and echo rules for the normalizer.
-    pub rules: Rules,
     /// Which PostgreSQL the consumer groups use.
     pub database: DatabaseChoice,
-    /// Environment of the three consumer groups (grouping, reaction commands,
-    /// notification targets, retry delays, `KAFKA_PROPERTIES`); Kafka bootstrap,
-    /// topic and group names, database, admin address and log format are set by
-    /// `dev` itself. `KAFKA_PROPERTIES` here applies to every Kafka client of the
-    /// stack (security settings for an existing cluster, say).
+    /// The services' environment, read by each service's own `from_env` as its
+    /// binary reads the process environment: `SLACK_SIGNING_SECRETS` (default
+    /// [`DEV_SECRET`]; the first one also signs the stand-in's echoes), the
+    /// normalizer's `SLACK_BOT_TOKENS`, `ENABLED_*`, `SELF_*`, the groups' grouping,
+    /// reaction commands, notification targets, retry delays, and
+    /// `KAFKA_PROPERTIES`. Kafka bootstrap, topic and group names, database, archive,
+    /// admin addresses and log format are set by `dev` itself ([`DEV_OWNED_ENV`]).
+    /// `KAFKA_PROPERTIES` here applies to every Kafka client of the stack (security
+    /// settings for an existing cluster, say).
     pub service_env: Vec<(String, String)>,
 }
 
@@ -302,8 +382,12 @@ pub struct DevStack {
     pub timeline_writer: GroupService,
     /// The notifier.
     pub notifier: GroupService,
-    /// The slack-sender.
-    pub slack_sender: GroupService,
+    /// The slack-sender (its posts in flight are waited for at shutdown).
+    pub slack_sender: SlackSender,
+    /// How long the slack-sender's posts in flight may take after the shutdown.
+    pub slack_sender_grace: Duration,
+    /// The stack's shutdown.
+    pub shutdown: Shutdown,
     /// The Slack Web API the normalizer and the slack-sender call.
     pub slack_api_base_url: String,
     /// `dev`'s own Slack API stand-in, when `SLACK_API_BASE_URL` was not given.
@@ -328,6 +412,66 @@ impl DevStack {
         format!("http://{}", self.normalizer.admin_addr)
     }
 
+    /// Prints where everything is and what to try.
+    pub fn print_banner(&self) {
+        let created = self
+            .topics
+            .iter()
+            .filter(|t| matches!(t, Created::Created(_)))
+            .count();
+        println!("slackline dev is running (ctrl-c to stop)");
+        println!("  Slack webhook URL:  {}", self.webhook_url());
+        println!("  Kafka:              {}", self.kafka_description);
+        println!(
+            "  Kafka bootstrap:    {}  ({} topics: {created} created, {} already there)",
+            self.bootstrap,
+            self.topics.len(),
+            self.topics.len() - created
+        );
+        println!(
+            "  edge admin:         {}/metrics  /healthz  /readyz",
+            self.admin_url()
+        );
+        println!(
+            "  normalizer admin:   {}/metrics",
+            self.normalizer_admin_url()
+        );
+        println!(
+            "  consumer groups:    thread-state {}, timeline-writer {}, notifier {}, slack-sender {} (admin)",
+            self.thread_state.admin_addr,
+            self.timeline_writer.admin_addr,
+            self.notifier.admin_addr,
+            self.slack_sender.service.admin_addr
+        );
+        println!(
+            "  Slack Web API:      {}{}",
+            self.slack_api_base_url,
+            if self.slack_api.is_some() {
+                "  (dev's stand-in: replies are recorded and echoed back to the edge)"
+            } else {
+                ""
+            }
+        );
+        println!("  archive:            {}", self.archive_url);
+        println!("  PostgreSQL:         {}", self.database.description);
+        println!("try:");
+        println!(
+            "  cargo run -q -p slackline -- send --url {} testdata/events",
+            self.webhook_url()
+        );
+        println!(
+            "  cargo run -q -p slackline -- tail {} --bootstrap {} --exit-at-end",
+            self.names.messages(),
+            self.bootstrap
+        );
+        println!("  cargo run -q -p slackline -- threads");
+        println!(
+            "  cargo run -q -p slackline -- reply <thread id> 'On it!' --bootstrap {} --topic {}",
+            self.bootstrap,
+            self.names.replies()
+        );
+    }
+
     /// Waits until the stack has stopped (after the shutdown signal). Kafka goes
     /// last, so that every client closes against a live cluster.
     pub async fn wait(self) -> Result<(), DevError> {
@@ -339,6 +483,8 @@ impl DevStack {
             timeline_writer,
             notifier,
             slack_sender,
+            slack_sender_grace,
+            shutdown,
             slack_api,
             database,
             ..
@@ -349,7 +495,10 @@ impl DevStack {
             ("thread-state", thread_state.wait().await),
             ("timeline-writer", timeline_writer.wait().await),
             ("notifier", notifier.wait().await),
-            ("slack-sender", slack_sender.wait().await),
+            (
+                "slack-sender",
+                slack_sender.wait(&shutdown, slack_sender_grace).await,
+            ),
         ];
         drop(slack_api);
         let kafka = kafka.stop().await;
@@ -393,22 +542,72 @@ fn consumer_properties(
     }
 }
 
-/// The environment of one consumer group: the user's, then what `dev` decides.
-fn group_env(
-    options: &DevOptions,
-    group: &str,
-    kafka_properties: &[(String, String)],
-    bootstrap: &str,
-    database_url: &str,
-    admin: SocketAddr,
-) -> Env {
+/// Which service an environment is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// The edge.
+    Edge,
+    /// The normalizer.
+    Normalizer,
+    /// A consumer group (its base name, one of [`GROUPS`]).
+    Group(&'static str),
+}
+
+/// What `dev` decided, shared by every service's environment.
+struct StackEnv<'a> {
+    /// Bootstrap servers.
+    bootstrap: &'a str,
+    /// The user's `KAFKA_PROPERTIES` (the edge's producer).
+    user_properties: &'a [(String, String)],
+    /// The consumers' Kafka properties ([`consumer_properties`]).
+    consumer_properties: &'a [(String, String)],
+    /// The groups' database.
+    database_url: &'a str,
+    /// The archive.
+    archive_url: &'a str,
+    /// The Slack Web API the normalizer and the slack-sender call.
+    slack_api_base_url: &'a str,
+    /// Whether that is `dev`'s own stand-in.
+    own_stand_in: bool,
+}
+
+/// The environment of one service: `dev`'s defaults, the user's variables, then what
+/// `dev` decides ([`DEV_OWNED_ENV`]). Each service reads it with its own `from_env`.
+fn service_env(options: &DevOptions, service: Service, stack: &StackEnv<'_>) -> Env {
     let names = &options.topic_names;
-    let mut pairs: Vec<(String, String)> = options
-        .service_env
-        .iter()
-        .filter(|(k, _)| !DEV_OWNED_ENV.contains(&k.as_str()) && k != "KAFKA_PROPERTIES")
-        .cloned()
-        .collect();
+    let user = |name: &str| {
+        options
+            .service_env
+            .iter()
+            .rev()
+            .find(|(k, v)| k == name && !v.trim().is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    // Defaults the user may override.
+    let mut pairs: Vec<(String, String)> = vec![
+        ("SLACK_SIGNING_SECRETS".to_owned(), DEV_SECRET.to_owned()),
+        (
+            "EDGE_SHUTDOWN_GRACE_MS".to_owned(),
+            DEV_SHUTDOWN_GRACE_MS.to_owned(),
+        ),
+    ];
+    if service == Service::Normalizer {
+        pairs.push((
+            "SHUTDOWN_GRACE_MS".to_owned(),
+            DEV_SHUTDOWN_GRACE_MS.to_owned(),
+        ));
+    }
+    pairs.extend(
+        options
+            .service_env
+            .iter()
+            .filter(|(k, _)| !DEV_OWNED_ENV.contains(&k.as_str()))
+            .cloned(),
+    );
+    let kafka_properties = match service {
+        Service::Edge => stack.user_properties,
+        Service::Normalizer | Service::Group(_) => stack.consumer_properties,
+    };
     if !kafka_properties.is_empty() {
         let joined = kafka_properties
             .iter()
@@ -417,23 +616,99 @@ fn group_env(
             .join(";");
         pairs.push(("KAFKA_PROPERTIES".to_owned(), joined));
     }
+    let admin = match service {
+        Service::Edge => admin_addr(options, 0),
+        Service::Normalizer => admin_addr(options, 1),
+        Service::Group(group) => {
+            let index = GROUPS.iter().position(|g| *g == group).unwrap_or(0);
+            admin_addr(options, 2 + u16::try_from(index).unwrap_or(0))
+        }
+    };
     pairs.extend([
-        ("KAFKA_BOOTSTRAP_SERVERS".to_owned(), bootstrap.to_owned()),
-        ("DATABASE_URL".to_owned(), database_url.to_owned()),
+        (
+            "KAFKA_BOOTSTRAP_SERVERS".to_owned(),
+            stack.bootstrap.to_owned(),
+        ),
         ("ADMIN_ADDR".to_owned(), admin.to_string()),
         ("LOG_FORMAT".to_owned(), "text".to_owned()),
-        ("GROUP_ID".to_owned(), names.group(group)),
         (
-            "SOURCE_TOPIC".to_owned(),
-            if group == "slack-sender" {
-                names.replies()
-            } else {
-                names.messages()
-            },
+            "SLACK_API_BASE_URL".to_owned(),
+            stack.slack_api_base_url.to_owned(),
         ),
-        ("THREAD_EVENTS_TOPIC".to_owned(), names.thread_events()),
     ]);
+    match service {
+        Service::Edge => pairs.extend([
+            (
+                "EDGE_ADDR".to_owned(),
+                SocketAddr::new(options.bind, options.port).to_string(),
+            ),
+            ("ARCHIVE_URL".to_owned(), stack.archive_url.to_owned()),
+            ("RAW_TOPIC".to_owned(), names.raw_events()),
+        ]),
+        Service::Normalizer => {
+            pairs.extend([
+                ("RAW_TOPIC".to_owned(), names.raw_events()),
+                ("MESSAGES_TOPIC".to_owned(), names.messages()),
+                ("RAW_DLQ_TOPIC".to_owned(), names.raw_dlq()),
+                (
+                    "NORMALIZER_GROUP_ID".to_owned(),
+                    names.group(NORMALIZER_GROUP),
+                ),
+            ]);
+            if stack.own_stand_in {
+                // The stand-in's bot is ours: the normalizer recognises the echoes.
+                let with = |name: &str, ids: &[&str]| {
+                    let mut list: Vec<String> = user(name).into_iter().collect();
+                    list.extend(ids.iter().map(|id| (*id).to_owned()));
+                    (name.to_owned(), list.join(","))
+                };
+                pairs.push(with(
+                    "SELF_BOT_IDS",
+                    &[STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID],
+                ));
+                pairs.push(with("SELF_APP_IDS", &[STAND_IN_APP_ID]));
+            }
+        }
+        Service::Group(group) => {
+            pairs.extend([
+                ("DATABASE_URL".to_owned(), stack.database_url.to_owned()),
+                ("GROUP_ID".to_owned(), names.group(group)),
+                (
+                    "SOURCE_TOPIC".to_owned(),
+                    if group == "slack-sender" {
+                        names.replies()
+                    } else {
+                        names.messages()
+                    },
+                ),
+                ("THREAD_EVENTS_TOPIC".to_owned(), names.thread_events()),
+            ]);
+            if group == "slack-sender" && stack.own_stand_in && user("SLACK_BOT_TOKENS").is_none() {
+                // Only dev's own stand-in gets the made-up token: a real Slack API
+                // without tokens sends every reply to the DLQ with `no bot token
+                // configured for team …`.
+                pairs.push(("SLACK_BOT_TOKENS".to_owned(), STAND_IN_TOKENS.to_owned()));
+            }
+        }
+    }
     Env::from_pairs(pairs)
+}
+
+/// The first signing secret of the services' environment (the stand-in's echoes are
+/// signed with it), else [`DEV_SECRET`].
+fn echo_secret(options: &DevOptions) -> String {
+    options
+        .service_env
+        .iter()
+        .rev()
+        .find(|(k, v)| k == "SLACK_SIGNING_SECRETS" && !v.trim().is_empty())
+        .and_then(|(_, v)| {
+            v.split(',')
+                .map(str::trim)
+                .find(|s| !s.is_empty())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| DEV_SECRET.to_owned())
 }
 
 fn admin_addr(options: &DevOptions, offset: u16) -> SocketAddr {
@@ -740,6 +1015,8 @@ pub async fn start(options: DevOptions, shutdown: Shutdown) -> Result<DevStack, 
             timeline_writer: services.timeline_writer,
             notifier: services.notifier,
             slack_sender: services.slack_sender,
+            slack_sender_grace: services.slack_sender_grace,
+            shutdown: services.shutdown,
             slack_api_base_url: services.slack_api_base_url,
             slack_api: services.slack_api,
             database: services.database,
@@ -758,7 +1035,9 @@ struct Services {
     thread_state: GroupService,
     timeline_writer: GroupService,
     notifier: GroupService,
-    slack_sender: GroupService,
+    slack_sender: SlackSender,
+    slack_sender_grace: Duration,
+    shutdown: Shutdown,
     slack_api_base_url: String,
     slack_api: Option<SlackApiStandIn>,
     database: DevDatabase,
@@ -809,123 +1088,56 @@ async fn start_services(
         source,
     })?;
     let consumer_properties = consumer_properties(&options.kafka, user_properties);
-    let mut options = options;
     let slack_api = match &options.slack_api_base_url {
         Some(_) => None,
-        None => {
-            let stand_in = SlackApiStandIn::start()
+        None => Some(
+            SlackApiStandIn::start()
                 .await
-                .map_err(DevError::SlackStandIn)?;
-            // Its bot is ours: the normalizer recognises the echoes.
-            options
-                .rules
-                .self_bot_ids
-                .insert(STAND_IN_BOT_ID.to_owned());
-            options
-                .rules
-                .self_bot_ids
-                .insert(STAND_IN_BOT_USER_ID.to_owned());
-            options
-                .rules
-                .self_app_ids
-                .insert(STAND_IN_APP_ID.to_owned());
-            Some(stand_in)
-        }
+                .map_err(DevError::SlackStandIn)?,
+        ),
     };
     let slack_api_base_url = match (&options.slack_api_base_url, &slack_api) {
         (Some(url), _) => url.clone(),
         (None, Some(stand_in)) => stand_in.base_url.clone(),
         (None, None) => slackline_slack_sender::config::DEFAULT_SLACK_API.to_owned(),
     };
-    let mut sender_options = options.clone();
-    sender_env_extra(
-        &mut sender_options.service_env,
-        &slack_api_base_url,
-        slack_api.is_some(),
-    );
-    let [thread_state_env, timeline_env, notifier_env, sender_env] = [0, 1, 2, 3].map(|i| {
-        group_env(
-            if GROUPS[i] == "slack-sender" {
-                &sender_options
-            } else {
-                &options
-            },
-            GROUPS[i],
-            &consumer_properties,
-            bootstrap,
-            &database.url,
-            admin_addr(&options, 2 + i as u16),
-        )
-    });
-    let thread_state_config = slackline_thread_state::ThreadStateConfig::from_env(thread_state_env)
-        .map_err(|source| DevError::Config {
-            service: "thread-state",
-            source,
-        })?;
-    let timeline_config = slackline_timeline_writer::TimelineWriterConfig::from_env(timeline_env)
-        .map_err(|source| DevError::Config {
-        service: "timeline-writer",
-        source,
-    })?;
+    let stack = StackEnv {
+        bootstrap,
+        user_properties: user_properties.map(Vec::as_slice).unwrap_or_default(),
+        consumer_properties: &consumer_properties,
+        database_url: &database.url,
+        archive_url,
+        slack_api_base_url: &slack_api_base_url,
+        own_stand_in: slack_api.is_some(),
+    };
+    let env = |service| service_env(&options, service, &stack);
+    let config_error = |service: &'static str| {
+        move |source: slackline_service::ConfigError| DevError::Config { service, source }
+    };
+    // Every configuration is read first, so that a bad variable starts nothing.
+    let edge_config = EdgeConfig::from_env(env(Service::Edge)).map_err(config_error("edge"))?;
+    let normalizer_config =
+        NormalizerConfig::from_env(env(Service::Normalizer)).map_err(config_error("normalizer"))?;
+    let thread_state_config =
+        slackline_thread_state::ThreadStateConfig::from_env(env(Service::Group("thread-state")))
+            .map_err(config_error("thread-state"))?;
+    let timeline_config = slackline_timeline_writer::TimelineWriterConfig::from_env(env(
+        Service::Group("timeline-writer"),
+    ))
+    .map_err(config_error("timeline-writer"))?;
     let notifier_config =
-        slackline_notifier::NotifierConfig::from_env(notifier_env).map_err(|source| {
-            DevError::Config {
-                service: "notifier",
-                source,
-            }
-        })?;
+        slackline_notifier::NotifierConfig::from_env(env(Service::Group("notifier")))
+            .map_err(config_error("notifier"))?;
     let sender_config =
-        slackline_slack_sender::SlackSenderConfig::from_env(sender_env).map_err(|source| {
-            DevError::Config {
-                service: "slack-sender",
-                source,
-            }
-        })?;
+        slackline_slack_sender::SlackSenderConfig::from_env(env(Service::Group("slack-sender")))
+            .map_err(config_error("slack-sender"))?;
+    if let Some(warning) = normalizer_config.self_ids_warning() {
+        tracing::warn!("{warning}");
+    }
+    let slack_sender_grace = sender_config.runtime.shutdown_grace;
     let names = options.topic_names.clone();
-    let normalizer_admin = admin_addr(&options, 1);
-    let edge = Edge::start(
-        EdgeConfig {
-            kafka: KafkaSettings {
-                bootstrap_servers: bootstrap.to_owned(),
-                properties: user_properties.cloned().unwrap_or_default(),
-            },
-            secrets: options.secrets.clone(),
-            archive_url: archive_url.to_owned(),
-            s3: S3Settings::default(),
-            edge_addr: SocketAddr::new(options.bind, options.port),
-            admin_addr: SocketAddr::new(options.bind, options.admin_port),
-            raw_topic: names.raw_events(),
-            deadline: Duration::from_millis(slackline_edge::config::DEFAULT_DEADLINE_MS),
-            max_body_bytes: slackline_edge::config::DEFAULT_MAX_BODY_BYTES,
-            shutdown_grace: Duration::from_secs(5),
-            limits: slackline_edge::Limits::default(),
-            log_format: LogFormat::Text,
-        },
-        shutdown.clone(),
-    )
-    .await?;
-    let normalizer = Normalizer::start(
-        NormalizerConfig {
-            kafka: KafkaSettings {
-                bootstrap_servers: bootstrap.to_owned(),
-                properties: consumer_properties,
-            },
-            raw_topic: names.raw_events(),
-            messages_topic: names.messages(),
-            dlq_topic: names.raw_dlq(),
-            group_id: names.group(NORMALIZER_GROUP),
-            admin_addr: normalizer_admin,
-            slack_api_base_url: slack_api_base_url.clone(),
-            bot_tokens: options.bot_tokens,
-            rules: options.rules,
-            log_format: LogFormat::Text,
-            shutdown_grace: Duration::from_secs(5),
-            author_lookup_concurrency:
-                slackline_normalizer::config::DEFAULT_AUTHOR_LOOKUP_CONCURRENCY,
-        },
-        shutdown.clone(),
-    )
-    .await?;
+    let edge = Edge::start(edge_config, shutdown.clone()).await?;
+    let normalizer = Normalizer::start(normalizer_config, shutdown.clone()).await?;
     let thread_state = slackline_thread_state::start(thread_state_config, shutdown.clone())
         .await
         .map_err(|e| DevError::Group {
@@ -944,18 +1156,19 @@ async fn start_services(
             service: "notifier",
             message: e.to_string(),
         })?;
-    let slack_sender = slackline_slack_sender::start(sender_config, shutdown)
+    // As the slack-sender's binary does: its posts in flight are waited for at
+    // shutdown (`DevStack::wait`).
+    let slack_sender = slackline_slack_sender::start_sender(sender_config, shutdown.clone())
         .await
         .map_err(|e| DevError::Group {
             service: "slack-sender",
             message: e.to_string(),
         })?;
     if let Some(stand_in) = &slack_api {
-        let secret = options.echo_secret.clone();
         forward_echoes(
             stand_in,
             format!("http://{}/slack/events", edge.addr),
-            secret,
+            echo_secret(&options),
         );
     }
     Ok(Services {
@@ -966,30 +1179,12 @@ async fn start_services(
         timeline_writer,
         notifier,
         slack_sender,
+        slack_sender_grace,
+        shutdown,
         slack_api_base_url,
         slack_api,
         database,
     })
-}
-
-/// The slack-sender's extra settings in `dev`: the Slack API, and, only when `dev`
-/// runs its own stand-in (`own_stand_in`) and the user set no `SLACK_BOT_TOKENS`, a
-/// made-up token for any team (what the stand-in takes). A real Slack API never gets
-/// the made-up token: without tokens every reply lands in the DLQ with
-/// `no bot token configured for team …`.
-fn sender_env_extra(env: &mut Vec<(String, String)>, slack_api_base_url: &str, own_stand_in: bool) {
-    env.push((
-        "SLACK_API_BASE_URL".to_owned(),
-        slack_api_base_url.to_owned(),
-    ));
-    let user_tokens = env
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "SLACK_BOT_TOKENS")
-        .is_some_and(|(_, v)| !v.trim().is_empty());
-    if own_stand_in && !user_tokens {
-        env.push(("SLACK_BOT_TOKENS".to_owned(), STAND_IN_TOKENS.to_owned()));
-    }
 }
 
 #[cfg(test)]
@@ -1011,27 +1206,102 @@ mod tests {
         assert_eq!(KafkaChoice::default().to_string(), "mock");
     }
 
+    fn stack_env<'a>(props: &'a [(String, String)], own_stand_in: bool) -> StackEnv<'a> {
+        StackEnv {
+            bootstrap: "b:9092",
+            user_properties: &[],
+            consumer_properties: props,
+            database_url: "postgres://x",
+            archive_url: "file:///tmp/archive",
+            slack_api_base_url: "http://127.0.0.1:1/api",
+            own_stand_in,
+        }
+    }
+
     #[test]
     fn only_dev_own_stand_in_gets_the_made_up_token() {
-        let tokens = |env: &[(String, String)]| {
-            env.iter()
-                .filter(|(k, _)| k == "SLACK_BOT_TOKENS")
-                .map(|(_, v)| v.clone())
-                .collect::<Vec<_>>()
-        };
+        let sender = Service::Group("slack-sender");
         // A real (or user-chosen) Slack API without tokens: no made-up token.
-        let mut env = Vec::new();
-        sender_env_extra(&mut env, "https://slack.com/api", false);
-        assert_eq!(tokens(&env), Vec::<String>::new());
-        assert!(env.contains(&("SLACK_API_BASE_URL".into(), "https://slack.com/api".into())));
+        let o = options(KafkaChoice::Embedded, &[]);
+        let env = service_env(&o, sender, &stack_env(&[], false));
+        assert_eq!(env.get("SLACK_BOT_TOKENS"), None);
+        assert_eq!(
+            env.get("SLACK_API_BASE_URL"),
+            Some("http://127.0.0.1:1/api")
+        );
         // Its own stand-in without tokens: the made-up one.
-        let mut env = Vec::new();
-        sender_env_extra(&mut env, "http://127.0.0.1:1/api", true);
-        assert_eq!(tokens(&env), vec![STAND_IN_TOKENS.to_owned()]);
+        let env = service_env(&o, sender, &stack_env(&[], true));
+        assert_eq!(env.get("SLACK_BOT_TOKENS"), Some(STAND_IN_TOKENS));
+        // ... and never for another group.
+        let env = service_env(&o, Service::Group("notifier"), &stack_env(&[], true));
+        assert_eq!(env.get("SLACK_BOT_TOKENS"), None);
         // The user's tokens always win.
-        let mut env = vec![("SLACK_BOT_TOKENS".to_owned(), "T1=xoxb-1".to_owned())];
-        sender_env_extra(&mut env, "http://127.0.0.1:1/api", true);
-        assert_eq!(tokens(&env), vec!["T1=xoxb-1".to_owned()]);
+        let o = options(KafkaChoice::Embedded, &[("SLACK_BOT_TOKENS", "T1=xoxb-1")]);
+        let env = service_env(&o, sender, &stack_env(&[], true));
+        assert_eq!(env.get("SLACK_BOT_TOKENS"), Some("T1=xoxb-1"));
+    }
+
+    #[test]
+    fn every_service_config_is_read_by_its_own_from_env() {
+        let o = options(
+            KafkaChoice::Embedded,
+            &[
+                ("SLACK_SIGNING_SECRETS", "s1,s2"),
+                ("SELF_BOT_IDS", "BUSER"),
+                ("ARCHIVE_URL", "s3://not/dev/s"),
+                ("RAW_TOPIC", "not-dev-s"),
+            ],
+        );
+        let stack = stack_env(&[], true);
+        let edge = EdgeConfig::from_env(service_env(&o, Service::Edge, &stack)).unwrap();
+        assert_eq!(edge.secrets.len(), 2);
+        assert_eq!(edge.archive_url, "file:///tmp/archive");
+        assert_eq!(edge.raw_topic, "p1.slack.events.raw");
+        assert_eq!(edge.shutdown_grace, Duration::from_secs(5));
+        let normalizer =
+            NormalizerConfig::from_env(service_env(&o, Service::Normalizer, &stack)).unwrap();
+        assert_eq!(normalizer.raw_topic, "p1.slack.events.raw");
+        assert_eq!(normalizer.messages_topic, "p1.slack.messages.v1");
+        assert_eq!(normalizer.dlq_topic, "p1.slack.events.raw.dlq");
+        assert_eq!(normalizer.group_id, "p1.normalizer");
+        assert_eq!(normalizer.slack_api_base_url, "http://127.0.0.1:1/api");
+        for id in ["BUSER", STAND_IN_BOT_ID, STAND_IN_BOT_USER_ID] {
+            assert!(normalizer.rules.self_bot_ids.contains(id), "{id}");
+        }
+        assert!(normalizer.rules.self_app_ids.contains(STAND_IN_APP_ID));
+        assert_eq!(echo_secret(&o), "s1");
+        assert_eq!(echo_secret(&options(KafkaChoice::Mock, &[])), DEV_SECRET);
+        // Without a stand-in, no made-up self ids.
+        let normalizer = NormalizerConfig::from_env(service_env(
+            &o,
+            Service::Normalizer,
+            &stack_env(&[], false),
+        ))
+        .unwrap();
+        assert_eq!(normalizer.rules.self_bot_ids.len(), 1);
+        // Distinct admin addresses when a port is given.
+        let o = DevOptions {
+            admin_port: 9000,
+            ..options(KafkaChoice::Embedded, &[])
+        };
+        let admins: Vec<String> = [
+            Service::Edge,
+            Service::Normalizer,
+            Service::Group("thread-state"),
+            Service::Group("timeline-writer"),
+            Service::Group("notifier"),
+            Service::Group("slack-sender"),
+        ]
+        .into_iter()
+        .map(|s| {
+            service_env(&o, s, &stack)
+                .get("ADMIN_ADDR")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+        let unique: std::collections::HashSet<_> = admins.iter().collect();
+        assert_eq!(unique.len(), admins.len(), "{admins:?}");
     }
 
     #[test]
@@ -1053,11 +1323,7 @@ mod tests {
             kafka,
             topic_names: TopicNames::with_prefix("p1."),
             partitions: 2,
-            secrets: SigningSecrets::new([DEV_SECRET]).unwrap(),
-            echo_secret: DEV_SECRET.to_owned(),
-            bot_tokens: BotTokens::default(),
             slack_api_base_url: None,
-            rules: Rules::default(),
             database: DatabaseChoice::Auto,
             service_env: service_env
                 .iter()
@@ -1076,8 +1342,8 @@ mod tests {
                 ("GROUPING_MODE", "time-window"),
             ],
         );
-        let admin = SocketAddr::from(([127, 0, 0, 1], 0));
-        let env = group_env(&options, "notifier", &[], "b:9092", "postgres://x", admin);
+        let notifier = Service::Group("notifier");
+        let env = service_env(&options, notifier, &stack_env(&[], false));
         assert_eq!(env.get("GROUP_ID"), Some("p1.notifier"));
         assert_eq!(env.get("SOURCE_TOPIC"), Some("p1.slack.messages.v1"));
         assert_eq!(
@@ -1090,14 +1356,7 @@ mod tests {
         // A real broker: no KAFKA_PROPERTIES unless the user set some.
         assert_eq!(env.get("KAFKA_PROPERTIES"), None);
         let props = consumer_properties(&KafkaChoice::Mock, None);
-        let env = group_env(
-            &options,
-            "notifier",
-            &props,
-            "b:9092",
-            "postgres://x",
-            admin,
-        );
+        let env = service_env(&options, notifier, &stack_env(&props, false));
         assert_eq!(env.get("KAFKA_PROPERTIES"), Some(MOCK_KAFKA_PROPERTIES));
     }
 

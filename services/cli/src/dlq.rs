@@ -16,6 +16,90 @@ use slackline_kafka::KafkaSettings;
 
 use crate::tail::{for_each_record, TailError};
 
+/// `slackline dlq`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `slackline dlq` subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print every dead letter of a DLQ topic as JSON lines, then exit.
+    List {
+        /// The DLQ topic, e.g. `notifier.dlq` or `slack.events.raw.dlq`.
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        bootstrap: String,
+    },
+    /// Produce dead letters back to their original topics, in DLQ order.
+    Redrive {
+        /// The DLQ topic.
+        topic: String,
+        /// Kafka bootstrap servers.
+        #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+        bootstrap: String,
+        /// Only the record at this partition (with --offset).
+        #[arg(long, requires = "offset")]
+        partition: Option<i32>,
+        /// Only the record at this offset (with --partition).
+        #[arg(long, requires = "partition")]
+        offset: Option<i64>,
+        /// Print what would be redriven, produce nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `slackline dlq list|redrive`.
+///
+/// # Errors
+///
+/// `KAFKA_PROPERTIES` is malformed, Kafka fails, or a redrive cannot be produced.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    match args.command {
+        Command::List { topic, bootstrap } => {
+            let settings = crate::common::kafka_settings(bootstrap)?;
+            tokio::task::spawn_blocking(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                crate::tail::tail(&settings, &topic, true, &AtomicBool::new(false), &mut out)
+            })
+            .await??;
+            Ok(())
+        }
+        Command::Redrive {
+            topic,
+            bootstrap,
+            partition,
+            offset,
+            dry_run,
+        } => {
+            let settings = crate::common::kafka_settings(bootstrap)?;
+            let selection = Selection {
+                only: partition.zip(offset),
+            };
+            let summary = redrive(&settings, &topic, selection, dry_run).await?;
+            let verb = if dry_run { "would redrive" } else { "redrove" };
+            for line in &summary.lines {
+                println!("{verb} {line}");
+            }
+            for line in &summary.unreadable {
+                println!("skipped (not a DLQ record) {line}");
+            }
+            println!(
+                "{verb} {}, {} unreadable",
+                summary.redriven,
+                summary.unreadable.len()
+            );
+            Ok(())
+        }
+    }
+}
+
 /// Which dead letters to redrive.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Selection {

@@ -5,6 +5,27 @@
 
 use slackline_store::{StoreError, StoreSettings};
 
+/// `slackline migrate`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+/// `slackline migrate`: migrates every schema and prints each one.
+///
+/// # Errors
+///
+/// The first schema that fails.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = StoreSettings::new(args.database_url);
+    for schema in migrate_all(&settings).await? {
+        println!("migrated {schema}");
+    }
+    Ok(())
+}
+
 /// Migrates the four schemas, in order; returns the schemas migrated.
 ///
 /// # Errors

@@ -62,6 +62,61 @@ pub fn parse_thread_id(thread_id: &str) -> Result<(String, String, String), Repl
     Ok((team.to_owned(), channel.to_owned(), root_ts.to_owned()))
 }
 
+/// `slackline reply`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The thread id (`<team>-<channel>-<root ts>`, as `threads` prints it).
+    pub thread_id: String,
+    /// The reply (Slack mrkdwn).
+    pub text: String,
+    /// The agent's id (their Slack user id when known).
+    #[arg(long, default_value = "cli")]
+    pub agent_id: String,
+    /// The agent's display name (default: $USER).
+    #[arg(long)]
+    pub agent_name: Option<String>,
+    /// The idempotency key (default: a fresh UUID); sending the same id again
+    /// posts nothing new.
+    #[arg(long)]
+    pub reply_id: Option<String>,
+    /// Also send the reply to the channel.
+    #[arg(long)]
+    pub broadcast: bool,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap: String,
+    /// The replies topic.
+    #[arg(long, default_value = slackline_kafka::topics::REPLIES)]
+    pub topic: String,
+}
+
+/// `slackline reply`: produces the reply record and prints where it went.
+///
+/// # Errors
+///
+/// A malformed thread id, an empty text, or Kafka does not acknowledge the record.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = crate::common::kafka_settings(args.bootstrap)?;
+    let agent_name = args
+        .agent_name
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| args.agent_id.clone());
+    let reply = build(&NewReply {
+        thread_id: args.thread_id,
+        text: args.text,
+        agent_id: args.agent_id,
+        agent_name,
+        reply_id: args.reply_id,
+        broadcast: args.broadcast,
+    })?;
+    let (partition, offset) = produce(&settings, &args.topic, &reply).await?;
+    println!(
+        "reply {} for thread {} produced to {} (partition {partition}, offset {offset})",
+        reply.reply_id, reply.thread_id, args.topic
+    );
+    Ok(())
+}
+
 /// What `slackline reply` was asked to send.
 #[derive(Debug, Clone)]
 pub struct NewReply {
@@ -226,20 +281,21 @@ impl ReplyRow {
 ///
 /// When PostgreSQL fails.
 pub async fn thread_replies(pool: &PgPool, thread_id: &str) -> Result<Vec<ReplyRow>, StoreError> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('slack_sender.replies') IS NOT NULL")
+    // The slack-sender's table, named through its crate's schema constant.
+    let table = format!("{}.replies", slackline_slack_sender::SCHEMA);
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(&table)
         .fetch_one(pool)
         .await?;
     if !exists {
         return Ok(Vec::new());
     }
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT reply_id, agent_id, agent_name, text, state, ts, last_error, attempts, \
                 to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at \
-         FROM slack_sender.replies WHERE thread_id = $1 ORDER BY created_at, reply_id",
-    )
-    .bind(thread_id)
-    .fetch_all(pool)
-    .await?;
+         FROM {table} WHERE thread_id = $1 ORDER BY created_at, reply_id"
+    );
+    let rows = sqlx::query(&sql).bind(thread_id).fetch_all(pool).await?;
     let replies = rows
         .iter()
         .map(|row| {

@@ -7,6 +7,73 @@ use std::path::{Path, PathBuf};
 
 use slackline_slack::{is_bare_event, sign, wrap_bare_event};
 
+/// `slackline send`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Files or directories of .json bodies.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// The edge's URL.
+    #[arg(long, default_value = "http://127.0.0.1:3000/slack/events")]
+    pub url: String,
+    /// Signing secret (the first of a comma-separated list is used).
+    #[arg(long, env = "SLACK_SIGNING_SECRETS", default_value = crate::dev::DEV_SECRET, hide_env_values = true)]
+    pub secret: String,
+    /// Send as Slack's retry number N (adds X-Slack-Retry-Num).
+    #[arg(long)]
+    pub retry_num: Option<u32>,
+    /// Post files as they are (do not wrap bare inner events in an envelope).
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// `slackline send`: posts every file, prints one line per file and a summary.
+///
+/// # Errors
+///
+/// No secret, a path cannot be read, or a body was not answered 200 (after every
+/// file was sent and printed).
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let secret = args
+        .secret
+        .split(',')
+        .map(str::trim)
+        .find(|s| !s.is_empty())
+        .unwrap_or_default()
+        .to_owned();
+    if secret.is_empty() {
+        anyhow::bail!("--secret / SLACK_SIGNING_SECRETS is empty");
+    }
+    let files = collect_files(&args.paths)?;
+    let options = SendOptions {
+        url: args.url,
+        secret,
+        retry_num: args.retry_num,
+        raw: args.raw,
+    };
+    let results = send_files(&files, &options).await?;
+    for r in &results {
+        let status = r.status.map_or_else(|| "ERR".to_owned(), |s| s.to_string());
+        let note = if r.wrapped {
+            " (wrapped in an envelope)"
+        } else {
+            ""
+        };
+        let error = r
+            .error
+            .as_deref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default();
+        println!("{status} {}{note}{error}", r.path.display());
+    }
+    println!("{}", summary(&results));
+    let failed = results.iter().filter(|r| r.status != Some(200)).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} bodies were not answered 200", results.len());
+    }
+    Ok(())
+}
+
 /// What `send` needs.
 #[derive(Debug, Clone)]
 pub struct SendOptions {

@@ -19,6 +19,41 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use slackline_kafka::{KafkaError, KafkaSettings};
 
+/// `slackline tail`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The topic.
+    pub topic: String,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP_SERVERS")]
+    pub bootstrap: String,
+    /// Stop when every partition has been read to its end.
+    #[arg(long)]
+    pub exit_at_end: bool,
+}
+
+/// `slackline tail`: prints the topic to stdout.
+///
+/// # Errors
+///
+/// `KAFKA_PROPERTIES` is malformed, Kafka fails, or stdout is closed.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let settings = crate::common::kafka_settings(args.bootstrap)?;
+    tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        tail(
+            &settings,
+            &args.topic,
+            args.exit_at_end,
+            &AtomicBool::new(false),
+            &mut out,
+        )
+    })
+    .await??;
+    Ok(())
+}
+
 /// Errors of `tail`.
 #[derive(Debug, thiserror::Error)]
 pub enum TailError {

@@ -2,13 +2,126 @@
 //! timelines, read from PostgreSQL. This is the one place that reads two services'
 //! tables together (`thread_state.threads` and `thread_messages` for the thread and
 //! its messages, `timeline.entries` for what happened to them); the services
-//! themselves never read each other's schemas.
+//! themselves never read each other's schemas. The schemas are named through the
+//! owning crates' constants ([`slackline_thread_state::SCHEMA`],
+//! [`slackline_timeline_writer::SCHEMA`]), next to their migrations.
 
 use std::io::Write;
 
 use serde_json::json;
 use slackline_store::sqlx::{self, PgPool, Row};
 use slackline_store::StoreError;
+
+/// `slackline threads`' flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Only threads with this status.
+    #[arg(long)]
+    pub status: Option<Status>,
+    /// Only threads of this channel.
+    #[arg(long)]
+    pub channel: Option<String>,
+    /// At most this many.
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+    /// Print JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The database to read.
+    #[command(flatten)]
+    pub database: crate::common::DatabaseArgs,
+}
+
+/// `slackline thread`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShowArgs {
+    /// The thread id (`<team>-<channel>-<root ts>`, as `threads` prints it).
+    pub id: String,
+    /// Print JSON lines: the thread, then one line per timeline entry.
+    #[arg(long)]
+    pub json: bool,
+    /// The database to read.
+    #[command(flatten)]
+    pub database: crate::common::DatabaseArgs,
+}
+
+/// A thread's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Status {
+    /// `todo`.
+    Todo,
+    /// `waiting`.
+    Waiting,
+    /// `done`.
+    Done,
+}
+
+impl Status {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Todo => "todo",
+            Status::Waiting => "waiting",
+            Status::Done => "done",
+        }
+    }
+}
+
+/// `slackline threads`: prints the threads (a table, or JSON lines).
+///
+/// # Errors
+///
+/// No database, PostgreSQL fails, or stdout is closed.
+pub async fn run_list(args: ListArgs) -> anyhow::Result<()> {
+    let pool = args.database.pool().await?;
+    let list = list_threads(
+        &pool,
+        args.status.map(Status::as_str),
+        args.channel.as_deref(),
+        args.limit,
+    )
+    .await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.json {
+        for t in &list {
+            writeln!(out, "{}", thread_json(t))?;
+        }
+    } else {
+        print_threads(&mut out, &list)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `slackline thread <id>`: prints the thread, its timeline and its replies.
+///
+/// # Errors
+///
+/// No such thread, no database, PostgreSQL fails, or stdout is closed.
+pub async fn run_show(args: ShowArgs) -> anyhow::Result<()> {
+    let pool = args.database.pool().await?;
+    let Some((thread, entries)) = thread(&pool, &args.id).await? else {
+        anyhow::bail!("no thread {}", args.id);
+    };
+    let thread_replies = crate::replies::thread_replies(&pool, &args.id).await?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if args.json {
+        writeln!(out, "{}", thread_json(&thread))?;
+        for e in &entries {
+            writeln!(out, "{}", entry_json(&thread.thread_id, e))?;
+        }
+        for r in &thread_replies {
+            writeln!(out, "{}", crate::replies::reply_json(&thread.thread_id, r))?;
+        }
+    } else {
+        print_thread(&mut out, &thread, &entries)?;
+        crate::replies::print_replies(&mut out, &thread_replies)?;
+    }
+    out.flush()?;
+    Ok(())
+}
 
 /// One support thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +207,9 @@ pub async fn list_threads(
     channel: Option<&str>,
     limit: i64,
 ) -> Result<Vec<ThreadRow>, StoreError> {
+    let threads = slackline_thread_state::SCHEMA;
     let sql = format!(
-        "SELECT {THREAD_COLUMNS} FROM thread_state.threads \
+        "SELECT {THREAD_COLUMNS} FROM {threads}.threads \
          WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR channel_id = $2) \
          ORDER BY updated_at DESC, thread_id LIMIT $3"
     );
@@ -118,7 +232,9 @@ pub async fn thread(
     pool: &PgPool,
     thread_id: &str,
 ) -> Result<Option<(ThreadRow, Vec<EntryRow>)>, StoreError> {
-    let sql = format!("SELECT {THREAD_COLUMNS} FROM thread_state.threads WHERE thread_id = $1");
+    let threads = slackline_thread_state::SCHEMA;
+    let timeline = slackline_timeline_writer::SCHEMA;
+    let sql = format!("SELECT {THREAD_COLUMNS} FROM {threads}.threads WHERE thread_id = $1");
     let Some(row) = sqlx::query(&sql)
         .bind(thread_id)
         .fetch_optional(pool)
@@ -127,23 +243,24 @@ pub async fn thread(
         return Ok(None);
     };
     let thread = thread_from_row(&row)?;
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT e.kind, e.ts, e.fact, e.author_id, e.author_kind, e.author_name, e.mode, \
                 e.degraded_reason, e.archive_key, e.text, e.reaction, e.history, e.files, \
                 e.deleted, e.event_time_ms \
-         FROM timeline.entries e \
+         FROM {timeline}.entries e \
          WHERE e.team_id = $1 AND e.channel_id = $2 AND e.ts IN ( \
-             SELECT ts FROM thread_state.thread_messages WHERE thread_id = $3 \
+             SELECT ts FROM {threads}.thread_messages WHERE thread_id = $3 \
              UNION SELECT $4) \
          ORDER BY COALESCE(e.event_time_ms, (NULLIF(e.ts, '')::numeric * 1000)::bigint), \
-                  NULLIF(e.ts, '')::numeric, e.fact",
-    )
-    .bind(&thread.team_id)
-    .bind(&thread.channel_id)
-    .bind(&thread.thread_id)
-    .bind(&thread.root_ts)
-    .fetch_all(pool)
-    .await?;
+                  NULLIF(e.ts, '')::numeric, e.fact"
+    );
+    let rows = sqlx::query(&sql)
+        .bind(&thread.team_id)
+        .bind(&thread.channel_id)
+        .bind(&thread.thread_id)
+        .bind(&thread.root_ts)
+        .fetch_all(pool)
+        .await?;
     let entries = rows
         .iter()
         .map(|row| {

@@ -15,7 +15,6 @@ use slackline::postgres::{self, DatabaseChoice};
 use slackline::{dev, send, tail};
 use slackline_kafka::KafkaSettings;
 use slackline_service::Shutdown;
-use slackline_slack::SigningSecrets;
 use slackline_testkit::cluster::TestCluster;
 use slackline_testkit::postgres::TestDatabase;
 
@@ -39,11 +38,7 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
             kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
             topic_names: names.clone(),
             partitions: 3,
-            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
-            echo_secret: dev::DEV_SECRET.into(),
-            bot_tokens: Default::default(),
             slack_api_base_url: Some("http://127.0.0.1:9".into()),
-            rules: Default::default(),
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: Vec::new(),
         },
@@ -126,7 +121,11 @@ async fn dev_stack_accepts_sent_events_and_tail_prints_them() {
     let archive_root = dir.path().join("archive");
     for r in &records {
         let key = r["headers"]["archive-key"].as_str().unwrap();
-        assert!(archive_root.join(key).is_file(), "{key}");
+        let locator = slackline_archive::Locator::parse(key).unwrap();
+        let object = std::fs::read(archive_root.join(&locator.key)).unwrap();
+        let line = slackline_archive::segment::slice(&object, &locator)
+            .unwrap_or_else(|| panic!("{key} names no complete line"));
+        slackline_archive::ArchiveRecord::from_json(line).unwrap();
     }
 
     // The normalizer turned the conversation into Avro events; tail decodes them.
@@ -215,11 +214,7 @@ async fn dev_default_mock_kafka_carries_an_event_to_a_thread() {
             kafka: dev::KafkaChoice::default(),
             topic_names: Default::default(),
             partitions: 2,
-            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
-            echo_secret: dev::DEV_SECRET.into(),
-            bot_tokens: Default::default(),
             slack_api_base_url: Some("http://127.0.0.1:9".into()),
-            rules: Default::default(),
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: Vec::new(),
         },
@@ -540,11 +535,7 @@ async fn dev_without_a_slack_api_posts_replies_to_its_stand_in_and_echoes_them()
             kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
             topic_names: cluster.names().clone(),
             partitions: 2,
-            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
-            echo_secret: dev::DEV_SECRET.into(),
-            bot_tokens: Default::default(),
             slack_api_base_url: None,
-            rules: Default::default(),
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: Vec::new(),
         },

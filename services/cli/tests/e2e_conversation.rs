@@ -28,7 +28,6 @@ use slackline::postgres::DatabaseChoice;
 use slackline::{dev, send, threads};
 use slackline_kafka::topics::{TopicNames, NORMALIZER_GROUP};
 use slackline_service::Shutdown;
-use slackline_slack::SigningSecrets;
 use slackline_testkit::cluster::TestCluster;
 use slackline_testkit::kafka::group_lag;
 use slackline_testkit::metrics::metric;
@@ -319,11 +318,7 @@ async fn start_stack(
             kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
             topic_names: cluster.names().clone(),
             partitions: PARTITIONS,
-            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
-            echo_secret: dev::DEV_SECRET.into(),
-            bot_tokens: Default::default(),
             slack_api_base_url: Some("http://127.0.0.1:9".into()),
-            rules: Default::default(),
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: service_env(notify_url),
         },
@@ -760,10 +755,12 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
     let mut env = service_env(&hook.url);
     env.push(("SLACK_BOT_TOKENS".into(), format!("{HOME}=xoxb-home-token")));
     env.push(("SLACK_SENDER_HTTP_TIMEOUT_MS".into(), "30000".into()));
-    let mut rules = slackline_normalizer::normalize::Rules::default();
-    rules.self_bot_ids.insert(STAND_IN_BOT_ID.into());
-    rules.self_bot_ids.insert(STAND_IN_BOT_USER_ID.into());
-    rules.self_app_ids.insert(STAND_IN_APP_ID.into());
+    // The test's stand-in is our bot: the normalizer recognises its echoes.
+    env.push((
+        "SELF_BOT_IDS".into(),
+        format!("{STAND_IN_BOT_ID},{STAND_IN_BOT_USER_ID}"),
+    ));
+    env.push(("SELF_APP_IDS".into(), STAND_IN_APP_ID.into()));
     let stack = dev::start(
         dev::DevOptions {
             bind: [127, 0, 0, 1].into(),
@@ -773,11 +770,7 @@ async fn an_agent_replies_through_slackline_reply_and_the_customer_answers() {
             kafka: dev::KafkaChoice::Bootstrap(cluster.bootstrap_servers()),
             topic_names: cluster.names().clone(),
             partitions: PARTITIONS,
-            secrets: SigningSecrets::new([dev::DEV_SECRET]).unwrap(),
-            echo_secret: dev::DEV_SECRET.into(),
-            bot_tokens: Default::default(),
             slack_api_base_url: Some(slack.base_url.clone()),
-            rules,
             database: DatabaseChoice::Url(db.url.clone()),
             service_env: env,
         },

@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::authors::Authors;
-use crate::dedup::RecentIds;
+use crate::dedup::{Coordinates, RecentIds};
 use crate::dlq::{DeadLetters, RawCopy};
 use crate::metrics::{self, NormalizerMetrics};
 use crate::normalize::{normalize, IgnoreReason, Outcome, RawMeta};
@@ -70,8 +70,9 @@ enum Ending {
 struct Produced {
     mode: Mode,
     degraded_reason: Option<String>,
-    /// The delivery key to remember against Slack's retries (`None` for fallback ids).
-    event_id: Option<String>,
+    /// The delivery key to remember against Slack's retries, with the record that
+    /// carried it (`None` for fallback ids and replayed records).
+    event_id: Option<(String, Coordinates)>,
 }
 
 /// Per channel (output key), the turn of its latest event to hand its record to the
@@ -128,9 +129,9 @@ pub(crate) struct Worker {
     end_offsets: EndOffsetReader,
     metrics: NormalizerMetrics,
     recent: RecentIds,
-    /// Event ids produced but not yet acknowledged: a Slack retry arriving meanwhile
-    /// is a duplicate too.
-    in_flight: HashMap<String, u32>,
+    /// Event ids produced but not yet acknowledged (how many, and the record that
+    /// first carried the id): a Slack retry arriving meanwhile is a duplicate too.
+    in_flight: HashMap<String, (u32, Coordinates)>,
     lanes: Lanes,
     config: Arc<NormalizerConfig>,
 }
@@ -296,6 +297,11 @@ impl Worker {
         let partition = message.partition();
         let offset = message.offset();
         let header = |name: &str| header_value(message, name);
+        // `slackline replay`: normalized whatever its event id (not a Slack retry).
+        let replayed = header(headers::REPLAY).is_some();
+        if replayed {
+            self.metrics.replayed();
+        }
         let record_key = message.key().and_then(|k| std::str::from_utf8(k).ok());
         let payload = message.payload().unwrap_or_default();
         let meta = RawMeta {
@@ -325,10 +331,17 @@ impl Worker {
             Outcome::Event(event) => event,
         };
         let label = metrics::event_type_label(event_type_of(&event));
+        // A Slack retry is another record with an id already seen; the same record
+        // read again (a rewind, a rebalance before the commit) is normalized again.
+        let at = (partition, offset);
         if event.mode == Mode::Full
+            && !replayed
             && !event.event_id.starts_with("archive:")
-            && (self.recent.contains(&event.event_id)
-                || self.in_flight.contains_key(&event.event_id))
+            && (self.recent.is_retry(&event.event_id, at)
+                || self
+                    .in_flight
+                    .get(&event.event_id)
+                    .is_some_and(|(_, first)| *first != at))
         {
             self.metrics.ignored(IgnoreReason::Duplicate, label);
             return ready(label);
@@ -337,11 +350,13 @@ impl Worker {
         let produced = Produced {
             mode: event.mode,
             degraded_reason: event.degraded_reason.clone(),
-            // Fallback ids (`archive:…`) are not Slack's delivery key: never dedupe on them.
-            event_id: (!event.event_id.starts_with("archive:")).then(|| event.event_id.clone()),
+            // Fallback ids (`archive:…`) are not Slack's delivery key, and a replayed
+            // record is not a Slack delivery: never dedupe on them.
+            event_id: (!replayed && !event.event_id.starts_with("archive:"))
+                .then(|| (event.event_id.clone(), at)),
         };
-        if let Some(id) = &produced.event_id {
-            *self.in_flight.entry(id.clone()).or_default() += 1;
+        if let Some((id, at)) = &produced.event_id {
+            self.in_flight.entry(id.clone()).or_insert((0, *at)).0 += 1;
         }
         let key = event
             .channel_id
@@ -424,8 +439,8 @@ impl Worker {
     /// Counts a finished outcome and stores its offset (its outcome, the DLQ record
     /// included, is durable by then); never waits.
     fn finish(&mut self, consumer: &StreamConsumer, done: Finished) -> Result<(), NormalizerError> {
-        if let Some(id) = done.produced.as_ref().and_then(|p| p.event_id.as_ref()) {
-            if let Some(count) = self.in_flight.get_mut(id) {
+        if let Some((id, _)) = done.produced.as_ref().and_then(|p| p.event_id.as_ref()) {
+            if let Some((count, _)) = self.in_flight.get_mut(id) {
                 *count -= 1;
                 if *count == 0 {
                     self.in_flight.remove(id);
@@ -451,8 +466,8 @@ impl Worker {
                             done.event_type,
                         ),
                     }
-                    if let Some(id) = produced.event_id {
-                        self.recent.insert(id);
+                    if let Some((id, at)) = produced.event_id {
+                        self.recent.insert(id, at);
                     }
                 }
             }

@@ -48,6 +48,7 @@ pub struct NormalizerMetrics {
     outcomes: IntCounterVec,
     enrichment: IntCounterVec,
     dlq_end_offset: IntGaugeVec,
+    replayed: IntCounter,
 }
 
 impl NormalizerMetrics {
@@ -80,8 +81,13 @@ impl NormalizerMetrics {
             ),
             &["group"],
         )?;
+        let replayed = IntCounter::new(
+            "slackline_normalizer_replayed_total",
+            "Raw events read carrying the slackline-replay header (slackline replay): normalized whatever their event id; part of consumed",
+        )?;
         registry.register(Box::new(enrichment.clone()))?;
         registry.register(Box::new(dlq_end_offset.clone()))?;
+        registry.register(Box::new(replayed.clone()))?;
         for t in EVENT_TYPES {
             outcomes.with_label_values(&["full", "-", t]);
             outcomes.with_label_values(&["degraded", "missing_field", t]);
@@ -97,12 +103,18 @@ impl NormalizerMetrics {
             outcomes,
             enrichment,
             dlq_end_offset,
+            replayed,
         })
     }
 
     /// A raw event was read.
     pub fn consumed(&self) {
         self.consumed.inc();
+    }
+
+    /// A raw event of `slackline replay` was read (also counted as consumed).
+    pub fn replayed(&self) {
+        self.replayed.inc();
     }
 
     /// A full event was produced.
