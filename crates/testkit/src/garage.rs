@@ -119,6 +119,12 @@ impl Garage {
         format!("s3://{}/{}", self.bucket, prefix.trim_start_matches('/'))
     }
 
+    /// Garage's Prometheus metrics (`api_s3_request_counter{api_endpoint="PutObject"}`
+    /// counts PUTs), on its admin port.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.admin_port)
+    }
+
     /// The temporary directory holding this instance's config, data and `garage.log`;
     /// it is removed on drop.
     pub fn dir(&self) -> &Path {

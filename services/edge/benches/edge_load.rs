@@ -102,7 +102,7 @@ fn run() -> anyhow::Result<ExitCode> {
     };
     if let Some(rest) = after("--serve-edge") {
         let [bootstrap, archive_dir, ..] = rest.as_slice() else {
-            bail!("usage: --serve-edge BOOTSTRAP ARCHIVE_DIR");
+            bail!("usage: --serve-edge BOOTSTRAP ARCHIVE_DIR|s3://bucket/prefix");
         };
         serve_edge(bootstrap, archive_dir)?;
     } else if after("--serve-verify").is_some() {
@@ -154,12 +154,21 @@ fn serve_edge(bootstrap: &str, archive_dir: &str) -> anyhow::Result<()> {
         kafka.properties = slackline_kafka::parse_properties(&properties)
             .map_err(|e| anyhow::anyhow!("BENCH_KAFKA_PROPERTIES: {e}"))?;
     }
+    // An s3:// archive takes its AWS_* and ARCHIVE_* settings from the environment.
+    let mut env = slackline_service::Env::from_process();
+    let (archive_url, s3) = if archive_dir.starts_with("s3://") {
+        (archive_dir.to_owned(), S3Settings::from_env(&mut env))
+    } else {
+        (format!("file://{archive_dir}"), S3Settings::default())
+    };
+    let archive = slackline_archive::ArchiveOptions::from_env(&mut env);
+    env.finish().context("the archive settings")?;
     let config = EdgeConfig {
         kafka,
         secrets: SigningSecrets::new([SECRET])?,
-        archive_url: format!("file://{archive_dir}"),
-        s3: S3Settings::default(),
-        archive: Default::default(),
+        archive_url,
+        s3,
+        archive,
         edge_addr: localhost,
         admin_addr: localhost,
         raw_topic: TOPIC.to_owned(),
@@ -259,8 +268,14 @@ impl Server {
     fn spawn(name: &'static str, args: &[&str]) -> anyhow::Result<Server> {
         let exe = std::env::current_exe().context("locating this binary")?;
         let mut command = Command::new(exe);
+        command.args(args);
+        Server::start(name, command)
+    }
+
+    /// Starts `command`, which must print `READY <addr> [<admin addr>]` once it
+    /// serves and exit when its stdin closes.
+    fn start(name: &'static str, mut command: Command) -> anyhow::Result<Server> {
         command
-            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -583,10 +598,18 @@ async fn client_loop(
     next: Arc<AtomicUsize>,
     measure_from: Instant,
     until: Instant,
+    pace: Option<(Duration, Duration)>,
 ) -> Tally {
     let content_type = HeaderValue::from_static("application/json");
     let mut tally = Tally::default();
+    // Paced (open loop): this client sends every `interval`, from `offset` on, so
+    // that the clients together send at a fixed rate.
+    let mut next_at = pace.map(|(offset, _)| Instant::now() + offset);
     loop {
+        if let (Some(at), Some((_, interval))) = (next_at.as_mut(), pace) {
+            tokio::time::sleep_until((*at).into()).await;
+            *at += interval;
+        }
         let started = Instant::now();
         if started >= until {
             break;
@@ -635,6 +658,7 @@ async fn load(
     events: Vec<Event>,
     measure: Duration,
     pids: &[u32],
+    rate: Option<f64>,
 ) -> anyhow::Result<Run> {
     let url = reqwest::Url::parse(&format!("http://{addr}/slack/events"))?;
     let mut default_headers = reqwest::header::HeaderMap::new();
@@ -655,8 +679,14 @@ async fn load(
     let start = Instant::now();
     let measure_from = start + WARM_UP;
     let until = measure_from + measure;
+    let pace = |i: usize| {
+        rate.map(|rate| {
+            let interval = Duration::from_secs_f64(CONCURRENCY as f64 / rate);
+            (interval.mul_f64(i as f64 / CONCURRENCY as f64), interval)
+        })
+    };
     let tasks: Vec<_> = (0..CONCURRENCY)
-        .map(|_| {
+        .map(|i| {
             tokio::spawn(client_loop(
                 client.clone(),
                 url.clone(),
@@ -664,6 +694,7 @@ async fn load(
                 next.clone(),
                 measure_from,
                 until,
+                pace(i),
             ))
         })
         .collect();
@@ -728,6 +759,7 @@ fn measure(
     secs: u64,
     pool: usize,
     other_pids: &[u32],
+    rate: Option<f64>,
 ) -> anyhow::Result<(Outcome, usize)> {
     eprintln!("edge_load: signing {pool} events for {}", server.name);
     let events = make_events(run, pool)?;
@@ -745,7 +777,7 @@ fn measure(
         tally,
         cores,
         server_threads,
-    } = rt.block_on(load(&server.addr, events, window, &pids))?;
+    } = rt.block_on(load(&server.addr, events, window, &pids, rate))?;
     if used > pool {
         eprintln!(
             "edge_load: {}: {used} requests reused the {pool} events round-robin (raise BENCH_EVENTS for all-distinct ids)",
@@ -866,7 +898,7 @@ fn bench() -> anyhow::Result<ExitCode> {
 
     // 1. verify-only.
     let verify = Server::spawn("verify-only", &["--serve-verify"])?;
-    let (baseline, body_bytes) = measure(&rt, &verify, "V", secs, pool, &[])?;
+    let (baseline, body_bytes) = measure(&rt, &verify, "V", secs, pool, &[], None)?;
     verify.stop()?;
 
     // 2. the edge, with the mock cluster in a process of its own.
@@ -877,7 +909,7 @@ fn bench() -> anyhow::Result<ExitCode> {
         .to_str()
         .context("the temporary directory's path is not UTF-8")?;
     let edge = Server::spawn("edge", &["--serve-edge", &kafka.addr, dir_arg])?;
-    let (edged, _) = measure(&rt, &edge, "E", secs, pool, &[kafka.pid()])?;
+    let (edged, _) = measure(&rt, &edge, "E", secs, pool, &[kafka.pid()], None)?;
     let kafka_rss = rss_mib(&kafka.pid().to_string())?;
     let internals = match &edge.admin_addr {
         Some(admin) => edge_internals(&rt, admin)?,
@@ -888,6 +920,31 @@ fn bench() -> anyhow::Result<ExitCode> {
     let records = topic_records(&kafka.addr)?;
     let (objects, segments) = archived_requests(&rt, archive_dir.path())?;
     kafka.stop()?;
+
+    // 3. Bolt for Python and for JS, acking only (BENCH_BOLT=1).
+    let mut bolts = Vec::new();
+    if std::env::var("BENCH_BOLT").as_deref() == Ok("1") {
+        for (name, command) in bolt_servers()? {
+            let server = Server::start(name, command)?;
+            let (outcome, _) = measure(&rt, &server, name, secs, pool, &[], None)?;
+            server.stop()?;
+            bolts.push((name, outcome));
+        }
+    }
+
+    // 4. The edge with the S3 archive (Garage) at a fixed rate, unless BENCH_S3=0 or
+    // there is no Garage.
+    let s3_run = if std::env::var("BENCH_S3").as_deref() == Ok("0") {
+        None
+    } else {
+        match slackline_testkit::Garage::start() {
+            Ok(garage) => Some(measure_s3(&rt, &garage, secs, pool)?),
+            Err(e) => {
+                eprintln!("edge_load: no S3 run ({e})");
+                None
+            }
+        }
+    };
     let client_rss = rss_mib(&exe_pid)?;
 
     // The report.
@@ -897,7 +954,9 @@ fn bench() -> anyhow::Result<ExitCode> {
         "{:<18}{:>9}{:>11}{:>9}{:>9}{:>9}{:>14}",
         "", "req/s", "p50 ms", "p99 ms", "max ms", "errors", "peak RSS MB"
     );
-    for (name, o) in [("verify-only", &baseline), ("edge (file+mock)", &edged)] {
+    let mut rows = vec![("verify-only", &baseline), ("edge (file+mock)", &edged)];
+    rows.extend(bolts.iter().map(|(name, o)| (*name, o)));
+    for (name, o) in rows {
         println!(
             "{:<18}{:>9.0}{:>11.2}{:>9.2}{:>9.2}{:>9}{:>14.1}",
             name,
@@ -913,6 +972,14 @@ fn bench() -> anyhow::Result<ExitCode> {
         "ratio edge/verify-only: {:.2}",
         edged.rate() / baseline.rate()
     );
+    for (name, o) in &bolts {
+        println!(
+            "ratio edge/{name}: {:.2} (CPU cores: {name} {:.2}, edge {:.2})",
+            edged.rate() / o.rate(),
+            o.cores.get(1).copied().unwrap_or(f64::NAN),
+            edged.cores.get(1).copied().unwrap_or(f64::NAN),
+        );
+    }
     println!();
     println!(
         "server RSS after its run (MB): verify-only {:.1}, edge {:.1}; mock Kafka peak {:.1}, now {:.1}; load generator peak {:.1}",
@@ -959,9 +1026,177 @@ fn bench() -> anyhow::Result<ExitCode> {
         println!("ERROR edge: {objects} archive entries, but {accepted} requests answered 200");
         failed = true;
     }
+    for (name, o) in &bolts {
+        for (kind, n) in &o.errors {
+            println!("ERROR {name}: {n} x {kind}");
+            failed = true;
+        }
+    }
+    if let Some(run) = &s3_run {
+        failed |= run.report();
+    }
     Ok(if failed {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
+}
+
+// ---------------------------------------------------------------------------------
+// Bolt (the comparison the edge is held to) and the S3 archive.
+
+/// Bolt for Python (AsyncApp on uvicorn) and Bolt for JS (HTTPReceiver), each acking
+/// every event and doing nothing durable, installed by `benches/bolt/setup.sh` under
+/// `target/bolt` (PyPI and npm) on first use.
+fn bolt_servers() -> anyhow::Result<Vec<(&'static str, Command)>> {
+    let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bolt");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), Into::into)
+        .join("bolt");
+    let status = Command::new("bash")
+        .arg(here.join("setup.sh"))
+        .arg(&target)
+        .stdout(Stdio::null())
+        .status()
+        .context("running benches/bolt/setup.sh")?;
+    ensure!(status.success(), "benches/bolt/setup.sh failed ({status})");
+    let mut python = Command::new(target.join("venv/bin/python"));
+    python
+        .arg(here.join("bolt_app.py"))
+        .env("BENCH_SIGNING_SECRET", SECRET);
+    let mut node = Command::new("node");
+    node.arg(here.join("bolt_app.js"))
+        .env("NODE_PATH", target.join("node/node_modules"))
+        .env("BENCH_SIGNING_SECRET", SECRET);
+    Ok(vec![("Bolt Python", python), ("Bolt JS", node)])
+}
+
+/// The edge on the S3 archive at a fixed rate.
+struct S3Run {
+    rate: f64,
+    outcome: Outcome,
+    puts: f64,
+    records: i64,
+    entries: usize,
+    objects: usize,
+    linger_ms: String,
+}
+
+impl S3Run {
+    /// Prints its figures; whether a check failed.
+    fn report(&self) -> bool {
+        let o = &self.outcome;
+        println!();
+        println!(
+            "edge (S3 Garage + mock Kafka) at {:.0} req/s offered, ARCHIVE_S3_LINGER_MS={}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, peak RSS {:.1} MB",
+            self.rate,
+            self.linger_ms,
+            o.rate(),
+            o.percentile_ms(0.50),
+            o.percentile_ms(0.99),
+            o.percentile_ms(1.0),
+            o.rss.0
+        );
+        println!(
+            "S3 PUTs: {:.0} for {} requests answered 200 = {:.4} PUT per event ({} objects, {} archive entries)",
+            self.puts,
+            o.ok_total,
+            self.puts / o.ok_total.max(1) as f64,
+            self.objects,
+            self.entries
+        );
+        let mut failed = false;
+        for (kind, n) in &o.errors {
+            println!("ERROR edge (S3): {n} x {kind}");
+            failed = true;
+        }
+        if i64::try_from(o.ok_total).ok() != Some(self.records) {
+            println!(
+                "ERROR edge (S3): {} records, but {} requests answered 200",
+                self.records, o.ok_total
+            );
+            failed = true;
+        }
+        if self.entries != o.ok_total {
+            println!(
+                "ERROR edge (S3): {} archive entries, but {} requests answered 200",
+                self.entries, o.ok_total
+            );
+            failed = true;
+        }
+        failed
+    }
+}
+
+fn measure_s3(
+    rt: &tokio::runtime::Runtime,
+    garage: &slackline_testkit::Garage,
+    secs: u64,
+    pool: usize,
+) -> anyhow::Result<S3Run> {
+    let rate: f64 = env_number("BENCH_S3_RATE", 1000.0)?;
+    let kafka = Server::spawn("mock-kafka", &["--serve-kafka"])?;
+    let url = garage.archive_url("bench");
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let mut command = Command::new(exe);
+    command
+        .args(["--serve-edge", &kafka.addr, &url])
+        .env("AWS_ENDPOINT_URL_S3", &garage.endpoint)
+        .env("AWS_REGION", &garage.region)
+        .env("AWS_ACCESS_KEY_ID", &garage.access_key_id)
+        .env("AWS_SECRET_ACCESS_KEY", &garage.secret_access_key)
+        .env("AWS_S3_FORCE_PATH_STYLE", "true");
+    let linger_ms = std::env::var("ARCHIVE_S3_LINGER_MS").unwrap_or_else(|_| "50 (default)".into());
+    let puts_before = garage_puts(rt, &garage.metrics_url())?;
+    let edge = Server::start("edge (S3)", command)?;
+    let (outcome, _) = measure(rt, &edge, "S", secs, pool, &[kafka.pid()], Some(rate))?;
+    edge.stop()?;
+    let puts = garage_puts(rt, &garage.metrics_url())? - puts_before;
+    let records = topic_records(&kafka.addr)?;
+    kafka.stop()?;
+    let settings = S3Settings {
+        endpoint: Some(garage.endpoint.clone()),
+        region: garage.region.clone(),
+        credentials: Some((garage.access_key_id.clone(), garage.secret_access_key.clone())),
+        force_path_style: true,
+        ..S3Settings::default()
+    };
+    let (entries, objects) = rt.block_on(async {
+        let archive = Archive::open(&url, &settings).await?;
+        let keys = archive.list(RAW_PREFIX).await?;
+        let mut entries = 0;
+        for key in &keys {
+            entries += archive.read_object(key).await?.len();
+        }
+        Ok::<_, slackline_archive::ArchiveError>((entries, keys.len()))
+    })?;
+    Ok(S3Run {
+        rate,
+        outcome,
+        puts,
+        records,
+        entries,
+        objects,
+        linger_ms,
+    })
+}
+
+/// PutObject requests Garage has served.
+fn garage_puts(rt: &tokio::runtime::Runtime, metrics_url: &str) -> anyhow::Result<f64> {
+    let text = rt.block_on(async {
+        reqwest::Client::builder()
+            .no_proxy()
+            .build()?
+            .get(metrics_url)
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await
+    })?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("api_s3_request_counter") && l.contains("\"PutObject\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
