@@ -2,19 +2,14 @@
 //! installs.
 //!
 //! Requests are appended to segment files ([`crate::segment`]); no file is created
-//! per request. Two threads share the work:
-//!
-//! * the **writer** takes every request that is waiting (a batch), gives each its
-//!   place (its locator, handed back at once so that the edge produces to Kafka
-//!   meanwhile) and appends the batch's lines to the open segment;
-//! * the **syncers** (a few threads) take every appended batch that is waiting and
-//!   make them durable with one `fdatasync` per segment before telling any of their
-//!   writers "durable" (group commit); a batch appended while a flush is in progress
-//!   starts its own flush at once.
-//!
-//! So the next batch is placed and written while the previous one is being flushed,
-//! and under load one flush covers many requests; an idle archive flushes each
-//! request at once.
+//! per request. A request is placed and written in the caller's own task, under a
+//! lock: its place (its locator) is the open segment's length, and its line is written
+//! there (to the page cache) before the lock is released, so the edge produces to
+//! Kafka at once, with no hop to another thread. The **syncers** (a few threads)
+//! take every written line that is waiting and make them durable with one
+//! `fdatasync` per segment before telling any of their writers "durable" (group
+//! commit); a line written while a flush is in progress starts its own flush at once.
+//! Under load one flush covers many requests; an idle archive flushes each at once.
 //!
 //! A segment is closed and a new one started after [`SEGMENT_MAX_BYTES`], after
 //! [`SEGMENT_MAX_AGE`], when the hour of the requests changes (a segment never spans
@@ -25,28 +20,25 @@
 //! come to name other requests' lines. If the next segment cannot be created, writes
 //! are refused ([`ArchiveError::LogUnavailable`]) until one can; each batch tries.
 //!
-//! The write queue is bounded ([`FileArchive::open`]'s capacity): when it is full a
-//! write fails at once with [`ArchiveError::Busy`] (the edge answers 503), never an
-//! unbounded wait.
+//! What waits is bounded ([`FileArchive::open_with`]'s capacity: requests written and
+//! not yet flushed): beyond it a write fails at once with [`ArchiveError::Busy`] (the
+//! edge answers 503), never an unbounded wait.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::segment::{same_hour, segment_key, Locator};
 use crate::{faults, wal, Appending, ArchiveError, ArchiveRecord, LogFaults};
 
-/// Most requests appended together.
-const MAX_BATCH: usize = 1024;
-/// Most bytes appended together.
-const MAX_BATCH_BYTES: usize = 8 << 20;
 /// A segment this large is closed.
 pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
 /// A segment this old is closed (it also bounds how far after its first request a
@@ -58,21 +50,24 @@ pub const SEGMENT_MAX_AGE: Duration = Duration::from_secs(60);
 const SEGMENT_HARD_AGE: Duration = Duration::from_secs(100);
 /// Flushes that may run at once.
 const SYNCERS: usize = 3;
-/// Requests waiting for the writer, unless the caller says otherwise.
+/// Requests waiting for their flush, unless the caller says otherwise.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
-
-struct WriteRequest {
-    received_at: DateTime<Utc>,
-    line: Vec<u8>,
-    placed: oneshot::Sender<Result<String, ArchiveError>>,
-    durable: oneshot::Sender<Result<(), ArchiveError>>,
-}
 
 /// A directory of segment files.
 #[derive(Debug, Clone)]
 pub struct FileArchive {
     root: Arc<PathBuf>,
-    writer: mpsc::Sender<WriteRequest>,
+    appender: Arc<Mutex<Appender>>,
+    syncer: std::sync::mpsc::Sender<SyncJob>,
+    /// Requests written but not yet answered (durable or failed).
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for Appender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Appender").field("root", &self.root).finish()
+    }
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
@@ -83,8 +78,8 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
 }
 
 impl FileArchive {
-    /// Opens (creating it if needed) the directory and starts its writer thread, which
-    /// ends when the last clone of the archive is dropped.
+    /// Opens (creating it if needed) the directory and starts its syncer threads, which
+    /// end when the last clone of the archive is dropped.
     pub fn open(root: impl Into<PathBuf>) -> Result<FileArchive, ArchiveError> {
         FileArchive::open_with(root, DEFAULT_QUEUE_CAPACITY, LogFaults::default())
     }
@@ -98,7 +93,7 @@ impl FileArchive {
         FileArchive::open_with(root, DEFAULT_QUEUE_CAPACITY, faults)
     }
 
-    /// [`FileArchive::open`] with a write queue of `capacity` requests.
+    /// [`FileArchive::open`] with at most `capacity` requests waiting for their flush.
     pub fn open_with(
         root: impl Into<PathBuf>,
         capacity: usize,
@@ -112,15 +107,28 @@ impl FileArchive {
         if restored > 0 {
             tracing::warn!(restored, root = %root.display(), "archive restored objects from an earlier version's write-ahead log");
         }
-        let (writer, requests) = mpsc::channel(capacity.max(1));
-        let writer_state = Writer::new(root.clone(), faults).map_err(io_error(&root))?;
-        std::thread::Builder::new()
-            .name("archive-writer".into())
-            .spawn(move || writer_state.run(requests))
-            .map_err(io_error(&root))?;
+        let (syncer, jobs) = std::sync::mpsc::channel();
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..SYNCERS {
+            let jobs = jobs.clone();
+            let sync_faults = faults.clone();
+            std::thread::Builder::new()
+                .name(format!("archive-sync-{i}"))
+                .spawn(move || sync_loop(&jobs, &sync_faults))
+                .map_err(io_error(&root))?;
+        }
         Ok(FileArchive {
+            appender: Arc::new(Mutex::new(Appender {
+                root: root.clone(),
+                faults,
+                segment: None,
+                known_dirs: HashSet::new(),
+                refused: 0,
+            })),
             root: Arc::new(root),
-            writer,
+            syncer,
+            pending: Arc::new(AtomicUsize::new(0)),
+            capacity: capacity.max(1),
         })
     }
 
@@ -140,24 +148,35 @@ impl FileArchive {
         Ok(self.root.join(key))
     }
 
-    /// Queues `record`; resolves once it has its place in a segment. Fails at once
-    /// with [`ArchiveError::Busy`] when the queue is full.
+    /// Writes `record` to the open segment; returns once it has its place there (and
+    /// is written to the page cache). Fails at once with [`ArchiveError::Busy`] when
+    /// `capacity` requests are already waiting for their flush.
     pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
-        let line = record.to_json()?;
-        let (placed, placed_rx) = oneshot::channel();
+        let mut line = record.to_json()?;
+        line.push(b'\n');
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ArchiveError::Busy);
+        }
         let (durable, durable_rx) = oneshot::channel();
-        self.writer
-            .try_send(WriteRequest {
-                received_at: record.received_at,
-                line,
-                placed,
-                durable,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
-                mpsc::error::TrySendError::Closed(_) => ArchiveError::WriterStopped,
-            })?;
-        let locator = placed_rx.await.map_err(|_| ArchiveError::WriterStopped)??;
+        let appended = lock(&self.appender).append(
+            record.received_at,
+            &line,
+            durable,
+            self.pending.clone(),
+        );
+        let (locator, job) = match appended {
+            Ok(appended) => appended,
+            Err(e) => {
+                self.pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(e);
+            }
+        };
+        // Answered by a flush that starts after the line was written (it is queued
+        // only now).
+        if let Err(std::sync::mpsc::SendError(job)) = self.syncer.send(job) {
+            job.answer(Err(ArchiveError::WriterStopped));
+        }
         Ok(Appending::new(locator, durable_rx))
     }
 
@@ -275,23 +294,23 @@ fn is_temporary(path: &Path) -> bool {
         .is_some_and(|n| n.starts_with('.') || n.ends_with(".tmp"))
 }
 
-/// The open segment, as the writer thread sees it.
+/// The open segment.
 struct Segment {
     key: String,
-    path: PathBuf,
+    path: Arc<str>,
     file: Arc<File>,
     /// Bytes written to it (durable or on their way).
     written: u64,
-    /// What the writer and the syncer share.
+    /// What the appender and the syncers share.
     state: Arc<Mutex<SegmentState>>,
     /// The receive time of its first request (the hour it belongs to).
     first: DateTime<Utc>,
     opened: Instant,
 }
 
-/// A segment's state shared by the writer and the syncer, under a lock that each
+/// A segment's state shared by the appender and the syncers, under a lock that each
 /// holds while it changes the file's length (an append, a cut-back), so that a cut
-/// back never moves an append to another offset than the one its locators name.
+/// back never moves an append to another offset than the one its locator names.
 struct SegmentState {
     /// The length of its durable lines: where a failed append or flush is cut back to.
     durable: u64,
@@ -299,19 +318,29 @@ struct SegmentState {
     broken: Option<String>,
 }
 
-/// Lines written to a segment, waiting for a flush.
+/// A line written to a segment, waiting for a flush.
 struct SyncJob {
     file: Arc<File>,
     state: Arc<Mutex<SegmentState>>,
-    path: String,
-    /// The segment's length once these lines are in it.
+    path: Arc<str>,
+    /// The segment's length once this line is in it.
     end: u64,
-    durable: Vec<oneshot::Sender<Result<(), ArchiveError>>>,
+    durable: oneshot::Sender<Result<(), ArchiveError>>,
+    /// The archive's count of requests waiting for their flush.
+    pending: Arc<AtomicUsize>,
 }
 
-fn lock(state: &Mutex<SegmentState>) -> std::sync::MutexGuard<'_, SegmentState> {
-    // A panic while holding the lock leaves a state that is still coherent (both
-    // fields are set in one assignment each).
+impl SyncJob {
+    fn answer(self, result: Result<(), ArchiveError>) {
+        // The requester may have given up (deadline): the write still stands.
+        let _ = self.durable.send(result);
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves a state that is still coherent (every
+    // field is set in one assignment).
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -328,83 +357,36 @@ fn cut_back(file: &File, state: &mut SegmentState, path: &str, faults: &LogFault
     }
 }
 
-/// The writer thread's state. It places requests and appends their lines; the syncer
-/// thread ([`sync_loop`]) makes them durable, so that the next batch is placed (and
-/// its Kafka records produced) while the previous one is being flushed.
-struct Writer {
+/// Places and appends lines, in the caller's task, under [`FileArchive`]'s lock: a
+/// request's place is its segment's length when it takes the lock, and its line is
+/// written there before the lock is released (a `write` to the page cache). Nothing
+/// hops to another thread until the flush.
+struct Appender {
     root: PathBuf,
     faults: LogFaults,
     segment: Option<Segment>,
-    syncer: std::sync::mpsc::Sender<SyncJob>,
     /// Directories known to exist and be durable.
     known_dirs: HashSet<PathBuf>,
     /// Writes refused since the last segment could not be created.
     refused: u64,
-    buf: Vec<u8>,
 }
 
-impl Writer {
-    fn new(root: PathBuf, faults: LogFaults) -> io::Result<Writer> {
-        let (syncer, jobs) = std::sync::mpsc::channel();
-        let jobs = Arc::new(Mutex::new(jobs));
-        for i in 0..SYNCERS {
-            let jobs = jobs.clone();
-            let sync_faults = faults.clone();
-            std::thread::Builder::new()
-                .name(format!("archive-sync-{i}"))
-                .spawn(move || sync_loop(&jobs, &sync_faults))?;
-        }
-        Ok(Writer {
-            root,
-            faults,
-            segment: None,
-            syncer,
-            known_dirs: HashSet::new(),
-            refused: 0,
-            buf: Vec::with_capacity(1 << 20),
-        })
-    }
-
-    /// Batch, place, append, hand to the syncer; until every handle to the archive is
-    /// gone.
-    fn run(mut self, mut requests: mpsc::Receiver<WriteRequest>) {
-        let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = requests.blocking_recv() {
-            let mut bytes = first.line.len();
-            batch.push(first);
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match requests.try_recv() {
-                    Ok(next) => {
-                        bytes += next.line.len();
-                        batch.push(next);
-                    }
-                    Err(_) => break,
-                }
-            }
-            // Runs of one hour each go to a segment of that hour.
-            while !batch.is_empty() {
-                let hour = batch[0].received_at;
-                let run = batch
-                    .iter()
-                    .position(|w| !same_hour(w.received_at, hour))
-                    .unwrap_or(batch.len());
-                let rest = batch.split_off(run);
-                self.write_run(std::mem::replace(&mut batch, rest));
-            }
-        }
-    }
-
-    /// Appends requests of one hour to a segment of that hour.
-    fn write_run(&mut self, run: Vec<WriteRequest>) {
-        let Some(first) = run.first().map(|w| w.received_at) else {
-            return;
-        };
+impl Appender {
+    /// Appends `line` (a document and its newline) for a request received at
+    /// `received_at`; its locator and the flush it waits for.
+    fn append(
+        &mut self,
+        received_at: DateTime<Utc>,
+        line: &[u8],
+        durable: oneshot::Sender<Result<(), ArchiveError>>,
+        pending: Arc<AtomicUsize>,
+    ) -> Result<(String, SyncJob), ArchiveError> {
         // A segment must end when the hour changes (it never spans two hour folders),
         // when a write or flush failed in it, and before it is older than replay's
         // listing window; it should end at its size or age limit, but if no new one
         // can be created it takes more.
         let (must, should) = self.segment.as_ref().map_or((true, true), |s| {
-            let must = !same_hour(s.first, first)
+            let must = !same_hour(s.first, received_at)
                 || s.opened.elapsed() >= SEGMENT_HARD_AGE
                 || lock(&s.state).broken.is_some();
             let should = s.written >= SEGMENT_MAX_BYTES
@@ -416,7 +398,7 @@ impl Writer {
             self.segment = None;
         }
         if must || should {
-            match self.create_segment(first) {
+            match self.create_segment(received_at) {
                 Ok(segment) => {
                     if self.refused > 0 {
                         tracing::warn!(refused = self.refused, root = %self.root.display(), "archive segment created again; writes are accepted again");
@@ -431,76 +413,47 @@ impl Writer {
                     if self.refused == 0 {
                         tracing::error!(error = %e, root = %self.root.display(), "archive segment could not be created; writes are refused until one can");
                     }
-                    self.refused += run.len() as u64;
-                    let reason = e.to_string();
-                    for w in run {
-                        let _ = w.placed.send(Err(ArchiveError::LogUnavailable {
-                            reason: reason.clone(),
-                        }));
-                    }
-                    return;
+                    self.refused += 1;
+                    return Err(ArchiveError::LogUnavailable {
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
         let Some(segment) = self.segment.as_mut() else {
-            return;
+            return Err(ArchiveError::LogUnavailable {
+                reason: "no segment".into(),
+            });
         };
-        let path = segment.path.display().to_string();
         let mut state = lock(&segment.state);
-        // Placed only now, under the lock: the syncer cannot cut the segment back
-        // between the offsets being chosen and the lines being written there.
-        if let Some(reason) = state.broken.clone() {
-            drop(state);
-            self.segment = None;
-            // Unreachable in practice (checked above, and only the syncer breaks a
-            // segment between batches); the requests are refused, not lost.
-            for w in run {
-                let _ = w.placed.send(Err(ArchiveError::LogUnavailable {
-                    reason: reason.clone(),
-                }));
-            }
-            return;
-        }
-        self.buf.clear();
-        let mut durable = Vec::with_capacity(run.len());
-        for w in run {
-            let offset = segment.written + self.buf.len() as u64;
-            self.buf.extend_from_slice(&w.line);
-            self.buf.push(b'\n');
-            let locator = Locator::line(&segment.key, offset, w.line.len() as u64);
-            // The requester may have given up (deadline): the write still stands.
-            let _ = w.placed.send(Ok(locator.to_string()));
-            durable.push(w.durable);
-        }
-        match write_lines(&segment.file, &self.buf, &self.faults) {
+        let offset = segment.written;
+        let len = line.len().saturating_sub(1) as u64;
+        match write_lines(&segment.file, line, &self.faults) {
             Ok(()) => {
-                segment.written += self.buf.len() as u64;
+                segment.written += line.len() as u64;
                 drop(state);
+                let locator = Locator::line(&segment.key, offset, len).to_string();
                 let job = SyncJob {
                     file: segment.file.clone(),
                     state: segment.state.clone(),
-                    path,
+                    path: segment.path.clone(),
                     end: segment.written,
                     durable,
+                    pending,
                 };
-                if let Err(std::sync::mpsc::SendError(job)) = self.syncer.send(job) {
-                    for done in job.durable {
-                        let _ = done.send(Err(ArchiveError::WriterStopped));
-                    }
-                }
+                Ok((locator, job))
             }
             Err(e) => {
-                tracing::error!(error = %e, segment = path, "archive append failed; the segment is closed and the next batch starts a new one");
+                let path = segment.path.clone();
+                tracing::error!(error = %e, segment = &*path, "archive append failed; the segment is closed and the next write starts a new one");
                 state.broken = Some(e.to_string());
                 cut_back(&segment.file, &mut state, &path, &self.faults);
                 drop(state);
                 self.segment = None;
-                for done in durable {
-                    let _ = done.send(Err(ArchiveError::Io {
-                        path: path.clone(),
-                        source: io::Error::new(e.kind(), e.to_string()),
-                    }));
-                }
+                Err(ArchiveError::Io {
+                    path: path.to_string(),
+                    source: e,
+                })
             }
         }
     }
@@ -533,7 +486,7 @@ impl Writer {
         File::open(&dir)?.sync_all()?;
         Ok(Segment {
             key,
-            path,
+            path: Arc::from(path.display().to_string()),
             file: Arc::new(file),
             written: 0,
             state: Arc::new(Mutex::new(SegmentState {
@@ -566,7 +519,7 @@ fn write_lines(mut file: &File, lines: &[u8], faults: &LogFaults) -> io::Result<
 /// were written (it was queued only then).
 ///
 /// A failed flush leaves the bytes of unknown state on disk: the segment is marked
-/// broken (the writer starts a new one) and cut back to its durable lines, and every
+/// broken (the next write starts a new one) and cut back to its durable lines, and every
 /// job of it answered after that fails, even one whose own flush succeeded meanwhile
 /// (the check and the acknowledgement happen under the segment's lock, as does the
 /// cut-back).
@@ -611,7 +564,7 @@ fn sync_loop(jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFault
                     ))),
                     (Err(e), broken) => {
                         if broken.is_none() {
-                            tracing::error!(error = %e, segment = path, "archive flush failed; the segment is closed and the next batch starts a new one");
+                            tracing::error!(error = %e, segment = &*path, "archive flush failed; the segment is closed and the next write starts a new one");
                             s.broken = Some(e.to_string());
                             cut_back(&file, &mut s, &path, faults);
                         }
@@ -620,15 +573,13 @@ fn sync_loop(jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFault
                 }
             };
             for job in group {
-                for done in job.durable {
-                    let _ = done.send(match &result {
-                        Ok(()) => Ok(()),
-                        Err(e) => Err(ArchiveError::Io {
-                            path: path.clone(),
-                            source: io::Error::new(e.kind(), e.to_string()),
-                        }),
-                    });
-                }
+                job.answer(match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(ArchiveError::Io {
+                        path: path.to_string(),
+                        source: io::Error::new(e.kind(), e.to_string()),
+                    }),
+                });
             }
         }
     }
@@ -725,7 +676,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let faults = LogFaults::new();
         let archive = FileArchive::open_with(dir.path(), 1, faults).unwrap();
-        // Fill the queue faster than the writer can take it: some are refused with
+        // Write faster than the syncers flush: some are refused with
         // Busy, none waits for room.
         let many = (0..2000).map(|i| {
             let archive = archive.clone();

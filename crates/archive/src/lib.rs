@@ -113,8 +113,9 @@ pub enum ArchiveError {
 /// Tuning of the archive's writers (`ARCHIVE_*` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveOptions {
-    /// Requests waiting for the writer before writes are refused with
-    /// [`ArchiveError::Busy`] (`ARCHIVE_QUEUE_CAPACITY`, default 4096).
+    /// Requests waiting for the archive (file: for their flush; S3: for their batch's
+    /// PUT to start) before writes are refused with [`ArchiveError::Busy`]
+    /// (`ARCHIVE_QUEUE_CAPACITY`, default 4096).
     pub queue_capacity: usize,
     /// How long an S3 batch waits for more requests after its first
     /// (`ARCHIVE_S3_LINGER_MS`, default 50): the PUTs per request at a given rate.
