@@ -24,6 +24,8 @@ pub struct LogFaults {
 }
 
 struct State {
+    /// Per segment path: the length the last successful flush covered.
+    synced: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     write_budget: AtomicU64,
     syncs: AtomicU32,
     truncations: AtomicU32,
@@ -44,6 +46,7 @@ impl LogFaults {
     pub fn new() -> LogFaults {
         LogFaults {
             state: Some(Arc::new(State {
+                synced: std::sync::Mutex::new(std::collections::HashMap::new()),
                 write_budget: AtomicU64::new(NO_BUDGET),
                 syncs: AtomicU32::new(0),
                 truncations: AtomicU32::new(0),
@@ -91,6 +94,48 @@ impl LogFaults {
     pub fn rotate_after_every_batch(&self, on: bool) {
         if let Some(s) = &self.state {
             s.rotate_every_batch.store(on, Ordering::SeqCst);
+        }
+    }
+
+    /// Per segment file (its path): the length its last successful flush covered,
+    /// what a machine crash keeps of it at least (the fault tests cut their crash
+    /// images there). Recorded only while armed ([`LogFaults::new`]).
+    pub fn synced_lengths(&self) -> std::collections::HashMap<String, u64> {
+        self.state.as_ref().map_or_else(Default::default, |s| {
+            s.synced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        })
+    }
+
+    /// Whether this can inject anything (and records flushed lengths).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.state.is_some()
+    }
+
+    /// A flush of `path` covering its first `len` bytes succeeded.
+    pub(crate) fn record_synced(&self, path: &str, len: u64) {
+        if let Some(s) = &self.state {
+            let mut synced = s
+                .synced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let at = synced.entry(path.to_owned()).or_default();
+            *at = (*at).max(len);
+        }
+    }
+
+    /// `path` was cut back (durably) to `len` bytes.
+    pub(crate) fn record_cut_back(&self, path: &str, len: u64) {
+        if let Some(s) = &self.state {
+            let mut synced = s
+                .synced
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(at) = synced.get_mut(path) {
+                *at = (*at).min(len);
+            }
         }
     }
 

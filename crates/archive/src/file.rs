@@ -48,6 +48,8 @@ pub const SEGMENT_MAX_AGE: Duration = Duration::from_secs(60);
 /// A segment this old is closed even if no new one can be created (writes are then
 /// refused): it keeps every segment within [`crate::SEGMENT_MAX_SPAN`].
 const SEGMENT_HARD_AGE: Duration = Duration::from_secs(100);
+/// After a rotation that could be skipped failed, the next one is tried this much later.
+const ROTATION_RETRY: Duration = Duration::from_secs(1);
 /// Flushes that may run at once.
 const SYNCERS: usize = 3;
 /// Requests waiting for their flush, unless the caller says otherwise.
@@ -58,6 +60,11 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 4096;
 pub struct FileArchive {
     root: Arc<PathBuf>,
     appender: Arc<Mutex<Appender>>,
+    /// Held (asynchronously) while a segment is created, so that one is created at a
+    /// time and no runtime thread blocks on it.
+    rotation: Arc<tokio::sync::Mutex<()>>,
+    known_dirs: Arc<Mutex<HashSet<PathBuf>>>,
+    faults: LogFaults,
     syncer: std::sync::mpsc::Sender<SyncJob>,
     /// Requests written but not yet answered (durable or failed).
     pending: Arc<AtomicUsize>,
@@ -66,7 +73,9 @@ pub struct FileArchive {
 
 impl std::fmt::Debug for Appender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Appender").field("root", &self.root).finish()
+        f.debug_struct("Appender")
+            .field("segment", &self.segment.as_ref().map(|s| &s.key))
+            .finish()
     }
 }
 
@@ -114,17 +123,19 @@ impl FileArchive {
             let sync_faults = faults.clone();
             std::thread::Builder::new()
                 .name(format!("archive-sync-{i}"))
-                .spawn(move || sync_loop(&jobs, &sync_faults))
+                .spawn(move || sync_loop(i, &jobs, &sync_faults))
                 .map_err(io_error(&root))?;
         }
         Ok(FileArchive {
             appender: Arc::new(Mutex::new(Appender {
-                root: root.clone(),
-                faults,
+                faults: faults.clone(),
                 segment: None,
-                known_dirs: HashSet::new(),
                 refused: 0,
+                retry_rotation_at: None,
             })),
+            rotation: Arc::new(tokio::sync::Mutex::new(())),
+            known_dirs: Arc::new(Mutex::new(HashSet::new())),
+            faults,
             root: Arc::new(root),
             syncer,
             pending: Arc::new(AtomicUsize::new(0)),
@@ -154,24 +165,38 @@ impl FileArchive {
     pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
         let mut line = record.to_json()?;
         line.push(b'\n');
-        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.pending.fetch_sub(1, Ordering::AcqRel);
-            return Err(ArchiveError::Busy);
-        }
-        let (durable, durable_rx) = oneshot::channel();
-        let appended = lock(&self.appender).append(
-            record.received_at,
-            &line,
-            durable,
-            self.pending.clone(),
-        );
-        let (locator, job) = match appended {
-            Ok(appended) => appended,
-            Err(e) => {
-                self.pending.fetch_sub(1, Ordering::AcqRel);
-                return Err(e);
+        let received_at = record.received_at;
+        let mut created = false;
+        let (locator, mut job) = loop {
+            match lock(&self.appender).write(received_at, &line, &self.pending, self.capacity)? {
+                Appended::Written(locator, job) => break (locator, job),
+                Appended::NeedsSegment if created => {
+                    return Err(ArchiveError::LogUnavailable {
+                        reason: "no segment takes the write".into(),
+                    })
+                }
+                Appended::NeedsSegment => {}
             }
+            // One creation at a time; whoever waited finds the new segment.
+            let _rotating = self.rotation.lock().await;
+            if !lock(&self.appender).needs_segment(received_at).1 {
+                continue;
+            }
+            let (root, faults, dirs) = (
+                self.root.clone(),
+                self.faults.clone(),
+                self.known_dirs.clone(),
+            );
+            let segment = tokio::task::spawn_blocking(move || {
+                create_segment(&root, &faults, &dirs, received_at)
+            })
+            .await
+            .map_err(|_| ArchiveError::WriterStopped)?;
+            lock(&self.appender).install(segment, &self.root)?;
+            created = true;
         };
+        let (durable, durable_rx) = oneshot::channel();
+        job.durable = Some(durable);
         // Answered by a flush that starts after the line was written (it is queued
         // only now).
         if let Err(std::sync::mpsc::SendError(job)) = self.syncer.send(job) {
@@ -218,9 +243,11 @@ impl FileArchive {
                 return fs::read(&path).map(Bytes::from).map_err(not_found);
             };
             let mut file = File::open(&path).map_err(not_found)?;
-            let want = usize::try_from(len + 1).map_err(|_| ArchiveError::NotFound(shown.clone()))?;
+            let want =
+                usize::try_from(len + 1).map_err(|_| ArchiveError::NotFound(shown.clone()))?;
             let mut buf = Vec::with_capacity(want);
-            file.seek(SeekFrom::Start(offset)).map_err(io_error(&path))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(io_error(&path))?;
             file.take(len + 1)
                 .read_to_end(&mut buf)
                 .map_err(io_error(&path))?;
@@ -298,7 +325,10 @@ fn is_temporary(path: &Path) -> bool {
 struct Segment {
     key: String,
     path: Arc<str>,
+    /// The handle lines are appended through.
     file: Arc<File>,
+    /// One handle per syncer, opened with the file (see [`sync_loop`]).
+    flush_handles: Arc<Vec<File>>,
     /// Bytes written to it (durable or on their way).
     written: u64,
     /// What the appender and the syncers share.
@@ -321,19 +351,32 @@ struct SegmentState {
 /// A line written to a segment, waiting for a flush.
 struct SyncJob {
     file: Arc<File>,
+    flush_handles: Arc<Vec<File>>,
     state: Arc<Mutex<SegmentState>>,
     path: Arc<str>,
     /// The segment's length once this line is in it.
     end: u64,
-    durable: oneshot::Sender<Result<(), ArchiveError>>,
+    durable: Option<oneshot::Sender<Result<(), ArchiveError>>>,
     /// The archive's count of requests waiting for their flush.
     pending: Arc<AtomicUsize>,
 }
 
 impl SyncJob {
-    fn answer(self, result: Result<(), ArchiveError>) {
-        // The requester may have given up (deadline): the write still stands.
-        let _ = self.durable.send(result);
+    fn answer(mut self, result: Result<(), ArchiveError>) {
+        if let Some(durable) = self.durable.take() {
+            // The requester may have given up (deadline): the write still stands.
+            let _ = durable.send(result);
+        }
+    }
+}
+
+impl Drop for SyncJob {
+    /// A job dropped unanswered (its syncer is gone) answers "stopped"; either way
+    /// it no longer counts as waiting.
+    fn drop(&mut self) {
+        if let Some(durable) = self.durable.take() {
+            let _ = durable.send(Err(ArchiveError::WriterStopped));
+        }
         self.pending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -341,7 +384,9 @@ impl SyncJob {
 fn lock<T>(state: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves a state that is still coherent (every
     // field is set in one assignment).
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Cuts the segment back to its durable lines (best effort: a line that stays behind
@@ -352,80 +397,81 @@ fn cut_back(file: &File, state: &mut SegmentState, path: &str, faults: &LogFault
         .and_then(|()| file.set_len(state.durable))
         .and_then(|()| faults.sync())
         .and_then(|()| file.sync_all());
-    if let Err(e) = cut {
-        tracing::error!(error = %e, segment = path, "archive segment could not be cut back after a failed write");
+    match cut {
+        Ok(()) => faults.record_cut_back(path, state.durable),
+        Err(e) => {
+            tracing::error!(error = %e, segment = path, "archive segment could not be cut back after a failed write");
+        }
     }
+}
+
+/// What [`Appender::write`] did.
+enum Appended {
+    /// The line is in the segment: its locator and the flush it waits for.
+    Written(String, SyncJob),
+    /// No segment can take it: one must be created first.
+    NeedsSegment,
 }
 
 /// Places and appends lines, in the caller's task, under [`FileArchive`]'s lock: a
 /// request's place is its segment's length when it takes the lock, and its line is
 /// written there before the lock is released (a `write` to the page cache). Nothing
-/// hops to another thread until the flush.
+/// hops to another thread until the flush. Creating a segment (file and folder
+/// flushes) happens outside this lock, on a blocking thread.
 struct Appender {
-    root: PathBuf,
     faults: LogFaults,
     segment: Option<Segment>,
-    /// Directories known to exist and be durable.
-    known_dirs: HashSet<PathBuf>,
     /// Writes refused since the last segment could not be created.
     refused: u64,
+    /// No rotation that could be skipped is tried before this (one failed).
+    retry_rotation_at: Option<Instant>,
 }
 
 impl Appender {
+    /// Whether a request received at `received_at` needs a new segment first: it must
+    /// when there is none, when the current one broke, when the request's hour is
+    /// later than the segment's (a segment's requests are of its hour, or a little
+    /// earlier: see [`crate::SEGMENT_KEY_SKEW`]), or before the segment is older than
+    /// replay's listing window; it should at the size or age limit, unless a rotation
+    /// failed a moment ago (then the current one takes more).
+    fn needs_segment(&self, received_at: DateTime<Utc>) -> (bool, bool) {
+        let Some(s) = self.segment.as_ref() else {
+            return (true, true);
+        };
+        let must = (received_at > s.first && !same_hour(s.first, received_at))
+            || s.opened.elapsed() >= SEGMENT_HARD_AGE
+            || lock(&s.state).broken.is_some();
+        let should = (s.written >= SEGMENT_MAX_BYTES
+            || s.opened.elapsed() >= SEGMENT_MAX_AGE
+            || (self.faults.rotate_every_batch() && s.written > 0))
+            && self.retry_rotation_at.is_none_or(|at| Instant::now() >= at);
+        (must, must || should)
+    }
+
     /// Appends `line` (a document and its newline) for a request received at
-    /// `received_at`; its locator and the flush it waits for.
-    fn append(
+    /// `received_at`, if the current segment may take it.
+    fn write(
         &mut self,
         received_at: DateTime<Utc>,
         line: &[u8],
-        durable: oneshot::Sender<Result<(), ArchiveError>>,
-        pending: Arc<AtomicUsize>,
-    ) -> Result<(String, SyncJob), ArchiveError> {
-        // A segment must end when the hour changes (it never spans two hour folders),
-        // when a write or flush failed in it, and before it is older than replay's
-        // listing window; it should end at its size or age limit, but if no new one
-        // can be created it takes more.
-        let (must, should) = self.segment.as_ref().map_or((true, true), |s| {
-            let must = !same_hour(s.first, received_at)
-                || s.opened.elapsed() >= SEGMENT_HARD_AGE
-                || lock(&s.state).broken.is_some();
-            let should = s.written >= SEGMENT_MAX_BYTES
-                || s.opened.elapsed() >= SEGMENT_MAX_AGE
-                || (self.faults.rotate_every_batch() && s.written > 0);
-            (must, should)
-        });
-        if must {
-            self.segment = None;
+        pending: &Arc<AtomicUsize>,
+        capacity: usize,
+    ) -> Result<Appended, ArchiveError> {
+        // Checked and counted under the lock: never more than `capacity` waiting.
+        if pending.load(Ordering::Acquire) >= capacity {
+            return Err(ArchiveError::Busy);
         }
-        if must || should {
-            match self.create_segment(received_at) {
-                Ok(segment) => {
-                    if self.refused > 0 {
-                        tracing::warn!(refused = self.refused, root = %self.root.display(), "archive segment created again; writes are accepted again");
-                        self.refused = 0;
-                    }
-                    self.segment = Some(segment);
-                }
-                Err(e) if self.segment.is_some() => {
-                    tracing::warn!(error = %e, root = %self.root.display(), "archive segment rotation failed; the current segment takes more");
-                }
-                Err(e) => {
-                    if self.refused == 0 {
-                        tracing::error!(error = %e, root = %self.root.display(), "archive segment could not be created; writes are refused until one can");
-                    }
-                    self.refused += 1;
-                    return Err(ArchiveError::LogUnavailable {
-                        reason: e.to_string(),
-                    });
-                }
-            }
+        if self.needs_segment(received_at).1 {
+            return Ok(Appended::NeedsSegment);
         }
         let Some(segment) = self.segment.as_mut() else {
-            return Err(ArchiveError::LogUnavailable {
-                reason: "no segment".into(),
-            });
+            return Ok(Appended::NeedsSegment);
         };
         let mut state = lock(&segment.state);
+        // A syncer may have broken it since the check: never write behind a cut-back.
+        if state.broken.is_some() {
+            return Ok(Appended::NeedsSegment);
+        }
         let offset = segment.written;
         let len = line.len().saturating_sub(1) as u64;
         match write_lines(&segment.file, line, &self.faults) {
@@ -433,15 +479,17 @@ impl Appender {
                 segment.written += line.len() as u64;
                 drop(state);
                 let locator = Locator::line(&segment.key, offset, len).to_string();
+                pending.fetch_add(1, Ordering::AcqRel);
                 let job = SyncJob {
                     file: segment.file.clone(),
+                    flush_handles: segment.flush_handles.clone(),
                     state: segment.state.clone(),
                     path: segment.path.clone(),
                     end: segment.written,
-                    durable,
-                    pending,
+                    durable: None,
+                    pending: pending.clone(),
                 };
-                Ok((locator, job))
+                Ok(Appended::Written(locator, job))
             }
             Err(e) => {
                 let path = segment.path.clone();
@@ -458,45 +506,100 @@ impl Appender {
         }
     }
 
-    /// Creates the segment for requests received from `first` on, with its directory
-    /// entry (and any folder created for it) durable before anything is acknowledged
-    /// in it.
-    fn create_segment(&mut self, first: DateTime<Utc>) -> io::Result<Segment> {
-        self.faults.rotate()?;
-        let key = segment_key(first);
-        let path = self.root.join(&key);
-        let dir = path.parent().unwrap_or(&self.root).to_path_buf();
-        if !self.known_dirs.contains(&dir) {
-            // Flush every folder that may be new, from the deepest up to the root.
-            fs::create_dir_all(&dir)?;
-            let mut at = dir.as_path();
-            while let Some(parent) = at.parent() {
-                File::open(at)?.sync_all()?;
-                if at == self.root {
-                    break;
+    /// Takes a new segment, or the failure to create one.
+    fn install(&mut self, created: io::Result<Segment>, root: &Path) -> Result<(), ArchiveError> {
+        match created {
+            Ok(segment) => {
+                if self.refused > 0 {
+                    tracing::warn!(refused = self.refused, root = %root.display(), "archive segment created again; writes are accepted again");
+                    self.refused = 0;
                 }
-                at = parent;
+                self.retry_rotation_at = None;
+                self.segment = Some(segment);
+                Ok(())
             }
-            self.known_dirs.insert(dir.clone());
+            Err(e) if self.segment.is_some() && !self.needs_segment_now() => {
+                tracing::warn!(error = %e, root = %root.display(), "archive segment rotation failed; the current segment takes more");
+                self.retry_rotation_at = Some(Instant::now() + ROTATION_RETRY);
+                Ok(())
+            }
+            Err(e) => {
+                if self.refused == 0 {
+                    tracing::error!(error = %e, root = %root.display(), "archive segment could not be created; writes are refused until one can");
+                }
+                self.refused += 1;
+                self.segment = None;
+                Err(ArchiveError::LogUnavailable {
+                    reason: e.to_string(),
+                })
+            }
         }
-        let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(&path)?;
-        File::open(&dir)?.sync_all()?;
-        Ok(Segment {
-            key,
-            path: Arc::from(path.display().to_string()),
-            file: Arc::new(file),
-            written: 0,
-            state: Arc::new(Mutex::new(SegmentState {
-                durable: 0,
-                broken: None,
-            })),
-            first,
-            opened: Instant::now(),
+    }
+
+    /// Whether the current segment must be replaced whatever the request.
+    fn needs_segment_now(&self) -> bool {
+        self.segment.as_ref().is_none_or(|s| {
+            s.opened.elapsed() >= SEGMENT_HARD_AGE || lock(&s.state).broken.is_some()
         })
     }
+}
+
+/// Creates the segment for requests received from `first` on, with its directory
+/// entry (and any folder created for it) durable before anything is acknowledged in
+/// it. Blocking: run on a blocking thread.
+fn create_segment(
+    root: &Path,
+    faults: &LogFaults,
+    known_dirs: &Mutex<HashSet<PathBuf>>,
+    first: DateTime<Utc>,
+) -> io::Result<Segment> {
+    faults.rotate()?;
+    let key = segment_key(first);
+    let path = root.join(&key);
+    let dir = path.parent().unwrap_or(root).to_path_buf();
+    if !lock(known_dirs).contains(&dir) {
+        // Flush every folder that may be new, from the deepest up to the root.
+        fs::create_dir_all(&dir)?;
+        let mut at = dir.as_path();
+        while let Some(parent) = at.parent() {
+            File::open(at)?.sync_all()?;
+            if at == root {
+                break;
+            }
+            at = parent;
+        }
+        let mut known = lock(known_dirs);
+        // A folder per hour: keep the set small.
+        if known.len() > 48 {
+            known.clear();
+        }
+        known.insert(dir.clone());
+    }
+    let file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)?;
+    // Each syncer flushes through a handle of its own, opened before anything is
+    // written: a failed writeback is reported once per open file description, so
+    // with one shared handle a concurrent flush could see success for bytes whose
+    // writeback failed. With its own, every flush covering them sees the error.
+    let flush_handles = (0..SYNCERS)
+        .map(|_| OpenOptions::new().append(true).open(&path))
+        .collect::<io::Result<Vec<_>>>()?;
+    File::open(&dir)?.sync_all()?;
+    Ok(Segment {
+        key,
+        path: Arc::from(path.display().to_string()),
+        file: Arc::new(file),
+        flush_handles: Arc::new(flush_handles),
+        written: 0,
+        state: Arc::new(Mutex::new(SegmentState {
+            durable: 0,
+            broken: None,
+        })),
+        first,
+        opened: Instant::now(),
+    })
 }
 
 /// Appends `lines` to the segment (the caller holds its lock).
@@ -511,23 +614,25 @@ fn write_lines(mut file: &File, lines: &[u8], faults: &LogFaults) -> io::Result<
     file.write_all(lines)
 }
 
-/// A syncer thread (there are [`SYNCERS`]): takes every job waiting, flushes each
-/// segment they wrote to once (`fdatasync`), and answers them. Several flushes run at
-/// once, so a batch appended while one is in progress starts its own at once rather
-/// than waiting for it (the file system joins concurrent flushes into one journal
-/// commit where it can). A job is answered by a flush that started after its lines
-/// were written (it was queued only then).
+/// A syncer thread (there are [`SYNCERS`], number `index`): takes every job waiting,
+/// flushes each segment they wrote to once (`fdatasync`, through the segment's handle
+/// for this syncer), and answers them. Several flushes run at once, so a line written
+/// while one is in progress starts its own at once rather than waiting for it (the
+/// file system joins concurrent flushes into one journal commit where it can). A job
+/// is answered by a flush that started after its line was written (it was queued
+/// only then).
 ///
 /// A failed flush leaves the bytes of unknown state on disk: the segment is marked
-/// broken (the next write starts a new one) and cut back to its durable lines, and every
-/// job of it answered after that fails, even one whose own flush succeeded meanwhile
-/// (the check and the acknowledgement happen under the segment's lock, as does the
-/// cut-back).
-fn sync_loop(jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFaults) {
+/// broken (the next write starts a new one) and cut back to its durable lines, and
+/// every job of it answered after that fails, even one whose own flush succeeded
+/// meanwhile (the check and the acknowledgement happen under the segment's lock, as
+/// does the cut-back). A flush that succeeded and took the lock first is sound: its
+/// own handle would have reported a writeback error of any byte it covers.
+fn sync_loop(index: usize, jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFaults) {
     let mut waiting: Vec<SyncJob> = Vec::new();
     loop {
         {
-            let jobs = jobs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let jobs = lock(jobs);
             match jobs.recv() {
                 Ok(first) => waiting.push(first),
                 Err(_) => return,
@@ -544,13 +649,29 @@ fn sync_loop(jobs: &Mutex<std::sync::mpsc::Receiver<SyncJob>>, faults: &LogFault
             let rest = waiting.split_off(same);
             let group = std::mem::replace(&mut waiting, rest);
             let Some(last) = group.last() else { continue };
-            let (file, path) = (last.file.clone(), last.path.clone());
+            let (file, handles, path) = (
+                last.file.clone(),
+                last.flush_handles.clone(),
+                last.path.clone(),
+            );
             let end = group.iter().map(|j| j.end).max().unwrap_or(0);
-            let flushed = match lock(&state).broken.clone() {
-                Some(reason) => Err(io::Error::other(format!(
+            let flushed = match (lock(&state).broken.clone(), handles.get(index)) {
+                (Some(reason), _) => Err(io::Error::other(format!(
                     "segment broken before its flush: {reason}"
                 ))),
-                None => faults.sync().and_then(|()| file.sync_data()),
+                (None, None) => Err(io::Error::other("no flush handle for this syncer")),
+                (None, Some(handle)) => {
+                    // What this flush covers: everything written when it starts (the
+                    // crash images of the fault tests are cut there).
+                    let covered = faults
+                        .is_armed()
+                        .then(|| handle.metadata().map(|m| m.len()));
+                    faults.sync().and_then(|()| handle.sync_data()).map(|()| {
+                        if let Some(Ok(len)) = covered {
+                            faults.record_synced(&path, len);
+                        }
+                    })
+                }
             };
             let result = {
                 let mut s = lock(&state);
@@ -631,7 +752,10 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         for (i, locator) in locators.iter().enumerate() {
-            let bytes = archive.get(&Locator::parse(locator).unwrap()).await.unwrap();
+            let bytes = archive
+                .get(&Locator::parse(locator).unwrap())
+                .await
+                .unwrap();
             let back = ArchiveRecord::from_json(&bytes).unwrap();
             assert_eq!(back.body, Bytes::from(format!("body {i}")), "{locator}");
         }
@@ -641,34 +765,58 @@ mod tests {
             "one file per batch at most, not per request: {keys:?}"
         );
         assert!(matches!(
-            archive
-                .get(&Locator::line(&keys[0], 1 << 30, 10))
-                .await,
+            archive.get(&Locator::line(&keys[0], 1 << 30, 10)).await,
             Err(ArchiveError::NotFound(_))
         ));
         assert!(matches!(
             archive.get(&Locator::parse("raw/nope.json").unwrap()).await,
             Err(ArchiveError::NotFound(_))
         ));
-        assert!(archive.get(&Locator::parse("../escape.json").unwrap()).await.is_err());
+        assert!(archive
+            .get(&Locator::parse("../escape.json").unwrap())
+            .await
+            .is_err());
         archive.check().await.unwrap();
-        assert!(archive.list("").await.unwrap().iter().all(|k| !k.contains("probe")));
+        assert!(archive
+            .list("")
+            .await
+            .unwrap()
+            .iter()
+            .all(|k| !k.contains("probe")));
     }
 
     #[tokio::test]
-    async fn a_segment_never_spans_two_hours() {
+    async fn a_later_hour_starts_a_segment_and_a_straggler_joins_the_current_one() {
         let dir = tempfile::tempdir().unwrap();
         let archive = FileArchive::open(dir.path()).unwrap();
         let late = "2026-12-08T03:59:59.999Z".parse::<DateTime<Utc>>().unwrap();
         let early = "2026-12-08T04:00:00.001Z".parse::<DateTime<Utc>>().unwrap();
         let mut locators = Vec::new();
         for at in [late, early, late, early] {
-            locators.push(archive.append(&record(at, "x")).await.unwrap().durable().await.unwrap());
+            locators.push(
+                archive
+                    .append(&record(at, "x"))
+                    .await
+                    .unwrap()
+                    .durable()
+                    .await
+                    .unwrap(),
+            );
         }
-        assert!(locators[0].starts_with("raw/2026/12/08/03/"), "{locators:?}");
-        assert!(locators[1].starts_with("raw/2026/12/08/04/"), "{locators:?}");
-        assert!(locators[2].starts_with("raw/2026/12/08/03/"), "{locators:?}");
-        assert!(locators[3].starts_with("raw/2026/12/08/04/"), "{locators:?}");
+        let segment = |l: &str| Locator::parse(l).unwrap().key;
+        assert!(
+            locators[0].starts_with("raw/2026/12/08/03/"),
+            "{locators:?}"
+        );
+        assert!(
+            locators[1].starts_with("raw/2026/12/08/04/"),
+            "{locators:?}"
+        );
+        // A request of the hour before (it waited for the lock) joins the current
+        // segment rather than opening one more: replay finds it there (its key is at
+        // most SEGMENT_KEY_SKEW after the request).
+        assert_eq!(segment(&locators[2]), segment(&locators[1]), "{locators:?}");
+        assert_eq!(segment(&locators[3]), segment(&locators[1]), "{locators:?}");
     }
 
     #[tokio::test]
@@ -680,13 +828,20 @@ mod tests {
         // Busy, none waits for room.
         let many = (0..2000).map(|i| {
             let archive = archive.clone();
-            async move { archive.append(&record(Utc::now(), &format!("{i}"))).await.map(|_| ()) }
+            async move {
+                archive
+                    .append(&record(Utc::now(), &format!("{i}")))
+                    .await
+                    .map(|_| ())
+            }
         });
         let results = futures::future::join_all(many).await;
         assert!(
             results.iter().any(|r| matches!(r, Err(ArchiveError::Busy))),
             "a queue of one cannot take 2000 requests at once"
         );
-        assert!(results.iter().all(|r| matches!(r, Ok(()) | Err(ArchiveError::Busy))));
+        assert!(results
+            .iter()
+            .all(|r| matches!(r, Ok(()) | Err(ArchiveError::Busy))));
     }
 }

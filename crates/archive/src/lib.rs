@@ -10,8 +10,9 @@
 //! Requests are stored in **segments** ([`segment`]): objects of many requests, one
 //! JSON document per line, under keys that sort by time in hour folders
 //! (`raw/2026/12/08/03/20261208T033012.123456Z-5f0c9a2e41b7.jsonl`). The key names
-//! the first request's receive time; a segment holds requests of one hour, received
-//! within [`SEGMENT_MAX_SPAN`] of it, so the keys are the index: a time range is read
+//! the request that opened it; its requests were received at most
+//! [`SEGMENT_MAX_SPAN`] after and [`SEGMENT_KEY_SKEW`] before that time, so the keys
+//! are the index: a time range is read
 //! by listing its hour folders ([`Archive::segments_between`]) and reading those
 //! segments ([`Archive::read_object`]), never by scanning the bucket.
 //!
@@ -48,11 +49,20 @@ pub use record::{ArchiveRecord, RECORD_FORMAT};
 pub use s3::{S3Archive, S3Settings};
 pub use segment::{Entry, Locator};
 
-/// How far after a segment's first request (the time in its key) its last one can
-/// have been received: the file archive's [`SEGMENT_MAX_AGE`] plus a margin for
-/// requests that waited in the queue, well above an S3 batch's linger. Listing a
-/// range looks this far back.
+/// How far after the time in a segment's key one of its requests can have been
+/// received: the file archive's hard age limit (100 s) plus a margin, well above an S3
+/// batch's linger. Listing a range looks this far back.
 pub const SEGMENT_MAX_SPAN: Duration = Duration::from_secs(120);
+
+/// How far *before* the time in a segment's key one of its requests can have been
+/// received. A segment is named by the request that opened it, and a request received
+/// a little earlier can be written after it (it waited for the archive's lock, or sat
+/// in the S3 batch queue): at most the edge's deadline (`EDGE_DEADLINE_MS`, at most
+/// 2.9 s) after it was received, since the edge drops the write when the deadline
+/// passes. Listing a range looks this far ahead. (A wall clock stepped back by more
+/// than this can still hide a request from a replay of the range that ends between
+/// its time and its key's: the key keeps the step.)
+pub const SEGMENT_KEY_SKEW: Duration = Duration::from_secs(10);
 
 /// What can go wrong with the archive.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +227,9 @@ impl Archive {
             if bucket.is_empty() {
                 return Err(invalid("no bucket name"));
             }
-            Ok(Archive::S3(S3Archive::new(s3, bucket, prefix, options).await))
+            Ok(Archive::S3(
+                S3Archive::new(s3, bucket, prefix, options).await,
+            ))
         } else if let Some(path) = url.strip_prefix("file://") {
             if !path.starts_with('/') {
                 return Err(invalid("file URLs need an absolute path: file:///path"));
@@ -286,8 +298,8 @@ impl Archive {
     }
 
     /// The objects that may hold requests received in `[from, to)`, sorted by key
-    /// (time): the segments (and single-request objects of earlier versions) whose
-    /// first request was received in `[from - SEGMENT_MAX_SPAN, to)`. Only the hour
+    /// (time): the segments (and single-request objects of earlier versions) whose key
+    /// time is in `[from - SEGMENT_MAX_SPAN, to + SEGMENT_KEY_SKEW)`. Only the hour
     /// folders of that window are listed. Their requests still need filtering by
     /// [`ArchiveRecord::received_at`].
     pub async fn segments_between(
@@ -296,14 +308,15 @@ impl Archive {
         to: DateTime<Utc>,
     ) -> Result<Vec<String>, ArchiveError> {
         let span = chrono::Duration::from_std(SEGMENT_MAX_SPAN).unwrap_or_default();
-        let earliest = from - span;
+        let skew = chrono::Duration::from_std(SEGMENT_KEY_SKEW).unwrap_or_default();
+        let (earliest, latest) = (from - span, to + skew);
         let mut keys = Vec::new();
-        for prefix in key::hour_prefixes(earliest, to) {
+        for prefix in key::hour_prefixes(earliest, latest) {
             keys.extend(
                 self.list(&prefix)
                     .await?
                     .into_iter()
-                    .filter(|k| key_time(k).is_some_and(|t| t >= earliest && t < to)),
+                    .filter(|k| key_time(k).is_some_and(|t| t >= earliest && t < latest)),
             );
         }
         keys.sort();

@@ -1,6 +1,7 @@
 //! The S3 archive (`s3://bucket/prefix`) through aws-sdk-s3: AWS itself, or any
 //! S3-compatible server (Garage, MinIO, Ceph) with an endpoint and path-style URLs.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -138,6 +139,9 @@ impl S3Settings {
 pub struct S3Archive {
     store: Arc<Store>,
     writer: mpsc::Sender<S3Write>,
+    /// Requests queued, placed or being stored, not yet answered.
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
 }
 
 #[derive(Debug)]
@@ -150,8 +154,37 @@ struct Store {
 struct S3Write {
     received_at: DateTime<Utc>,
     line: Vec<u8>,
-    placed: oneshot::Sender<Result<String, ArchiveError>>,
-    durable: oneshot::Sender<Result<(), ArchiveError>>,
+    placed: Option<oneshot::Sender<Result<String, ArchiveError>>>,
+    durable: Option<oneshot::Sender<Result<(), ArchiveError>>>,
+    pending: Arc<AtomicUsize>,
+}
+
+impl S3Write {
+    fn place(&mut self, locator: String) {
+        if let Some(placed) = self.placed.take() {
+            // The requester may have given up (deadline): the write still stands.
+            let _ = placed.send(Ok(locator));
+        }
+    }
+
+    fn answer(mut self, result: Result<(), ArchiveError>) {
+        if let Some(durable) = self.durable.take() {
+            let _ = durable.send(result);
+        }
+    }
+}
+
+impl Drop for S3Write {
+    /// Unanswered (the writer task is gone): "stopped"; either way no longer pending.
+    fn drop(&mut self) {
+        if let Some(placed) = self.placed.take() {
+            let _ = placed.send(Err(ArchiveError::WriterStopped));
+        }
+        if let Some(durable) = self.durable.take() {
+            let _ = durable.send(Err(ArchiveError::WriterStopped));
+        }
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Most requests in one PUT.
@@ -193,28 +226,42 @@ impl S3Archive {
                 format!("{prefix}/")
             },
         });
-        let (writer, requests) = mpsc::channel(options.queue_capacity.max(1));
+        let capacity = options.queue_capacity.max(1);
+        let (writer, requests) = mpsc::channel(capacity);
         tokio::spawn(write_loop(
             store.clone(),
             requests,
             options.s3_linger,
             Arc::new(Semaphore::new(options.s3_max_puts.max(1))),
         ));
-        S3Archive { store, writer }
+        S3Archive {
+            store,
+            writer,
+            pending: Arc::new(AtomicUsize::new(0)),
+            capacity,
+        }
     }
 
     /// Queues `record`; resolves once it has its place in a batch (after the linger).
-    /// Fails at once with [`ArchiveError::Busy`] when the queue is full.
+    /// Fails at once with [`ArchiveError::Busy`] when `queue_capacity` requests are
+    /// already queued, placed or being stored (which bounds the memory of batches
+    /// waiting for a PUT slot too).
     pub async fn append(&self, record: &ArchiveRecord) -> Result<Appending, ArchiveError> {
         let line = record.to_json()?;
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(ArchiveError::Busy);
+        }
         let (placed, placed_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
+        // From here the request counts as pending until it is answered or dropped.
         self.writer
             .try_send(S3Write {
                 received_at: record.received_at,
                 line,
-                placed,
-                durable,
+                placed: Some(placed),
+                durable: Some(durable),
+                pending: self.pending.clone(),
             })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
@@ -361,6 +408,9 @@ async fn write_loop(
                 Ok(None) | Err(_) => break,
             }
         }
+        // In receive order, so that a segment's key (its first request's time) is the
+        // earliest of its requests.
+        batch.sort_by_key(|w| w.received_at);
         while !batch.is_empty() {
             let hour = batch[0].received_at;
             let end = batch
@@ -368,29 +418,28 @@ async fn write_loop(
                 .position(|w| !same_hour(w.received_at, hour))
                 .unwrap_or(batch.len());
             let rest = batch.split_off(end);
-            let run = std::mem::replace(&mut batch, rest);
-            let Ok(permit) = puts.clone().acquire_owned().await else {
-                return;
-            };
+            let mut run = std::mem::replace(&mut batch, rest);
+            // Placed first (the edge produces meanwhile), then stored when a PUT slot
+            // is free; what waits is bounded by the pending count.
             let key = segment_key(hour);
             let mut body = Vec::with_capacity(run.iter().map(|w| w.line.len() + 1).sum());
-            let mut durable = Vec::with_capacity(run.len());
-            for w in run {
+            for w in &mut run {
                 let locator = Locator::line(&key, body.len() as u64, w.line.len() as u64);
                 body.extend_from_slice(&w.line);
                 body.push(b'\n');
-                // The requester may have given up (deadline): the write still stands.
-                let _ = w.placed.send(Ok(locator.to_string()));
-                durable.push(w.durable);
+                w.place(locator.to_string());
             }
+            let Ok(permit) = puts.clone().acquire_owned().await else {
+                return;
+            };
             let store = store.clone();
             tokio::spawn(async move {
                 let result = store.put(&key, Bytes::from(body)).await;
                 if let Err(e) = &result {
                     tracing::error!(error = %e, key, "archive segment PUT failed");
                 }
-                for done in durable {
-                    let _ = done.send(match &result {
+                for w in run {
+                    w.answer(match &result {
                         Ok(()) => Ok(()),
                         Err(e) => Err(ArchiveError::S3 {
                             operation: "PutObject",

@@ -161,7 +161,10 @@ pub fn entries(key: &str, bytes: &[u8]) -> Vec<Entry> {
     }
     let (lines, torn) = split_lines(bytes);
     if torn {
-        tracing::debug!(key, "archive segment ends in an incomplete line (being written, or never acknowledged)");
+        tracing::debug!(
+            key,
+            "archive segment ends in an incomplete line (being written, or never acknowledged)"
+        );
     }
     lines
         .into_iter()
@@ -219,7 +222,12 @@ mod tests {
     #[test]
     fn lines_hold_records_byte_for_byte_and_a_torn_tail_is_not_one() {
         let mut buf = Vec::new();
-        let bodies = ["first\nwith a newline", "{\"json\":true}", "", "😀 \u{0} end"];
+        let bodies = [
+            "first\nwith a newline",
+            "{\"json\":true}",
+            "",
+            "😀 \u{0} end",
+        ];
         let ranges: Vec<_> = bodies
             .iter()
             .map(|b| encode_line(&mut buf, &record(b)).unwrap())
@@ -236,7 +244,11 @@ mod tests {
         let (offset, len) = ranges[1];
         let l = Locator::line(&key, offset as u64, len as u64);
         assert_eq!(slice(&buf, &l), Some(&buf[offset..offset + len]));
-        assert_eq!(slice(&buf[..offset + len], &l), None, "no newline: not a line");
+        assert_eq!(
+            slice(&buf[..offset + len], &l),
+            None,
+            "no newline: not a line"
+        );
         assert_eq!(slice(&buf, &Locator::line(&key, 1 << 40, 3)), None);
         // Every cut of the last line leaves the others whole and drops the cut one.
         let last_start = ranges[3].0;

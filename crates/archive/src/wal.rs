@@ -12,7 +12,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-
 const MAGIC: u32 = 0x534c_4b31; // "SLK1"
 const HEADER: usize = 12;
 const TRAILER: usize = 8;
@@ -124,7 +123,10 @@ pub(crate) fn recover_legacy(root: &Path, flush: fn(&Path) -> io::Result<()>) ->
 /// Writes one legacy object under a temporary name and renames it into place.
 fn restore(root: &Path, key: &str, data: &[u8]) -> io::Result<()> {
     if key.is_empty() || key.starts_with('/') || key.split('/').any(|p| p == ".." || p == ".") {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("legacy log key {key:?} escapes the root")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("legacy log key {key:?} escapes the root"),
+        ));
     }
     let path = root.join(key);
     if let Some(parent) = path.parent() {
@@ -203,7 +205,11 @@ mod tests {
         assert_eq!(restored, 3);
         let read = |k: &str| fs::read(root.path().join(k)).unwrap();
         assert_eq!(read("raw/2026/01/01/00/a.json"), b"first");
-        assert_eq!(read("raw/2026/01/01/00/b.json"), b"second, again", "later segments win");
+        assert_eq!(
+            read("raw/2026/01/01/00/b.json"),
+            b"second, again",
+            "later segments win"
+        );
         assert!(!dir.exists(), "the log is gone once restored");
         assert_eq!(recover_legacy(root.path(), |_| Ok(())).unwrap(), 0);
     }

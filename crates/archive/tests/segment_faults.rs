@@ -4,19 +4,20 @@
 //! locator after a crash, a failed request's locator must never come to name another
 //! request, and a write is never acknowledged while no segment can hold it.
 //!
-//! A crash is simulated by a crash image: a copy of every segment file, byte for byte
-//! (torn bytes included: they were written), into a fresh directory, opened as an
-//! archive. Segments are only ever appended to and flushed with `fdatasync` before a
-//! write is acknowledged, so what the image holds of acknowledged lines is what a
-//! machine crash leaves; the torn bytes it also holds are the worst case.
+//! A crash is simulated by a crash image: every segment file cut to the length its
+//! last successful flush covered (what `LogFaults::synced_lengths` recorded when each
+//! `fdatasync` started: all a machine crash is sure to keep), followed by torn bytes
+//! (the worst a crash can add), in a fresh directory opened as an archive. A write
+//! acknowledged before the flush that covers it, or a flush skipped, leaves its line
+//! out of the image: these tests fail.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::Utc;
-use slackline_archive::{ArchiveError, ArchiveRecord, FileArchive, LogFaults, Locator};
+use slackline_archive::{ArchiveError, ArchiveRecord, FileArchive, Locator, LogFaults};
 use tempfile::TempDir;
 
 /// Bytes of every request body: long enough that any append budget below it tears the
@@ -87,12 +88,10 @@ impl Run {
     /// One write, alone in its batch (the previous one has been answered).
     async fn put(&mut self) -> Result<(), String> {
         let record = self.new_record();
-        let (locator, result) = tokio::time::timeout(
-            Duration::from_secs(60),
-            Run::write(&self.archive, &record),
-        )
-        .await
-        .expect("a write is answered, not left hanging");
+        let (locator, result) =
+            tokio::time::timeout(Duration::from_secs(60), Run::write(&self.archive, &record))
+                .await
+                .expect("a write is answered, not left hanging");
         let shown = result.as_ref().map_err(|e| format!("{e:?}")).copied();
         self.record(record.body, locator, result);
         shown
@@ -126,22 +125,30 @@ impl Run {
     /// What a crash now would leave (see the module docs), opened as an archive.
     fn crash_image(&self) -> (TempDir, FileArchive) {
         let image = tempfile::tempdir().expect("temp dir");
-        copy_tree(self.dir.path(), image.path());
+        copy_tree(self.dir.path(), image.path(), &self.faults.synced_lengths());
         let opened = FileArchive::open(image.path()).expect("the image opens");
         (image, opened)
     }
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// Torn bytes after the flushed part of a segment: the start of a line, no newline.
+const TORN_TAIL: &[u8] = b"{\"format\":\"slackline.archive.v1\",\"rec";
+
+fn copy_tree(from: &Path, to: &Path, synced: &HashMap<String, u64>) {
     for entry in std::fs::read_dir(from).expect("read dir") {
         let path = entry.expect("entry").path();
         let target = to.join(path.file_name().expect("name"));
         if path.is_dir() {
             std::fs::create_dir_all(&target).expect("image dir");
-            copy_tree(&path, &target);
+            copy_tree(&path, &target, synced);
         } else {
-            std::fs::write(&target, std::fs::read(&path).expect("read segment"))
-                .expect("copy segment");
+            let mut bytes = std::fs::read(&path).expect("read segment");
+            let kept = synced
+                .get(&path.display().to_string())
+                .map_or(0, |len| usize::try_from(*len).expect("a length"));
+            bytes.truncate(kept);
+            bytes.extend_from_slice(TORN_TAIL);
+            std::fs::write(&target, bytes).expect("copy segment");
         }
     }
 }
@@ -208,7 +215,10 @@ async fn a_torn_append_is_cut_back_its_segment_abandoned_and_later_writes_surviv
         let mut run = Run::open();
         run.put_ok(3, &case).await;
         run.faults.fail_next_append_after(budget);
-        assert!(run.put().await.is_err(), "{case}: the torn append is refused");
+        assert!(
+            run.put().await.is_err(),
+            "{case}: the torn append is refused"
+        );
         assert!(
             matches!(run.last_failure(), ArchiveError::Io { .. }),
             "{case}: {:?}",

@@ -873,7 +873,11 @@ fn archived_requests(rt: &tokio::runtime::Runtime, dir: &Path) -> anyhow::Result
             .context("listing the archive")?;
         let mut requests = 0;
         for key in &keys {
-            for entry in archive.read_object(key).await.context("reading a segment")? {
+            for entry in archive
+                .read_object(key)
+                .await
+                .context("reading a segment")?
+            {
                 entry.record.with_context(|| format!("{}", entry.locator))?;
                 requests += 1;
             }
@@ -1051,7 +1055,10 @@ fn bench() -> anyhow::Result<ExitCode> {
 fn bolt_servers() -> anyhow::Result<Vec<(&'static str, Command)>> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/bolt");
     let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"), Into::into)
+        .map_or_else(
+            || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+            Into::into,
+        )
         .join("bolt");
     let status = Command::new("bash")
         .arg(here.join("setup.sh"))
@@ -1157,7 +1164,10 @@ fn measure_s3(
     let settings = S3Settings {
         endpoint: Some(garage.endpoint.clone()),
         region: garage.region.clone(),
-        credentials: Some((garage.access_key_id.clone(), garage.secret_access_key.clone())),
+        credentials: Some((
+            garage.access_key_id.clone(),
+            garage.secret_access_key.clone(),
+        )),
         force_path_style: true,
         ..S3Settings::default()
     };

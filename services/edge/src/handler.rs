@@ -274,9 +274,12 @@ pub(crate) async fn slack_events(
 /// The invariant this keeps (guarantee 1): every request answered 200 is durably in
 /// the archive at its locator and acknowledged by Kafka. What it no longer keeps is
 /// "every Kafka record names an archive entry that exists": a record whose archive
-/// write failed after it was produced names a locator that resolves to nothing (its
-/// request got 503, counted in `slackline_edge_archive_failures_total`, and Slack's
-/// retry carries the event again with an entry that exists). Nothing reads the
+/// write failed after it was produced (its request got 503, counted in
+/// `slackline_edge_archive_failures_total`, and Slack's retry carries the event again
+/// with an entry that is durable) names a locator that resolves to nothing, or to
+/// that same request's own line when the failed write left it behind (a cut-back that
+/// failed too, an S3 PUT stored after the client gave up), never to another
+/// request's line (a segment takes no write after a failed one). Nothing reads the
 /// archive through a record's locator to process it (the normalizer reads the
 /// record's own payload), so such a record is processed like any other, and the
 /// retry is a duplicate the fact keys absorb.
