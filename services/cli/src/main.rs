@@ -2,13 +2,15 @@
 //! command's flags and work live in its module (`Args` and `run`).
 
 use clap::{Parser, Subcommand};
-use slackline::{dev, dlq, migrate, replies, rewind, send, tail, threads, topics};
+use slackline::{
+    backfill, dev, dlq, migrate, replay, replies, rewind, send, tail, threads, topics,
+};
 
 #[derive(Parser)]
 #[command(
     name = "slackline",
     version,
-    about = "Operate slackline: local run, test events, topics, tail, DLQ, threads, replies, rewind"
+    about = "Operate slackline: local run, test events, topics, tail, DLQ, threads, replies, rewind, replay, backfill"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -45,6 +47,13 @@ enum Command {
     /// topic) to a time, the earliest or latest offsets, or given offsets; refuses
     /// while the group has active members.
     Rewind(rewind::Args),
+    /// Produce the archived requests received in [--from, --to) back onto
+    /// slack.events.raw (keyed and headed like the edge's, plus slackline-replay),
+    /// optionally filtered by channel, team, event type; --dry-run counts.
+    Replay(replay::Args),
+    /// Recover from a bug that dropped or mangled messages between two times, while
+    /// everything runs: replays the archive range into the pipeline.
+    Backfill(backfill::Args),
 }
 
 #[tokio::main]
@@ -60,5 +69,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dlq(args) => dlq::run(args).await,
         Command::Tail(args) => tail::run(args).await,
         Command::Rewind(args) => rewind::run(args).await,
+        Command::Replay(args) => replay::run(args).await,
+        Command::Backfill(args) => backfill::run(args).await,
     }
 }
