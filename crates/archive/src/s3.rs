@@ -51,6 +51,25 @@ impl std::fmt::Debug for S3Settings {
 }
 
 impl S3Settings {
+    /// Settings for an S3-compatible server at `endpoint` (Garage, MinIO) with a static
+    /// key, path-style URLs and the given per-attempt timeout.
+    pub fn for_endpoint(
+        endpoint: &str,
+        region: &str,
+        access_key_id: &str,
+        secret_access_key: &str,
+        attempt_timeout: Duration,
+    ) -> S3Settings {
+        S3Settings {
+            endpoint: Some(endpoint.to_owned()),
+            region: region.to_owned(),
+            credentials: Some((access_key_id.to_owned(), secret_access_key.to_owned())),
+            session_token: None,
+            force_path_style: true,
+            attempt_timeout: Some(attempt_timeout),
+        }
+    }
+
     /// Reads `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`, `AWS_REGION`,
     /// `AWS_ACCESS_KEY_ID` + `AWS_SECRET_ACCESS_KEY`, `AWS_S3_FORCE_PATH_STYLE`.
     pub fn from_env(env: &mut Env) -> S3Settings {

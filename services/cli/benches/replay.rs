@@ -66,17 +66,13 @@ async fn run(cluster: &TestCluster, events: usize) -> anyhow::Result<()> {
 
     match tokio::task::spawn_blocking(Garage::start).await? {
         Ok(garage) => {
-            let s3 = S3Settings {
-                endpoint: Some(garage.endpoint.clone()),
-                region: garage.region.clone(),
-                credentials: Some((
-                    garage.access_key_id.clone(),
-                    garage.secret_access_key.clone(),
-                )),
-                session_token: None,
-                force_path_style: true,
-                attempt_timeout: Some(Duration::from_secs(10)),
-            };
+            let s3 = S3Settings::for_endpoint(
+                &garage.endpoint,
+                &garage.region,
+                &garage.access_key_id,
+                &garage.secret_access_key,
+                Duration::from_secs(10),
+            );
             let archive = Archive::open_with(
                 &garage.archive_url("bench"),
                 &s3,

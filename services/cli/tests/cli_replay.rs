@@ -269,17 +269,13 @@ fn file_archive(dir: &std::path::Path) -> Archive {
 }
 
 fn s3_settings(garage: &Garage) -> S3Settings {
-    S3Settings {
-        endpoint: Some(garage.endpoint.clone()),
-        region: garage.region.clone(),
-        credentials: Some((
-            garage.access_key_id.clone(),
-            garage.secret_access_key.clone(),
-        )),
-        session_token: None,
-        force_path_style: true,
-        attempt_timeout: Some(Duration::from_secs(5)),
-    }
+    S3Settings::for_endpoint(
+        &garage.endpoint,
+        &garage.region,
+        &garage.access_key_id,
+        &garage.secret_access_key,
+        Duration::from_secs(5),
+    )
 }
 
 fn options(topic: &str) -> ReplayOptions {

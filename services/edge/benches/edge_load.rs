@@ -1161,16 +1161,13 @@ fn measure_s3(
     let puts = garage_puts(rt, &garage.metrics_url())? - puts_before;
     let records = topic_records(&kafka.addr)?;
     kafka.stop()?;
-    let settings = S3Settings {
-        endpoint: Some(garage.endpoint.clone()),
-        region: garage.region.clone(),
-        credentials: Some((
-            garage.access_key_id.clone(),
-            garage.secret_access_key.clone(),
-        )),
-        force_path_style: true,
-        ..S3Settings::default()
-    };
+    let settings = S3Settings::for_endpoint(
+        &garage.endpoint,
+        &garage.region,
+        &garage.access_key_id,
+        &garage.secret_access_key,
+        Duration::from_secs(2),
+    );
     let (entries, objects) = rt.block_on(async {
         let archive = Archive::open(&url, &settings).await?;
         let keys = archive.list(RAW_PREFIX).await?;

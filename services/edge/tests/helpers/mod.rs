@@ -64,17 +64,13 @@ pub fn config(bootstrap: &str, topic: &str, archive_url: &str, s3: S3Settings) -
 }
 
 pub fn s3_settings(garage: &slackline_testkit::Garage) -> S3Settings {
-    S3Settings {
-        endpoint: Some(garage.endpoint.clone()),
-        region: garage.region.clone(),
-        credentials: Some((
-            garage.access_key_id.clone(),
-            garage.secret_access_key.clone(),
-        )),
-        session_token: None,
-        force_path_style: true,
-        attempt_timeout: Some(Duration::from_millis(500)),
-    }
+    S3Settings::for_endpoint(
+        &garage.endpoint,
+        &garage.region,
+        &garage.access_key_id,
+        &garage.secret_access_key,
+        Duration::from_millis(500),
+    )
 }
 
 pub async fn start_edge(config: EdgeConfig) -> (Edge, Shutdown) {
