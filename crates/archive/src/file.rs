@@ -48,6 +48,10 @@ pub const SEGMENT_MAX_AGE: Duration = Duration::from_secs(60);
 /// A segment this old is closed even if no new one can be created (writes are then
 /// refused): it keeps every segment within [`crate::SEGMENT_MAX_SPAN`].
 const SEGMENT_HARD_AGE: Duration = Duration::from_secs(100);
+fn key_skew() -> chrono::Duration {
+    chrono::Duration::from_std(crate::SEGMENT_KEY_SKEW).unwrap_or_default()
+}
+
 /// After a rotation that could be skipped failed, the next one is tried this much later.
 const ROTATION_RETRY: Duration = Duration::from_secs(1);
 /// Flushes that may run at once.
@@ -132,6 +136,7 @@ impl FileArchive {
                 segment: None,
                 refused: 0,
                 retry_rotation_at: None,
+                last_first: None,
             })),
             rotation: Arc::new(tokio::sync::Mutex::new(())),
             known_dirs: Arc::new(Mutex::new(HashSet::new())),
@@ -187,8 +192,9 @@ impl FileArchive {
                 self.faults.clone(),
                 self.known_dirs.clone(),
             );
+            let first = lock(&self.appender).key_time_for(received_at);
             let segment = tokio::task::spawn_blocking(move || {
-                create_segment(&root, &faults, &dirs, received_at)
+                create_segment(&root, &faults, &dirs, first)
             })
             .await
             .map_err(|_| ArchiveError::WriterStopped)?;
@@ -425,6 +431,8 @@ struct Appender {
     refused: u64,
     /// No rotation that could be skipped is tried before this (one failed).
     retry_rotation_at: Option<Instant>,
+    /// The key time of the last segment created, kept after it is dropped.
+    last_first: Option<DateTime<Utc>>,
 }
 
 impl Appender {
@@ -439,6 +447,7 @@ impl Appender {
             return (true, true);
         };
         let must = (received_at > s.first && !same_hour(s.first, received_at))
+            || received_at < s.first - key_skew()
             || s.opened.elapsed() >= SEGMENT_HARD_AGE
             || lock(&s.state).broken.is_some();
         let should = (s.written >= SEGMENT_MAX_BYTES
@@ -515,6 +524,7 @@ impl Appender {
                     self.refused = 0;
                 }
                 self.retry_rotation_at = None;
+                self.last_first = Some(segment.first);
                 self.segment = Some(segment);
                 Ok(())
             }
@@ -533,6 +543,17 @@ impl Appender {
                     reason: e.to_string(),
                 })
             }
+        }
+    }
+
+    /// The key time of a segment opened for a request received at `received_at`: its
+    /// own, unless it is a straggler (received before the last segment's key, within
+    /// [`crate::SEGMENT_KEY_SKEW`]): then the last key's, so that keys keep the order
+    /// the lines were written in.
+    fn key_time_for(&self, received_at: DateTime<Utc>) -> DateTime<Utc> {
+        match self.last_first {
+            Some(last) if received_at < last && received_at >= last - key_skew() => last,
+            _ => received_at,
         }
     }
 

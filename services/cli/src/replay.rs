@@ -78,7 +78,8 @@ impl Default for Tuning {
     fn default() -> Self {
         Tuning {
             delivery_timeout: Duration::from_secs(60),
-            read_ahead: 4,
+            // Whole objects are held while read ahead (a file segment can be 64 MiB).
+            read_ahead: 1,
             max_in_flight: 20_000,
             read_attempts: 3,
         }
@@ -541,11 +542,14 @@ pub async fn replay_tuned(
     Ok(summary)
 }
 
-/// The replay stopped before object `key`: resume from its first request's time
-/// (every request in it was received at or after it), or `--from` when earlier.
+/// The replay stopped before object `key`: resume from its key's time less
+/// `SEGMENT_KEY_SKEW` (a request in it, or in a later object, can have been received
+/// up to that much before the key's time), or `--from` when that is earlier; and never
+/// after an earlier request that was not acknowledged.
 fn stop_at(summary: &mut ReplaySummary, key: &str, from: DateTime<Utc>) {
-    let t = slackline_archive::key_time(key).map_or(from, |t| t.max(from));
-    summary.first_unacknowledged = Some(t);
+    let skew = chrono::Duration::from_std(slackline_archive::SEGMENT_KEY_SKEW).unwrap_or_default();
+    let t = slackline_archive::key_time(key).map_or(from, |t| (t - skew).max(from));
+    summary.first_unacknowledged = Some(summary.first_unacknowledged.map_or(t, |s| s.min(t)));
 }
 
 async fn read_with_retries(
@@ -770,14 +774,30 @@ impl Progress for Bar {
     }
 }
 
-/// Runs a replay for the CLI: progress bar on a terminal, the summary (one JSON line
-/// when stdout is not a terminal), an error naming the `--from` to resume from when
-/// anything was not acknowledged or not read.
+/// How long after a range's end its requests can still be arriving in the archive: a
+/// request is written up to `SEGMENT_KEY_SKEW` after it was received (it waited for the
+/// archive), and an S3 batch is stored after its linger and PUT.
+const SETTLE: Duration = Duration::from_secs(15);
+
+/// Runs a replay for the CLI: first waits until `--to` is [`SETTLE`] in the past, then
+/// shows a progress bar on a terminal, the summary (one JSON line when stdout is not
+/// a terminal), an error naming the `--from` to resume from when anything was not
+/// acknowledged or not read.
 ///
 /// # Errors
 ///
 /// The replay could not run, or did not complete.
 pub async fn run_replay(args: &Args, options: &ReplayOptions) -> anyhow::Result<ReplaySummary> {
+    // A range that ends in the last moments is not all in the archive yet: wait
+    // until it is, rather than report a replay complete that missed its last requests.
+    let settled = options.to + chrono::Duration::from_std(SETTLE).unwrap_or_default();
+    if let Ok(wait) = (settled - Utc::now()).to_std() {
+        eprintln!(
+            "waiting {:.0} s for requests received before --to to reach the archive",
+            wait.as_secs_f64().ceil()
+        );
+        tokio::time::sleep(wait).await;
+    }
     let (archive, kafka) = args.open().await?;
     let bar = std::io::stderr().is_terminal().then(Bar::new);
     let tuning = Tuning {

@@ -785,3 +785,91 @@ fn a_bad_range_or_rate_is_refused() {
         text(&out.stderr)
     );
 }
+
+/// An object that cannot be read stops the replay; the printed resume point is early
+/// enough for a request received before that object's key but stored in a later
+/// segment (a straggler: it waited for the archive while a request received after it
+/// opened the segment), so resuming from it, once the object is readable again (here:
+/// gone), loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_object_stops_the_replay_at_a_point_that_loses_no_straggler() {
+    let cluster = TestCluster::kafka();
+    let dir = tempfile::tempdir().unwrap();
+    let archive = file_archive(dir.path());
+    let key_time = base() + chrono::Duration::minutes(50);
+    let mut early = Req::new(
+        901,
+        "C0REP0",
+        HOME,
+        "message",
+        base() + chrono::Duration::minutes(40),
+    );
+    let mut opener = Req::new(902, "C0REP1", HOME, "message", key_time);
+    let mut straggler = Req::new(
+        903,
+        "C0REP2",
+        HOME,
+        "message",
+        key_time - chrono::Duration::seconds(5),
+    );
+    for req in [&mut early, &mut opener, &mut straggler] {
+        req.locator = archive.write(&req.record()).await.expect("archive write");
+    }
+    let segment_of = |r: &Req| archive_position(&r.locator).0;
+    assert!(
+        slackline_archive::key_time(&segment_of(&straggler)).unwrap() > straggler.received_at,
+        "the straggler is stored under a key later than its receive time"
+    );
+    // An object sorted between the early request's segment and the straggler's that
+    // cannot be read (a dangling link: listed, never readable).
+    let broken_key = format!(
+        "raw/2025/03/04/10/{}-000000000000.jsonl",
+        (key_time - chrono::Duration::seconds(1)).format("%Y%m%dT%H%M%S%.6fZ")
+    );
+    let broken = dir.path().join(&broken_key);
+    std::os::unix::fs::symlink(dir.path().join("nowhere"), &broken).unwrap();
+
+    let topic = cluster.names().raw_events();
+    cluster.create_topic(&topic, PARTITIONS);
+    let (from, to) = range();
+    let options = ReplayOptions::new(from, to, &topic);
+    let stopped = replay::replay(&archive, &cluster.settings(), &options, &NoProgress)
+        .await
+        .expect("a replay that stops still returns its summary");
+    assert!(
+        stopped.read_error.is_some() && !stopped.is_complete(),
+        "{stopped:?}"
+    );
+    let resume = stopped.first_unacknowledged.expect("a resume point");
+    assert!(
+        resume <= straggler.received_at && resume >= from,
+        "resume at {resume} would skip the straggler received at {}",
+        straggler.received_at
+    );
+
+    std::fs::remove_file(&broken).unwrap();
+    let resumed = ReplayOptions::new(resume, to, &topic);
+    let summary = replay::replay(&archive, &cluster.settings(), &resumed, &NoProgress)
+        .await
+        .expect("the resumed replay");
+    assert!(summary.is_complete(), "{summary:?}");
+    let total = stopped.acknowledged + summary.acknowledged;
+    let records = read_topic(
+        &cluster.bootstrap_servers(),
+        &topic,
+        PARTITIONS,
+        usize::try_from(total).unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
+    for req in [&early, &opener, &straggler] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.header(headers::EVENT_ID) == Some(req.event_id.as_str())),
+            "{} ({}) was lost between the stop and the resume",
+            req.event_id,
+            req.received_at
+        );
+    }
+}
