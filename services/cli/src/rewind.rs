@@ -8,7 +8,12 @@
 //! can only be committed from outside while the group has no members (a running
 //! member would overwrite them with its own position at its next commit), so
 //! `rewind` describes the group first and refuses while it has active members: stop
-//! the group's deployment (scale it to zero), rewind, start it again.
+//! the group's deployment (scale it to zero), rewind, start it again. The classic
+//! describe does not list members under the KIP-848 consumer protocol, so the check
+//! also commits the group's committed offsets back unchanged, which the broker
+//! refuses while the group has members of either protocol ([`check_idle`]); a member
+//! that joins after the check gets the rewind's own commit refused the same way
+//! ([`RewindError::CommitRefused`]).
 //!
 //! Targets: an RFC 3339 time (each partition's first offset whose record timestamp is
 //! at or after it, the end when there is none, as Kafka's ListOffsets answers),
@@ -86,7 +91,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         // Refuse before moving anything: all groups or none (a dry run only reads).
         if !dry_run {
             for plan in &plans {
-                check_no_members(&settings, &plan.group_id)?;
+                check_idle(&settings, plan)?;
             }
         }
         let mut moved = Vec::new();
@@ -199,6 +204,21 @@ pub enum RewindError {
         state: String,
         /// Their client ids and hosts.
         clients: String,
+    },
+    /// The broker refused a commit from outside the group because the group has
+    /// members: members under the KIP-848 consumer protocol (which the classic
+    /// describe does not list), or a member that joined after the check. Nothing was
+    /// moved.
+    #[error(
+        "consumer group {group}: the broker refused a commit from outside the group \
+         ({code}): the group has active members; stop it and retry (scale its \
+         deployment to 0, or stop `slackline dev`, then run rewind again)"
+    )]
+    CommitRefused {
+        /// The group id.
+        group: String,
+        /// The broker's error code.
+        code: rdkafka::types::RDKafkaErrorCode,
     },
     /// Not a group slackline knows.
     #[error("unknown group {0:?}: expected normalizer, thread-state, timeline-writer, notifier or slack-sender")]
@@ -358,6 +378,61 @@ pub fn check_no_members(settings: &KafkaSettings, group_id: &str) -> Result<(), 
     Ok(())
 }
 
+/// Refuses when `plan`'s group has members of either protocol. The classic describe
+/// ([`check_no_members`]) does not list members under the KIP-848 consumer protocol
+/// (`group.protocol=consumer`): Kafka describes such a group to it as `Dead` with no
+/// members. So the group's committed offsets on its topics are also committed back
+/// unchanged from outside the group, which the broker refuses while the group has
+/// members of either protocol (`UNKNOWN_MEMBER_ID`) and which changes nothing
+/// otherwise. A group that has committed nothing on its topics cannot be probed so;
+/// the rewind's own commit is refused the same way then ([`commit_moves`]). Blocking.
+///
+/// # Errors
+///
+/// [`RewindError::ActiveMembers`], [`RewindError::CommitRefused`], a topic is
+/// missing, or Kafka fails.
+pub fn check_idle(settings: &KafkaSettings, plan: &GroupPlan) -> Result<(), RewindError> {
+    check_no_members(settings, &plan.group_id)?;
+    let client = group_client(settings, &plan.group_id)?;
+    let mut tpl = TopicPartitionList::new();
+    for topic in &plan.topics {
+        for p in partitions(&client, topic)? {
+            tpl.add_partition(topic, p);
+        }
+    }
+    let committed = client
+        .committed_offsets(tpl, TIMEOUT)
+        .map_err(kafka(format!("committed offsets of {}", plan.group_id)))?;
+    let mut same = TopicPartitionList::new();
+    for e in committed.elements() {
+        if let Offset::Offset(o) = e.offset() {
+            same.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o))
+                .map_err(kafka("building the probe commit"))?;
+        }
+    }
+    if same.count() == 0 {
+        return Ok(());
+    }
+    client
+        .commit(&same, CommitMode::Sync)
+        .map_err(|e| commit_error(plan, e))
+}
+
+/// A refused commit as [`RewindError::CommitRefused`] when the broker refused it
+/// because the group has members.
+fn commit_error(plan: &GroupPlan, e: rdkafka::error::KafkaError) -> RewindError {
+    match e.rdkafka_error_code() {
+        Some(code) if refused_for_members(code) => RewindError::CommitRefused {
+            group: plan.group_id.clone(),
+            code,
+        },
+        _ => RewindError::Kafka {
+            what: format!("committing the offsets of {}", plan.group_id),
+            source: e,
+        },
+    }
+}
+
 /// The partitions of `topic`.
 fn partitions(client: &BaseConsumer, topic: &str) -> Result<Vec<i32>, RewindError> {
     let metadata = client
@@ -469,25 +544,56 @@ pub fn rewind(
     dry_run: bool,
 ) -> Result<Vec<PartitionMove>, RewindError> {
     if !dry_run {
-        check_no_members(settings, &plan.group_id)?;
+        check_idle(settings, plan)?;
     }
     let moves = plan_moves(settings, plan, target)?;
     if dry_run || moves.is_empty() {
         return Ok(moves);
     }
+    commit_moves(settings, plan, &moves)?;
+    Ok(moves)
+}
+
+/// Whether the broker refused a commit from outside the group because the group has
+/// members (classic: `UNKNOWN_MEMBER_ID` for a commit without member id and
+/// generation into a non-empty group; KIP-848: the same, or a member epoch error).
+fn refused_for_members(code: rdkafka::types::RDKafkaErrorCode) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::UnknownMemberId
+            | C::IllegalGeneration
+            | C::RebalanceInProgress
+            | C::FencedMemberEpoch
+            | C::StaleMemberEpoch
+            | C::UnreleasedInstanceId
+            | C::FencedInstanceId
+    )
+}
+
+/// Commits the `moves` of `plan`'s group (as [`plan_moves`] found them). Blocking.
+///
+/// # Errors
+///
+/// [`RewindError::CommitRefused`] when the broker refuses the commit because the
+/// group has members (one joined after [`check_no_members`]), or Kafka fails.
+pub fn commit_moves(
+    settings: &KafkaSettings,
+    plan: &GroupPlan,
+    moves: &[PartitionMove],
+) -> Result<(), RewindError> {
+    if moves.is_empty() {
+        return Ok(());
+    }
     let client = group_client(settings, &plan.group_id)?;
     let mut tpl = TopicPartitionList::new();
-    for m in &moves {
+    for m in moves {
         tpl.add_partition_offset(&m.topic, m.partition, Offset::Offset(m.new))
             .map_err(kafka("building the commit"))?;
     }
     client
         .commit(&tpl, CommitMode::Sync)
-        .map_err(kafka(format!(
-            "committing the offsets of {}",
-            plan.group_id
-        )))?;
-    Ok(moves)
+        .map_err(|e| commit_error(plan, e))
 }
 
 #[cfg(test)]

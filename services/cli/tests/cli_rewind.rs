@@ -273,42 +273,66 @@ async fn earliest_latest_and_a_dry_run() {
     }
 }
 
+/// A member of `group` on `topic` under `protocol` (`classic`, or `consumer`:
+/// KIP-848), polling on a thread of its own until it is told to stop; returns once it
+/// has partitions assigned.
+struct Member {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Member {
+    fn join(bootstrap: &str, group: &str, topic: &str, protocol: &str) -> Member {
+        let (member_ready, ready) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (bootstrap, group, topic, protocol) = (
+            bootstrap.to_owned(),
+            group.to_owned(),
+            topic.to_owned(),
+            protocol.to_owned(),
+        );
+        let thread = std::thread::spawn(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bootstrap)
+                .set("group.id", &group)
+                .set("group.protocol", &protocol)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("member");
+            consumer.subscribe(&[&topic]).expect("subscribe");
+            let mut told = false;
+            loop {
+                let _ = consumer.poll(Duration::from_millis(100));
+                if !told
+                    && consumer
+                        .assignment()
+                        .map(|a| a.count() > 0)
+                        .unwrap_or(false)
+                {
+                    member_ready.send(()).unwrap();
+                    told = true;
+                }
+                if stopped.try_recv().is_ok() {
+                    break;
+                }
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the member joined");
+        Member { stop, thread }
+    }
+
+    fn leave(self) {
+        self.stop.send(()).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_group_with_a_live_member_is_refused() {
     let s = setup("timeline-writer");
-    let bootstrap = s.bootstrap.clone();
-    let group = s.plan.group_id.clone();
-    let source = s.plan.topics[0].clone();
-    let (member_ready, ready) = std::sync::mpsc::channel();
-    let (stop_member, stop) = std::sync::mpsc::channel::<()>();
-    let member = std::thread::spawn(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .create()
-            .expect("member");
-        consumer.subscribe(&[&source]).expect("subscribe");
-        let mut told = false;
-        loop {
-            let _ = consumer.poll(Duration::from_millis(100));
-            if !told
-                && consumer
-                    .assignment()
-                    .map(|a| a.count() > 0)
-                    .unwrap_or(false)
-            {
-                member_ready.send(()).unwrap();
-                told = true;
-            }
-            if stop.try_recv().is_ok() {
-                break;
-            }
-        }
-    });
-    ready
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the member joined");
+    let member = Member::join(&s.bootstrap, &s.plan.group_id, &s.plan.topics[0], "classic");
     let settings = s.cluster.settings();
     let plan = s.plan.clone();
     let refused = tokio::task::spawn_blocking(move || {
@@ -339,8 +363,7 @@ async fn a_group_with_a_live_member_is_refused() {
             "refused but moved {topic}"
         );
     }
-    stop_member.send(()).unwrap();
-    member.join().unwrap();
+    member.leave();
     // Once the member has left, the rewind goes through.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -353,7 +376,9 @@ async fn a_group_with_a_live_member_is_refused() {
         .unwrap();
         match r {
             Ok(_) => break,
-            Err(RewindError::ActiveMembers { .. }) if Instant::now() < deadline => {
+            Err(RewindError::ActiveMembers { .. } | RewindError::CommitRefused { .. })
+                if Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => panic!("{e}"),
@@ -407,4 +432,92 @@ async fn the_normalizer_group_moves_on_its_source_topic_only_through_the_binary(
     assert!(!stdout.contains(".retry"), "{stdout}");
     let after = committed(&s.bootstrap, &s.plan.group_id, &s.plan.topics[0]);
     assert!(after.values().all(|o| *o == PER_PARTITION), "dry run moved");
+}
+
+/// A member under the KIP-848 consumer protocol (`group.protocol=consumer`, as the
+/// services run with it in `KAFKA_PROPERTIES`) is refused as well, and moves nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_with_a_live_kip848_member_is_refused() {
+    let s = setup("thread-state");
+    let member = Member::join(
+        &s.bootstrap,
+        &s.plan.group_id,
+        &s.plan.topics[0],
+        "consumer",
+    );
+    // The check itself refuses (so that `--all-groups` refuses before moving any
+    // group), and so does the rewind.
+    let settings = s.cluster.settings();
+    let plan = s.plan.clone();
+    let checked = tokio::task::spawn_blocking(move || rewind::check_idle(&settings, &plan))
+        .await
+        .unwrap();
+    match &checked {
+        Err(RewindError::CommitRefused { group, .. }) => assert_eq!(group, &s.plan.group_id),
+        other => panic!("expected the check to refuse, got {other:?}"),
+    }
+    let settings = s.cluster.settings();
+    let plan = s.plan.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        rewind::rewind(&settings, &plan, &Target::Earliest, false)
+    })
+    .await
+    .unwrap();
+    let message = match refused {
+        Err(e @ RewindError::CommitRefused { .. }) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(message.contains("active members"), "{message}");
+    for topic in &s.plan.topics {
+        let after = committed(&s.bootstrap, &s.plan.group_id, topic);
+        assert!(
+            after.values().all(|o| *o == PER_PARTITION),
+            "refused but moved {topic}"
+        );
+    }
+    member.leave();
+}
+
+/// A member that joins after the check (between `check_no_members` and the commit):
+/// the broker refuses the commit, and that comes back as a clear refusal, not a bare
+/// Kafka error; nothing moved.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_joining_after_the_check_is_a_clear_refusal() {
+    for protocol in ["classic", "consumer"] {
+        let s = setup("notifier");
+        let settings = s.cluster.settings();
+        let plan = s.plan.clone();
+        let moves = tokio::task::spawn_blocking(move || {
+            rewind::check_no_members(&settings, &plan.group_id)?;
+            rewind::plan_moves(&settings, &plan, &Target::Earliest)
+        })
+        .await
+        .unwrap()
+        .expect("no member yet");
+        assert!(moves.iter().all(|m| m.new == 0));
+        let member = Member::join(&s.bootstrap, &s.plan.group_id, &s.plan.topics[0], protocol);
+        let settings = s.cluster.settings();
+        let plan = s.plan.clone();
+        let refused =
+            tokio::task::spawn_blocking(move || rewind::commit_moves(&settings, &plan, &moves))
+                .await
+                .unwrap();
+        match &refused {
+            Err(RewindError::CommitRefused { group, .. }) => assert_eq!(group, &s.plan.group_id),
+            other => panic!("{protocol}: expected a refusal, got {other:?}"),
+        }
+        let message = refused.unwrap_err().to_string();
+        assert!(
+            message.contains("the group has active members; stop it and retry"),
+            "{message}"
+        );
+        for topic in &s.plan.topics {
+            let after = committed(&s.bootstrap, &s.plan.group_id, topic);
+            assert!(
+                after.values().all(|o| *o == PER_PARTITION),
+                "{protocol}: refused but moved {topic}"
+            );
+        }
+        member.leave();
+    }
 }

@@ -79,10 +79,14 @@ async fn wait_consumed(normalizer: &Normalizer, want: i64) {
 }
 
 /// Waits until the normalizer has counted every outcome of what it read (produced
-/// records are counted on acknowledgement), then returns the messages topic.
+/// records are counted on acknowledgement) and its group's committed offsets on the
+/// raw topic equal the topic's high watermarks (it commits a record's offset once its
+/// outcome is produced), then reads the messages topic up to its high watermarks and
+/// checks that it holds exactly `want` records.
 async fn messages_after(
     cluster: &TestCluster,
     normalizer: &Normalizer,
+    group: &str,
     want: usize,
 ) -> Vec<slackline_testkit::kafka::Record> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -98,14 +102,45 @@ async fn messages_after(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let bootstrap = cluster.bootstrap_servers();
+    let raw_topic = cluster.names().raw_events();
+    loop {
+        let (b, g, t) = (bootstrap.clone(), group.to_owned(), raw_topic.clone());
+        let lag = tokio::task::spawn_blocking(move || {
+            slackline_testkit::kafka::group_lag(&b, &g, &t, PARTITIONS)
+        })
+        .await
+        .unwrap();
+        if lag == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the normalizer group did not commit the raw topic's end: lag {lag}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let messages_topic = cluster.names().messages();
+    let (b, t) = (bootstrap.clone(), messages_topic.clone());
+    let on_topic = tokio::task::spawn_blocking(move || {
+        slackline_testkit::kafka::topic_len(&b, &t, PARTITIONS)
+    })
+    .await
+    .unwrap();
+    // Every record up to the high watermarks (the read stops once it has them all).
     let records = read_topic(
-        &cluster.bootstrap_servers(),
-        &cluster.names().messages(),
+        &bootstrap,
+        &messages_topic,
         PARTITIONS,
-        want + 1,
-        Duration::from_secs(3),
+        usize::try_from(on_topic).unwrap(),
+        Duration::from_secs(30),
     )
     .await;
+    assert_eq!(
+        records.len() as i64,
+        on_topic,
+        "read the messages topic up to its high watermarks"
+    );
     assert_eq!(records.len(), want, "message events on the messages topic");
     records
 }
@@ -122,13 +157,10 @@ async fn a_replayed_record_is_normalized_though_its_event_id_was_seen() {
     let cluster = TestCluster::kafka();
     start_topics(&cluster);
     let raw_topic = cluster.names().raw_events();
+    let config = NormalizerConfig::new(cluster.settings(), cluster.names());
+    let group = config.group_id.clone();
     let shutdown = Shutdown::new();
-    let normalizer = Normalizer::start(
-        NormalizerConfig::new(cluster.settings(), cluster.names()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let normalizer = Normalizer::start(config, shutdown.clone()).await.unwrap();
 
     // The delivery, then Slack's retry of it (another record, same event id).
     let retry = [
@@ -145,7 +177,7 @@ async fn a_replayed_record_is_normalized_though_its_event_id_was_seen() {
     )
     .await;
     wait_consumed(&normalizer, 2).await;
-    messages_after(&cluster, &normalizer, 1).await;
+    messages_after(&cluster, &normalizer, &group, 1).await;
     assert_eq!(duplicates(&normalizer), 1, "Slack's retry is dropped");
 
     // `slackline replay` puts the archived request back: normalized again.
@@ -161,7 +193,7 @@ async fn a_replayed_record_is_normalized_though_its_event_id_was_seen() {
     )
     .await;
     wait_consumed(&normalizer, 3).await;
-    let messages = messages_after(&cluster, &normalizer, 2).await;
+    let messages = messages_after(&cluster, &normalizer, &group, 2).await;
     assert!(messages
         .iter()
         .all(|m| m.header(headers::EVENT_ID) == Some("EvReplay1")));
@@ -183,7 +215,7 @@ async fn a_replayed_record_is_normalized_though_its_event_id_was_seen() {
     )
     .await;
     wait_consumed(&normalizer, 4).await;
-    messages_after(&cluster, &normalizer, 2).await;
+    messages_after(&cluster, &normalizer, &group, 2).await;
     assert_eq!(duplicates(&normalizer), 2);
     assert_eq!(
         count(&normalizer, "slackline_normalizer_replayed_total", &[]),
@@ -231,7 +263,7 @@ async fn records_read_again_at_the_same_offsets_are_normalized_again() {
     produce_with_headers(&cluster, &raw_topic, &records).await;
     let total = records.len() as i64;
     wait_consumed(&normalizer, total).await;
-    messages_after(&cluster, &normalizer, records.len() - 1).await;
+    messages_after(&cluster, &normalizer, &group, records.len() - 1).await;
     assert_eq!(duplicates(&normalizer), 1);
 
     // Another member takes its share of the partitions and moves them back to 0.
@@ -307,6 +339,7 @@ async fn records_read_again_at_the_same_offsets_are_normalized_again() {
     let messages = messages_after(
         &cluster,
         &normalizer,
+        &group,
         records.len() - 1 + again.len() - retries_again,
     )
     .await;

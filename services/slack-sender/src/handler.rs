@@ -8,7 +8,8 @@
 //!    `support.replies`, a redelivery after a crash or a rebalance posts nothing;
 //! 3. `failed` → nothing to do (`skipped{reason="already_failed"}`) unless the record
 //!    is a redrive (it carries the `slackline-redrive` header, naming a dead letter
-//!    other than the one whose redrive claimed the row last): a rewind or replay of
+//!    whose redrive never claimed the row: every one that did is in
+//!    `reply_redrives`): a rewind or replay of
 //!    `support.replies` never sends a reply Slack refused again;
 //! 4. `pending` (or `failed`, for a redrive as above) → wait for the
 //!    channel's next slot ([`Pacer`]: Slack's ~1 message/s per channel, and a 429's
@@ -27,7 +28,12 @@
 //!    again once the cause is fixed); may have been posted → `ambiguous`, never posted
 //!    again automatically, and a permanent error naming the reply (DLQ);
 //! 6. `sending` whose outcome this process does not know (its process died during
-//!    the request, or a call of ours was cut off mid-request) → `ambiguous`, as above;
+//!    the request, a call of ours was cut off mid-request, or another live process
+//!    still has the request in flight after a rebalance moved the record) → first
+//!    wait until one request timeout (`SLACK_SENDER_HTTP_TIMEOUT_MS`, plus a margin)
+//!    has passed since the claim and read the row again (the other process may have
+//!    recorded `sent`, or `pending` for a post Slack did not take), and only if it
+//!    is still `sending` under that claim → `ambiguous`, as above;
 //!    `ambiguous` found again (a redrive, a replay) → skipped.
 //!
 //! Before a reply is marked `ambiguous`, and whenever an `ambiguous` one is found
@@ -77,6 +83,9 @@ const DB_ATTEMPTS: u32 = 3;
 const DB_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Reads of the row per handler call.
 const CLAIM_ROUNDS: usize = 4;
+/// Beyond the request timeout, what another process's send task may take to record
+/// its outcome (a few database statements, with their short retries).
+const SETTLE_MARGIN: Duration = Duration::from_secs(1);
 /// Channels remembered by the pacer before old entries are dropped.
 const PACER_CAPACITY: usize = 10_000;
 /// Claims remembered before those whose request never started are dropped (calls
@@ -368,7 +377,18 @@ impl Handler {
             }
         };
         let mut row = db(id, "recording the reply", || self.store.ensure(reply)).await?;
+        // The claim of another process waited on once (see the `Sending` arm).
+        let mut waited_for: Option<Uuid> = None;
         for _ in 0..CLAIM_ROUNDS {
+            let redrive_tried = match (row.state, redrive) {
+                (ReplyState::Failed, Some(redrive)) => {
+                    db(id, "reading the reply's redrives", || {
+                        self.store.redrive_tried(id, redrive)
+                    })
+                    .await?
+                }
+                _ => false,
+            };
             match (row.state, self.known(row.token)) {
                 (ReplyState::Sent, _) => {
                     if let Some(token) = row.token {
@@ -412,17 +432,33 @@ impl Handler {
                         Reconciled::Found => return Ok(()),
                         Reconciled::Unknown(why) => why,
                     };
-                    let reason = format!(
-                        "found a send that never recorded its outcome (its process died or \
+                    if waited_for != Some(token) {
+                        // Another process may still have its request in flight (a
+                        // rebalance moved the record while its send task went on):
+                        // it is answered or given up within one request timeout of
+                        // the claim, and its outcome recorded. Then read the row
+                        // again: `sent`, back to `pending`, or still `sending`
+                        // (reconciled once more before it is marked ambiguous).
+                        waited_for = Some(token);
+                        let wait =
+                            (self.poster.request_timeout() + SETTLE_MARGIN).saturating_sub(row.age);
+                        tracing::info!(
+                            ?wait,
+                            "the reply is being sent under a claim of another process; \
+                             waiting for that request to end"
+                        );
+                        tokio::time::sleep(wait).await;
+                    } else {
+                        let reason = format!(
+                            "found a send that never recorded its outcome (its process died or \
                          was cut off during the request), {why}"
-                    );
-                    if let Some(error) = self.mark_ambiguous(reply, token, &reason).await? {
-                        return Err(error);
+                        );
+                        if let Some(error) = self.mark_ambiguous(reply, token, &reason).await? {
+                            return Err(error);
+                        }
                     }
                 }
-                (ReplyState::Failed, _)
-                    if redrive.is_none() || redrive == row.redrive_id.as_deref() =>
-                {
+                (ReplyState::Failed, _) if redrive.is_none() || redrive_tried => {
                     self.metrics.skipped("already_failed");
                     tracing::info!(
                         redrive,
@@ -818,6 +854,63 @@ mod tests {
         );
         assert!((failed(&registry) - 1.0).abs() < 0.5);
         assert_eq!(slack.post_calls().len(), 3);
+        pool.close().await;
+        db.drop_database().await;
+    }
+
+    /// The runbook's forced retry of an `ambiguous` reply (`state = 'pending'`, the
+    /// old claim kept) while the old send lands late: that send is recorded `sent`,
+    /// and the redrive that follows reads the row again and posts nothing (counted).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_forced_retry_posts_nothing_once_the_late_send_is_recorded() {
+        let db = TestDatabase::create().await;
+        let slack = SlackApiStandIn::start().await;
+        let (handler, pool, registry) = handler(&db, &slack, 3).await;
+        let r = reply("r-forced", "C0FORCED");
+        handler.store.ensure(&r).await.expect("row");
+        let token = Uuid::new_v4();
+        assert!(handler
+            .store
+            .begin_send("r-forced", token, None)
+            .await
+            .expect("claim"));
+        assert!(handler
+            .store
+            .mark_ambiguous("r-forced", token, "no answer")
+            .await
+            .expect("ambiguous"));
+        // The operator forces it (README runbook).
+        sqlx::query(
+            "UPDATE replies SET state = 'pending' WHERE reply_id = 'r-forced' \
+             AND state = 'ambiguous'",
+        )
+        .execute(&pool)
+        .await
+        .expect("forced");
+        // The old send's answer arrives: recorded over the forced `pending`.
+        assert!(handler
+            .store
+            .mark_sent("r-forced", token, "1764000000.999900")
+            .await
+            .expect("sent"));
+        let mut redriven = event(&r, "C0FORCED", 0);
+        redriven.headers.push((
+            slackline_kafka::headers::REDRIVE.to_owned(),
+            Some(b"slack-sender.dlq/0/7".to_vec()),
+        ));
+        handler.handle(redriven).await.expect("skipped");
+        assert!(slack.post_calls().is_empty(), "{:#?}", slack.post_calls());
+        let (state, ts, _) = row(&pool, "r-forced").await;
+        assert_eq!(
+            (state.as_str(), ts.as_deref()),
+            ("sent", Some("1764000000.999900"))
+        );
+        let skipped = slackline_testkit::metrics::metric(
+            &registry,
+            "slackline_slack_sender_skipped_total",
+            &[("reason", "already_sent")],
+        );
+        assert!((skipped - 1.0).abs() < 0.5, "{skipped}");
         pool.close().await;
         db.drop_database().await;
     }

@@ -92,6 +92,7 @@ pub struct SlackPoster {
     replies_url: String,
     tokens: BotTokens,
     as_agent: bool,
+    timeout: std::time::Duration,
 }
 
 /// The request body for `reply`.
@@ -165,7 +166,14 @@ impl SlackPoster {
             replies_url: format!("{}/conversations.replies", config.base_url),
             tokens: config.tokens.clone(),
             as_agent: config.as_agent,
+            timeout: config.http_timeout,
         })
+    }
+
+    /// The longest a request lasts (`SLACK_SENDER_HTTP_TIMEOUT_MS`): a request of any
+    /// process is answered or given up within it.
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.timeout
     }
 
     /// The token for `team`: its own, else the `*` entry.

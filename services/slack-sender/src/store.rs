@@ -45,12 +45,14 @@ pub struct Row {
     pub token: Option<Uuid>,
     /// The message's ts once posted.
     pub ts: Option<String>,
-    /// The redrive that last claimed it out of `failed`.
+    /// The redrive that last claimed it (every one is in `reply_redrives`).
     pub redrive_id: Option<String>,
+    /// How long ago its state last changed (by the database's clock).
+    pub age: std::time::Duration,
 }
 
-/// `state, claim_token, ts, redrive_id` as read.
-type RawRow = (String, Option<String>, Option<String>, Option<String>);
+/// `state, claim_token, ts, redrive_id, age in ms` as read.
+type RawRow = (String, Option<String>, Option<String>, Option<String>, i64);
 
 /// Access to `replies`.
 #[derive(Debug, Clone)]
@@ -94,12 +96,14 @@ impl ReplyStore {
     /// The row of `reply_id`, if any.
     pub async fn row(&self, reply_id: &str) -> Result<Option<Row>, StoreError> {
         let row: Option<RawRow> = sqlx::query_as(
-            "SELECT state, claim_token::text, ts, redrive_id FROM replies WHERE reply_id = $1",
+            "SELECT state, claim_token::text, ts, redrive_id, \
+             GREATEST(0, (EXTRACT(EPOCH FROM (now() - updated_at)) * 1000))::bigint \
+             FROM replies WHERE reply_id = $1",
         )
         .bind(reply_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|(state, token, ts, redrive_id)| {
+        row.map(|(state, token, ts, redrive_id, age_ms)| {
             Ok(Row {
                 state: ReplyState::parse(&state)?,
                 token: token
@@ -110,39 +114,61 @@ impl ReplyStore {
                     .transpose()?,
                 ts,
                 redrive_id,
+                age: std::time::Duration::from_millis(u64::try_from(age_ms).unwrap_or(0)),
             })
         })
         .transpose()
     }
 
-    /// Claims a `pending` reply (or a `failed` one for a `redrive` other than the one
-    /// that claimed it last) for a send under `token`, just before the request; false
-    /// when it is in another state (someone else claimed it).
+    /// Whether `redrive` claimed this reply before (`reply_redrives`).
+    pub async fn redrive_tried(&self, reply_id: &str, redrive: &str) -> Result<bool, StoreError> {
+        let tried: Option<(i32,)> =
+            sqlx::query_as("SELECT 1 FROM reply_redrives WHERE reply_id = $1 AND redrive_id = $2")
+                .bind(reply_id)
+                .bind(redrive)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(tried.is_some())
+    }
+
+    /// Claims a `pending` reply (or a `failed` one for a `redrive` that never claimed
+    /// it: not in `reply_redrives`) for a send under `token`, just before the
+    /// request, and records `redrive` in `reply_redrives` in the same statement; false
+    /// when it is in another state (someone else claimed it) or the redrive was tried.
     pub async fn begin_send(
         &self,
         reply_id: &str,
         token: Uuid,
         redrive: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE replies SET state = 'sending', claim_token = $2::uuid, \
-             redrive_id = COALESCE($3, redrive_id), \
-             attempts = attempts + 1, updated_at = now() \
-             WHERE reply_id = $1 AND (state = 'pending' OR (state = 'failed' \
-             AND $3::text IS NOT NULL AND redrive_id IS DISTINCT FROM $3::text))",
+        let (claimed,): (i64,) = sqlx::query_as(
+            "WITH claimed AS ( \
+               UPDATE replies SET state = 'sending', claim_token = $2::uuid, \
+               redrive_id = COALESCE($3, redrive_id), \
+               attempts = attempts + 1, updated_at = now() \
+               WHERE reply_id = $1 AND (state = 'pending' OR (state = 'failed' \
+               AND $3::text IS NOT NULL AND NOT EXISTS (SELECT 1 FROM reply_redrives t \
+               WHERE t.reply_id = $1 AND t.redrive_id = $3::text))) \
+               RETURNING reply_id), \
+             noted AS ( \
+               INSERT INTO reply_redrives (reply_id, redrive_id) \
+               SELECT reply_id, $3::text FROM claimed WHERE $3::text IS NOT NULL \
+               ON CONFLICT DO NOTHING) \
+             SELECT count(*) FROM claimed",
         )
         .bind(reply_id)
         .bind(token.to_string())
         .bind(redrive)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(done == 1)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(claimed == 1)
     }
 
     /// Records the post of `token`'s send with Slack's `ts` (also over `ambiguous`,
-    /// set by a consumer that found the send under way); false when `token` holds no
-    /// such row.
+    /// set by a consumer that found the send under way, and over `pending` still
+    /// holding `token`, which only the runbook's forced retry of an `ambiguous` reply
+    /// leaves: a redrive then finds it `sent` and posts nothing); false when `token`
+    /// holds no such row.
     pub async fn mark_sent(
         &self,
         reply_id: &str,
@@ -152,7 +178,8 @@ impl ReplyStore {
         let done = sqlx::query(
             "UPDATE replies SET state = 'sent', ts = $3, sent_at = now(), updated_at = now(), \
              last_error = NULL \
-             WHERE reply_id = $1 AND claim_token = $2::uuid AND state IN ('sending', 'ambiguous')",
+             WHERE reply_id = $1 AND claim_token = $2::uuid \
+             AND state IN ('sending', 'ambiguous', 'pending')",
         )
         .bind(reply_id)
         .bind(token.to_string())
