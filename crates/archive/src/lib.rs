@@ -123,8 +123,8 @@ pub enum ArchiveError {
 /// Tuning of the archive's writers (`ARCHIVE_*` settings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveOptions {
-    /// Requests waiting for the archive (file: for their flush; S3: for their batch's
-    /// PUT to start) before writes are refused with [`ArchiveError::Busy`]
+    /// Requests waiting for the archive (file: for the writer thread; S3: queued,
+    /// placed or being stored) before writes are refused with [`ArchiveError::Busy`]
     /// (`ARCHIVE_QUEUE_CAPACITY`, default 4096).
     pub queue_capacity: usize,
     /// How long an S3 batch waits for more requests after its first
