@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::segment::{same_hour, segment_key, Locator};
-use crate::{faults, wal, Appending, ArchiveError, ArchiveRecord, LogFaults};
+use crate::{enqueue, faults, wal, Appending, ArchiveError, ArchiveRecord, LogFaults};
 
 /// A segment this large is closed.
 pub const SEGMENT_MAX_BYTES: u64 = 64 << 20;
@@ -178,19 +178,13 @@ impl FileArchive {
         line.push(b'\n');
         let (placed, placed_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
-        self.writer
-            .try_send(WriteRequest {
-                received_at: record.received_at,
-                line,
-                placed,
-                durable,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
-                mpsc::error::TrySendError::Closed(_) => ArchiveError::WriterStopped,
-            })?;
-        let locator = placed_rx.await.map_err(|_| ArchiveError::WriterStopped)??;
-        Ok(Appending::new(locator, durable_rx))
+        let request = WriteRequest {
+            received_at: record.received_at,
+            line,
+            placed,
+            durable,
+        };
+        enqueue(&self.writer, request, placed_rx, durable_rx).await
     }
 
     /// Stores a whole object under `key` (for tools and tests: the edge appends to
@@ -569,18 +563,18 @@ impl Appender {
 
 /// Creates the segment for requests received from `first` on, with its directory
 /// entry (and any folder created for it) durable before anything is acknowledged in
-/// it. Blocking: run on a blocking thread.
+/// it. Blocking: runs on the writer thread.
 fn create_segment(
     root: &Path,
     faults: &LogFaults,
-    known_dirs: &Mutex<HashSet<PathBuf>>,
+    known_dirs: &mut HashSet<PathBuf>,
     first: DateTime<Utc>,
 ) -> io::Result<Segment> {
     faults.rotate()?;
     let key = segment_key(first);
     let path = root.join(&key);
     let dir = path.parent().unwrap_or(root).to_path_buf();
-    if !lock(known_dirs).contains(&dir) {
+    if !known_dirs.contains(&dir) {
         // Flush every folder that may be new, from the deepest up to the root.
         fs::create_dir_all(&dir)?;
         let mut at = dir.as_path();
@@ -591,12 +585,11 @@ fn create_segment(
             }
             at = parent;
         }
-        let mut known = lock(known_dirs);
         // A folder per hour: keep the set small.
-        if known.len() > 48 {
-            known.clear();
+        if known_dirs.len() > 48 {
+            known_dirs.clear();
         }
-        known.insert(dir.clone());
+        known_dirs.insert(dir.clone());
     }
     let file = OpenOptions::new()
         .create_new(true)
@@ -641,7 +634,7 @@ fn writer_loop(
     mut requests: mpsc::Receiver<WriteRequest>,
     syncer: &std::sync::mpsc::Sender<SyncJob>,
 ) {
-    let known_dirs = Mutex::new(HashSet::new());
+    let mut known_dirs = HashSet::new();
     let mut batch: Vec<WriteRequest> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut run = Vec::with_capacity(MAX_BATCH);
@@ -661,7 +654,7 @@ fn writer_loop(
             if appender.needs_segment(w.received_at).1 {
                 appender.write_run(&mut buf, &mut run, syncer);
                 let first = appender.key_time_for(w.received_at);
-                let created = create_segment(root, &appender.faults, &known_dirs, first);
+                let created = create_segment(root, &appender.faults, &mut known_dirs, first);
                 if let Err(e) = appender.install(created, root) {
                     let _ = w.placed.send(Err(e));
                     continue;

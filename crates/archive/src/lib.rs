@@ -165,6 +165,23 @@ impl ArchiveOptions {
     }
 }
 
+/// Hands `request` to a writer's bounded queue (full: [`ArchiveError::Busy`] at once)
+/// and waits for its place; the file and S3 writers share this.
+pub(crate) async fn enqueue<T>(
+    writer: &tokio::sync::mpsc::Sender<T>,
+    request: T,
+    placed: oneshot::Receiver<Result<String, ArchiveError>>,
+    durable: oneshot::Receiver<Result<(), ArchiveError>>,
+) -> Result<Appending, ArchiveError> {
+    use tokio::sync::mpsc::error::TrySendError;
+    writer.try_send(request).map_err(|e| match e {
+        TrySendError::Full(_) => ArchiveError::Busy,
+        TrySendError::Closed(_) => ArchiveError::WriterStopped,
+    })?;
+    let locator = placed.await.map_err(|_| ArchiveError::WriterStopped)??;
+    Ok(Appending::new(locator, durable))
+}
+
 /// A request that has its place in the archive and is on its way to being durable.
 #[derive(Debug)]
 pub struct Appending {

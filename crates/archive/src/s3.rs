@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::segment::{is_segment, same_hour, segment_key, Locator};
-use crate::{Appending, ArchiveError, ArchiveOptions, ArchiveRecord};
+use crate::{enqueue, Appending, ArchiveError, ArchiveOptions, ArchiveRecord};
 
 /// How to reach S3. Built from the usual `AWS_*` variables by [`S3Settings::from_env`],
 /// or explicitly (tests).
@@ -274,20 +274,14 @@ impl S3Archive {
         let (placed, placed_rx) = oneshot::channel();
         let (durable, durable_rx) = oneshot::channel();
         // From here the request counts as pending until it is answered or dropped.
-        self.writer
-            .try_send(S3Write {
-                received_at: record.received_at,
-                line,
-                placed: Some(placed),
-                durable: Some(durable),
-                pending: self.pending.clone(),
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => ArchiveError::Busy,
-                mpsc::error::TrySendError::Closed(_) => ArchiveError::WriterStopped,
-            })?;
-        let locator = placed_rx.await.map_err(|_| ArchiveError::WriterStopped)??;
-        Ok(Appending::new(locator, durable_rx))
+        let request = S3Write {
+            received_at: record.received_at,
+            line,
+            placed: Some(placed),
+            durable: Some(durable),
+            pending: self.pending.clone(),
+        };
+        enqueue(&self.writer, request, placed_rx, durable_rx).await
     }
 
     /// Stores a whole object under `key` (for tools and tests: the edge appends to
